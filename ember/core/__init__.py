@@ -1,0 +1,1 @@
+"""Shared foundations: the model registry, atomic file writes, defensive GGUF reading."""
