@@ -1,0 +1,296 @@
+"""Sampling: pure functions from logits to the next token id.
+
+Every function takes logits [B, V] (or [V]) and returns a tensor of the same shape; per-row
+knobs are a Python number (same for all rows) or a tensor [B]. The order `Sampler` applies
+them in is the usual one (HF/vLLM): penalties → temperature → top-k → top-p → min-p → draw.
+
+    >>> import torch
+    >>> apply_top_k(torch.tensor([2.0, 1.0, 0.5, 0.1]), 2)
+    tensor([2., 1., -inf, -inf])
+
+Temperature 0 means greedy (argmax of the penalised logits). Each row draws with its own
+`torch.Generator`, seeded from its request's `seed`, so a seeded request samples the same
+tokens whether it runs alone or inside a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request picks tokens and when it stops.
+
+    >>> SamplingParams(temperature=0).greedy
+    True
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    min_p: float = 0.0  # 0.0 = off
+    repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019); over prompt + generated tokens
+    frequency_penalty: float = 0.0  # OpenAI semantics; over generated tokens only
+    presence_penalty: float = 0.0  # OpenAI semantics; over generated tokens only
+    seed: int | None = None
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        # Accept a bare string / list for the tuple fields (as JSON gives them), store tuples.
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        _check_float("temperature", self.temperature, lo=0.0)
+        _check_int("top_k", self.top_k, lo=0)
+        _check_float("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
+        _check_float("min_p", self.min_p, lo=0.0, hi=1.0)
+        _check_float("repetition_penalty", self.repetition_penalty, lo=0.0, lo_open=True)
+        _check_float("frequency_penalty", self.frequency_penalty, lo=-2.0, hi=2.0)
+        _check_float("presence_penalty", self.presence_penalty, lo=-2.0, hi=2.0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, lo=0)
+        _check_int("max_tokens", self.max_tokens, lo=1)
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+        for t in self.stop_token_ids:
+            _check_int("stop_token_ids", t, lo=0)
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
+
+
+def _check_float(name, v, lo=None, hi=None, lo_open=False):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)
+    if not ok:
+        lo_s = "(" if lo_open else "["
+        raise ValueError(f"{name} must be a number in {lo_s}{lo}, {hi}], got {v!r}")
+
+
+def _check_int(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+
+
+# ---- pure logit transforms --------------------------------------------------------------
+
+
+def _rows(fn):
+    """Let a [B, V] transform also accept a single row [V]."""
+
+    def wrapper(logits: Tensor, *args) -> Tensor:
+        if logits.dim() == 1:
+            return fn(logits.unsqueeze(0), *args).squeeze(0)
+        return fn(logits, *args)
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+def _col(x, logits: Tensor) -> Tensor | float:
+    """A per-row knob as a [B, 1] column (tensors) or a plain number (broadcasts)."""
+    if isinstance(x, Tensor):
+        return x.to(device=logits.device, dtype=logits.dtype).reshape(-1, 1)
+    return x
+
+
+@_rows
+def apply_temperature(logits: Tensor, temperature) -> Tensor:
+    """logits / T: T < 1 sharpens, T > 1 flattens. T must be > 0 (0 is greedy, handled by
+    the caller). E.g. [2, 1] at T=0.5 → [4, 2]."""
+    return logits / _col(temperature, logits)
+
+
+@_rows
+def apply_top_k(logits: Tensor, k) -> Tensor:
+    """Keep the k largest logits per row (ties at the k-th value are kept); k=0 keeps all."""
+    B, V = logits.shape
+    k = torch.as_tensor(k, device=logits.device).reshape(-1).expand(B)
+    k = torch.where(k <= 0, V, k.clamp(max=V))  # [B]
+    kmax = int(k.max())
+    top = torch.topk(logits, kmax, dim=-1).values  # [B, kmax], descending
+    kth = top.gather(1, (k - 1).unsqueeze(1))  # [B, 1]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+@_rows
+def apply_top_p(logits: Tensor, p) -> Tensor:
+    """Nucleus (Holtzman et al. 2019): keep the smallest set of most likely tokens whose
+    probability sums to >= p. A token is dropped when the mass before it already reaches p,
+    so the most likely token always survives. p=1 keeps all."""
+    p = torch.as_tensor(p, device=logits.device, dtype=torch.float32).reshape(-1, 1)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B, V]
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = (mass_before >= p) & (p < 1.0)  # p=1 rows: float rounding must not drop tails
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+@_rows
+def apply_min_p(logits: Tensor, min_p) -> Tensor:
+    """Drop tokens whose probability is below min_p × the top token's probability."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    threshold = probs.amax(dim=-1, keepdim=True) * _col(min_p, probs)
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+@_rows
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty) -> Tensor:
+    """CTRL (Keskar et al. 2019, eq. 1 as implemented by HF/vLLM): for every token already
+    seen, divide a positive logit by the penalty and multiply a negative one by it, so a
+    penalty > 1 always makes the token less likely. seen: bool [B, V]."""
+    penalty = _col(penalty, logits)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen.reshape(logits.shape), penalised, logits)
+
+
+@_rows
+def apply_frequency_presence_penalties(logits: Tensor, counts: Tensor, frequency, presence) -> Tensor:
+    """OpenAI: logit[j] -= counts[j] * frequency + (counts[j] > 0) * presence, where counts
+    are how often j occurs in the tokens generated so far (not the prompt). counts [B, V]."""
+    counts = counts.reshape(logits.shape).to(logits.dtype)
+    freq, pres = _col(frequency, logits), _col(presence, logits)
+    return logits - counts * freq - (counts > 0).to(logits.dtype) * pres
+
+
+def greedy(logits: Tensor) -> Tensor:
+    """argmax over the last dim: [B, V] → [B] (or [V] → scalar)."""
+    return logits.argmax(dim=-1)
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private RNG for one request: seeded if asked, otherwise from OS entropy."""
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    return g
+
+
+# ---- the batched sampler the engine uses -------------------------------------------------
+
+
+class Sampler:
+    """Per-row sampling state for a batch of `B` slots: knobs as [B] tensors, one generator
+    per row, and (only if some row uses penalties) token counts [B, V].
+
+    Rows are filled with `set_row(i, params, prompt_ids)` when a request enters slot i, so a
+    later continuous-batching scheduler can swap requests in and out of slots.
+
+    >>> s = Sampler(1, vocab_size=4); s.set_row(0, SamplingParams(temperature=0))
+    >>> s(torch.tensor([[0.1, 3.0, 0.2, 0.0]])).tolist()
+    [1]
+    """
+
+    def __init__(self, batch_size: int, vocab_size: int, device: torch.device | str = "cpu"):
+        B, self.vocab_size, self.device = batch_size, vocab_size, torch.device(device)
+        self.params: list[SamplingParams | None] = [None] * B
+        self.generators: list[torch.Generator | None] = [None] * B
+        f32 = dict(dtype=torch.float32, device=self.device)
+        self.temperature = torch.ones(B, **f32)  # greedy rows hold 1.0 (never divide by 0)
+        self.is_greedy = torch.ones(B, dtype=torch.bool, device=self.device)
+        self.top_k = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.top_p = torch.ones(B, **f32)
+        self.min_p = torch.zeros(B, **f32)
+        self.repetition = torch.ones(B, **f32)
+        self.frequency = torch.zeros(B, **f32)
+        self.presence = torch.zeros(B, **f32)
+        self.counts: Tensor | None = None  # [B, V] int32, generated tokens only
+        self.seen: Tensor | None = None  # [B, V] bool, prompt + generated (repetition penalty)
+
+    def set_row(self, i: int, params: SamplingParams, prompt_ids: Sequence[int] = ()) -> None:
+        self.params[i] = params
+        self.generators[i] = None if params.greedy else make_generator(params.seed, self.device)
+        self.temperature[i] = 1.0 if params.greedy else params.temperature
+        self.is_greedy[i] = params.greedy
+        self.top_k[i] = params.top_k
+        self.top_p[i] = params.top_p
+        self.min_p[i] = params.min_p
+        self.repetition[i] = params.repetition_penalty
+        self.frequency[i] = params.frequency_penalty
+        self.presence[i] = params.presence_penalty
+        if params.uses_penalties and self.counts is None:
+            B, V = len(self.params), self.vocab_size
+            self.counts = torch.zeros(B, V, dtype=torch.int32, device=self.device)
+            self.seen = torch.zeros(B, V, dtype=torch.bool, device=self.device)
+        if self.counts is not None:
+            self.counts[i].zero_()
+            self.seen[i].zero_()
+            ids = torch.tensor([t for t in prompt_ids if t < self.vocab_size], dtype=torch.long)
+            self.seen[i, ids.to(self.device)] = True
+
+    def _any(self, name: str, off) -> bool:
+        return any(p is not None and getattr(p, name) != off for p in self.params)
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """logits [B, V] → next token ids [B] (long). Rows never set come out greedy."""
+        logits = logits.float()
+        if self.counts is not None:
+            logits = apply_repetition_penalty(logits, self.seen, self.repetition)
+            logits = apply_frequency_presence_penalties(
+                logits, self.counts, self.frequency, self.presence
+            )
+        next_ids = greedy(logits)  # [B]
+        sampled_rows = [i for i, g in enumerate(self.generators) if g is not None]
+        if sampled_rows:
+            logits = apply_temperature(logits, self.temperature)
+            if self._any("top_k", 0):
+                logits = apply_top_k(logits, self.top_k)
+            if self._any("top_p", 1.0):
+                logits = apply_top_p(logits, self.top_p)
+            if self._any("min_p", 0.0):
+                logits = apply_min_p(logits, self.min_p)
+            probs = torch.softmax(logits, dim=-1)  # [B, V]
+            for i in sampled_rows:  # one draw per row from its own generator
+                next_ids[i] = torch.multinomial(probs[i], 1, generator=self.generators[i])[0]
+        return next_ids
+
+    def update(self, next_ids: Tensor) -> None:
+        """Record the tokens just generated (for the penalties). next_ids [B]."""
+        if self.counts is not None:
+            rows = torch.arange(len(next_ids), device=self.device)
+            self.counts[rows, next_ids] += 1
+            self.seen[rows, next_ids] = True
+
+
+def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one token per row with the same params for all rows (no penalties state).
+
+    >>> sample(torch.tensor([0.0, 5.0, 1.0]), SamplingParams(temperature=0)).item()
+    1
+    """
+    row = logits.dim() == 1
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    if params.greedy:
+        out = greedy(logits)
+    else:
+        logits = apply_top_k(apply_temperature(logits, params.temperature), params.top_k)
+        logits = apply_min_p(apply_top_p(logits, params.top_p), params.min_p)
+        g = generator if generator is not None else make_generator(params.seed, logits.device)
+        out = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=g).squeeze(1)
+    return out[0] if row else out
