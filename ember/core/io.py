@@ -33,8 +33,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> Path:
+    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
 
 
 def _fsync_dir(folder: Path) -> None:

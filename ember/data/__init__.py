@@ -1,0 +1,1 @@
+"""Data: corpora, shards, packing, chats, preferences. For now the bundled corpus."""
