@@ -1,0 +1,157 @@
+"""ModelConfig: every switch of the one Transformer, validated at construction.
+
+GPT-2 and Llama are the same decoder with different switches (norm, positions, MLP, bias,
+KV heads). Presets name the real sizes; `tiny()` is what the tests build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+NORMS = ("rmsnorm", "layernorm")
+POS_EMBS = ("rope", "learned", "sinusoidal")
+MLPS = ("swiglu", "gelu")
+# rope_scaling "type" → the keys it needs (besides "type"); see layers.rope_inv_freq.
+ROPE_SCALINGS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Shape and switches of a decoder (or, with causal=False, an encoder).
+
+    >>> ModelConfig.tiny().head_dim
+    16
+    """
+
+    vocab_size: int = 256
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None → n_heads (MHA); 1 → MQA; in between → GQA
+    d_ff: int = 256
+    max_seq_len: int = 256
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    pos_emb: str = "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    # True: RoPE rotates adjacent pairs (x[2i], x[2i+1]), the layout llama.cpp's GGUF
+    # converter leaves Q/K rows in. False: rotate-half (x[i], x[i + Dh/2]) as in HF Llama.
+    rope_interleaved: bool = False
+    mlp: str = "swiglu"
+    bias: bool = False
+    tie_embeddings: bool = False
+    causal: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (source file, arch)
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("pos_emb", self.pos_emb, POS_EMBS)
+        _check_choice("mlp", self.mlp, MLPS)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if self.pos_emb == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.rope_scaling is not None:
+            self._check_rope_scaling()
+
+    def _check_rope_scaling(self):
+        rs = self.rope_scaling
+        if not isinstance(rs, dict):
+            raise ValueError(f"rope_scaling must be None or a dict, got {rs!r}")
+        kind = rs.get("type", rs.get("rope_type"))
+        if kind not in ROPE_SCALINGS:
+            raise ValueError(f"rope_scaling type {kind!r} is not one of {sorted(ROPE_SCALINGS)}")
+        missing = [k for k in ROPE_SCALINGS[kind] if k not in rs]
+        if missing:
+            raise ValueError(f"rope_scaling of type {kind!r} lacks {missing}")
+        if self.pos_emb != "rope":
+            raise ValueError(f"rope_scaling is set but pos_emb is {self.pos_emb!r}, not 'rope'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    # ---- construction helpers -------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Build from a plain dict; unknown keys are an error that lists the valid ones.
+
+        >>> ModelConfig.from_dict({"n_layers": 1}).n_layers
+        1
+        """
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; valid keys: {sorted(valid)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def tiny(cls, **overrides) -> ModelConfig:
+        """2 layers, d_model 64, 4 heads, 2 KV heads, Llama style: what tests build."""
+        return cls.from_dict({**PRESETS["tiny"], **overrides})
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> ModelConfig:
+        """A named real size, e.g. `ModelConfig.from_preset("gpt2")`.
+
+        >>> ModelConfig.from_preset("smollm2-135m").n_kv_heads
+        3
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; valid presets: {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+def _check_choice(name: str, value, choices):
+    if value not in choices:
+        raise ValueError(f"ModelConfig.{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _gpt2(n_layers: int, d_model: int, n_heads: int) -> dict[str, Any]:
+    return dict(
+        vocab_size=50257, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+        d_ff=4 * d_model, max_seq_len=1024, norm="layernorm", pos_emb="learned", mlp="gelu",
+        bias=True, tie_embeddings=True,
+    )  # fmt: skip
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": _gpt2(12, 768, 12),
+    "gpt2-medium": _gpt2(24, 1024, 16),
+    "gpt2-large": _gpt2(36, 1280, 20),
+    "gpt2-xl": _gpt2(48, 1600, 25),
+    "tiny-gpt2": {**_gpt2(2, 64, 4), "vocab_size": 256, "max_seq_len": 256, "d_ff": 256},
+    "tiny": dict(
+        vocab_size=256, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=176,
+        max_seq_len=256, norm="rmsnorm", pos_emb="rope", mlp="swiglu",
+    ),  # fmt: skip
+    "smollm2-135m": dict(
+        vocab_size=49152, n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_ff=1536,
+        max_seq_len=8192, norm="rmsnorm", norm_eps=1e-5, pos_emb="rope", rope_theta=100000.0,
+        mlp="swiglu", tie_embeddings=True,
+    ),  # fmt: skip
+}

@@ -1,0 +1,262 @@
+"""Hugging Face safetensors folders (config.json + *.safetensors) ↔ ember, for Llama and GPT-2.
+
+`from_hf`/`to_hf` rename by the tables below and fix layouts: GPT-2's Conv1D stores weights
+as (in, out), the transpose of nn.Linear, and fuses q, k, v into one c_attn matrix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from ember.core.io import atomic_write_bytes, atomic_write_json, read_text_utf8
+from ember.model.config import ModelConfig
+from ember.model.convert import fill, rope_rows_interleaved_to_half, split_layer, unknown_keys_error
+
+
+def _with_bias(linears: dict[str, str]) -> dict[str, str]:
+    return {f"{h}.{s}": f"{e}.{s}" for h, e in linears.items() for s in ("weight", "bias")}
+
+
+LLAMA_KEYS: dict[str, str] = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
+    **_with_bias({
+        "model.layers.{}.self_attn.q_proj": "layers.{}.attention.wq",
+        "model.layers.{}.self_attn.k_proj": "layers.{}.attention.wk",
+        "model.layers.{}.self_attn.v_proj": "layers.{}.attention.wv",
+        "model.layers.{}.self_attn.o_proj": "layers.{}.attention.wo",
+        "model.layers.{}.mlp.gate_proj": "layers.{}.feed_forward.w1",
+        "model.layers.{}.mlp.down_proj": "layers.{}.feed_forward.w2",
+        "model.layers.{}.mlp.up_proj": "layers.{}.feed_forward.w3",
+    }),
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}  # fmt: skip
+
+GPT2_KEYS: dict[str, str | tuple[str, ...]] = {
+    "transformer.wte.weight": "tok_embeddings.weight",
+    "transformer.wpe.weight": "pos_embeddings.weight",
+    **_with_bias({
+        "transformer.h.{}.ln_1": "layers.{}.attention_norm",
+        "transformer.h.{}.attn.c_proj": "layers.{}.attention.wo",
+        "transformer.h.{}.ln_2": "layers.{}.ffn_norm",
+        "transformer.h.{}.mlp.c_fc": "layers.{}.feed_forward.w1",
+        "transformer.h.{}.mlp.c_proj": "layers.{}.feed_forward.w2",
+        "transformer.ln_f": "norm",
+    }),
+    # one fused (D, 3D) matrix → wq, wk, wv
+    "transformer.h.{}.attn.c_attn.weight": tuple(f"layers.{{}}.attention.{w}.weight" for w in ("wq", "wk", "wv")),
+    "transformer.h.{}.attn.c_attn.bias": tuple(f"layers.{{}}.attention.{w}.bias" for w in ("wq", "wk", "wv")),
+    "lm_head.weight": "output.weight",
+}  # fmt: skip
+GPT2_CONV1D = {f"transformer.h.{{}}.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+# Old GPT-2 checkpoints carry the causal mask as a tensor; it is not a weight.
+GPT2_IGNORED = {"transformer.h.{}.attn.bias", "transformer.h.{}.attn.masked_bias"}
+
+TABLES = {"llama": (LLAMA_KEYS, set(), set(), "model."), "gpt2": (GPT2_KEYS, GPT2_CONV1D, GPT2_IGNORED, "transformer.")}
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+
+def config_from_hf(d: dict) -> ModelConfig:
+    """config.json (as a dict) → ModelConfig; an unknown model_type is a ValueError."""
+    arch = d.get("model_type")
+    if arch == "llama":
+        return _llama_config(d)
+    if arch == "gpt2":
+        return _gpt2_config(d)
+    raise ValueError(f"unsupported HF model_type {arch!r}; supported: {sorted(TABLES)}")
+
+
+def _llama_config(d: dict) -> ModelConfig:
+    n_heads, d_model = d["num_attention_heads"], d["hidden_size"]
+    if d.get("head_dim") not in (None, d_model // n_heads):
+        raise ValueError(f"head_dim {d['head_dim']} != hidden_size / num_attention_heads is not supported")
+    if d.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"Llama hidden_act {d['hidden_act']!r} is not supported (only 'silu')")
+    bias = bool(d.get("attention_bias", False))
+    if bool(d.get("mlp_bias", False)) != bias:
+        raise ValueError("attention_bias != mlp_bias is not supported (ember has one `bias` switch)")
+    # transformers ≥ 5 writes rope_parameters; older versions rope_theta + rope_scaling.
+    rope = dict(d.get("rope_parameters") or {})
+    theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+    scaling = d.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    if scaling is not None:
+        scaling = {k: v for k, v in scaling.items() if k not in ("rope_type", "type", "rope_theta")} | {
+            "type": scaling.get("rope_type", scaling.get("type"))
+        }
+    return ModelConfig(
+        vocab_size=d["vocab_size"], n_layers=d["num_hidden_layers"], d_model=d_model, n_heads=n_heads,
+        n_kv_heads=d.get("num_key_value_heads") or n_heads, d_ff=d["intermediate_size"],
+        max_seq_len=d.get("max_position_embeddings", 2048), norm="rmsnorm", norm_eps=d.get("rms_norm_eps", 1e-6),
+        pos_emb="rope", rope_theta=float(theta), rope_scaling=scaling, mlp="swiglu", bias=bias,
+        tie_embeddings=bool(d.get("tie_word_embeddings", False)), extra={"arch": "llama"},
+    )  # fmt: skip
+
+
+def _gpt2_config(d: dict) -> ModelConfig:
+    act = d.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT-2 activation_function {act!r} is not supported (only the tanh GELU)")
+    d_model = d["n_embd"]
+    return ModelConfig(
+        vocab_size=d["vocab_size"], n_layers=d["n_layer"], d_model=d_model, n_heads=d["n_head"],
+        d_ff=d.get("n_inner") or 4 * d_model, max_seq_len=d["n_positions"], norm="layernorm",
+        norm_eps=d.get("layer_norm_epsilon", 1e-5), pos_emb="learned", mlp="gelu", bias=True,
+        tie_embeddings=bool(d.get("tie_word_embeddings", True)), extra={"arch": "gpt2"},
+    )  # fmt: skip
+
+
+def hf_arch(cfg: ModelConfig) -> str:
+    """Which HF family `cfg` can be written as: "llama" or "gpt2" (else ValueError)."""
+    switches = (cfg.norm, cfg.pos_emb, cfg.mlp)
+    if switches == ("rmsnorm", "rope", "swiglu") and cfg.causal:
+        return "llama"
+    if switches == ("layernorm", "learned", "gelu") and cfg.bias and cfg.n_kv_heads == cfg.n_heads and cfg.causal:
+        return "gpt2"
+    raise ValueError(f"no HF architecture has the switches norm/pos_emb/mlp = {switches} (with bias={cfg.bias})")
+
+
+def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
+    """ModelConfig → config.json dict that transformers' Auto classes read."""
+    arch, dtype_name = hf_arch(cfg), str(dtype).removeprefix("torch.")
+    if arch == "gpt2":
+        return {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+            "n_layer": cfg.n_layers, "n_embd": cfg.d_model, "n_head": cfg.n_heads, "n_inner": cfg.d_ff,
+            "n_positions": cfg.max_seq_len, "layer_norm_epsilon": cfg.norm_eps, "activation_function": "gelu_new",
+            "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
+            "dtype": dtype_name,
+        }  # fmt: skip
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling:
+        rs = dict(cfg.rope_scaling)
+        rope = {"rope_type": rs.pop("type", rs.pop("rope_type", None)), **rs, "rope_theta": cfg.rope_theta}
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.n_layers, "hidden_size": cfg.d_model, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "intermediate_size": cfg.d_ff,
+        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "hidden_act": "silu",
+        "rope_parameters": rope, "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
+        "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
+        "dtype": dtype_name,
+    }  # fmt: skip
+
+
+# ---- weights --------------------------------------------------------------------------------
+
+
+def from_hf(items: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
+    """HF (key, tensor) pairs → ember state dict. Takes pairs so a loader can stream them.
+
+    >>> cfg = ModelConfig.tiny(n_layers=1)
+    >>> list(from_hf([("model.norm.weight", torch.ones(64))], cfg, "llama"))
+    ['norm.weight']
+    """
+    table, transposed, ignored, prefix = TABLES[arch]
+    out, unknown = {}, []
+    for key, t in items:
+        if not key.startswith((prefix, "lm_head.")):
+            key = prefix + key  # bare-model checkpoints (GPT-2 on the Hub has "h.0...", no prefix)
+        tmpl, layer = split_layer(key)
+        if tmpl in ignored:
+            continue
+        if tmpl not in table:
+            unknown.append(key)
+            continue
+        if tmpl in transposed:
+            t = t.t()
+        dst = table[tmpl]
+        if isinstance(dst, tuple):
+            for name, part in zip(dst, t.chunk(len(dst), dim=0)):
+                out[fill(name, layer)] = part.contiguous()
+        else:
+            out[fill(dst, layer)] = t.contiguous()
+    if unknown:
+        raise unknown_keys_error(f"HF {arch} checkpoint", unknown, table)
+    if cfg.tie_embeddings:
+        out.pop("output.weight", None)  # tied checkpoints may still store the head; it is the embedding
+    return out
+
+
+def to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """ember state dict → HF state dict (the inverse of `from_hf`; RoPE rows in HF order)."""
+    arch = hf_arch(cfg)
+    table, transposed, _, _ = TABLES[arch]
+    out, used = {}, set()
+    for tmpl, dst in table.items():
+        for layer in range(cfg.n_layers) if "{}" in tmpl else [None]:
+            names = [fill(d, layer) for d in (dst if isinstance(dst, tuple) else (dst,))]
+            if not all(n in sd for n in names):
+                continue  # e.g. biases of a bias-free model
+            used.update(names)
+            t = torch.cat([_rope_rows_for_hf(sd[n], n, cfg) for n in names], dim=0)
+            if tmpl in transposed:
+                t = t.t()
+            out[fill(tmpl, layer)] = t.contiguous()
+    if cfg.tie_embeddings:
+        used.add("output.weight")
+        out.pop("lm_head.weight", None)
+    left = sorted(set(sd) - used)
+    if left:
+        raise ValueError(f"to_hf({arch}): ember tensors with no HF name: {left}")
+    return out
+
+
+def _rope_rows_for_hf(t: torch.Tensor, name: str, cfg: ModelConfig) -> torch.Tensor:
+    if not cfg.rope_interleaved or ".attention.w" not in name or name.split(".")[-2] not in ("wq", "wk"):
+        return t
+    n_heads = cfg.n_heads if ".wq." in name else cfg.n_kv_heads
+    return rope_rows_interleaved_to_half(t, n_heads)
+
+
+# ---- folders --------------------------------------------------------------------------------
+
+
+def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read config.json and every *.safetensors in `folder` → (ModelConfig, ember state dict)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    try:
+        d = json.loads(read_text_utf8(folder / "config.json"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{folder}: unreadable config.json ({e})") from None
+    cfg = config_from_hf(d)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder}: no *.safetensors files beside config.json")
+
+    def items():
+        for f in files:
+            try:
+                with safe_open(f, framework="pt") as h:
+                    for k in h.keys():
+                        yield k, h.get_tensor(k).to(dtype)  # one tensor at a time: no second copy
+            except SafetensorError as e:
+                raise ValueError(f"{f}: corrupt safetensors file ({e})") from None
+
+    return cfg, from_hf(items(), cfg, d["model_type"])
+
+
+def save_hf(model, folder: str | Path) -> Path:
+    """Write `model` as an HF folder (config.json + model.safetensors) transformers can load.
+
+    >>> save_hf(Transformer(ModelConfig.tiny()), "out/tiny-hf")  # doctest: +SKIP
+    """
+    from safetensors.torch import save
+
+    cfg, folder = model.config, Path(folder)
+    dtype = next(model.parameters()).dtype
+    hf_cfg = config_to_hf(cfg, dtype)  # first: an inexpressible config fails before any write
+    sd = to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "model.safetensors", save(sd, metadata={"format": "pt"}))
+    atomic_write_json(folder / "config.json", hf_cfg)
+    return folder

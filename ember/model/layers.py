@@ -1,0 +1,189 @@
+"""The pieces of a Transformer block: norms, positions (RoPE, sinusoidal), attention, MLPs.
+
+Shapes: B batch, T time (new tokens), S keys attended, D d_model, H heads, Hkv KV heads,
+Dh head dim. Numerics follow Hugging Face where a choice exists (RMSNorm in fp32, RoPE
+angles in fp32), so converted checkpoints match `transformers` to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ember.model.config import ModelConfig
+
+# ---- norms --------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight (Zhang & Sennrich 2019), computed in fp32 as HF Llama does."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+# ---- positions ----------------------------------------------------------------------------
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies theta^(-2i/Dh), i < Dh/2, with optional scaling; fp32, shape (Dh/2,).
+
+    "linear" divides every frequency by `factor` (position interpolation, Chen et al. 2023).
+    "llama3" divides only the low frequencies and blends the band between (as in Meta's
+    Llama 3.1 reference and HF's `_compute_llama3_parameters`).
+
+    >>> rope_inv_freq(ModelConfig.tiny())[:2]
+    tensor([1.0000, 0.3162])
+    """
+    dh = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
+    rs = cfg.rope_scaling
+    if rs is None:
+        return inv_freq
+    kind = rs.get("type", rs.get("rope_type"))
+    factor = float(rs["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    # llama3
+    low, high = float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+    old_len = float(rs["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(is_medium, blended, scaled)
+
+
+def rope_cos_sin(cfg: ModelConfig, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position × frequency for positions `pos` (B, T): each (B, T, Dh/2), fp32.
+
+    Computed per forward from the positions themselves (no table buffer): it costs
+    B·T·Dh/2 products, nothing beside the matmuls, and leaves nothing on the meta device.
+    """
+    inv_freq = rope_inv_freq(cfg).to(pos.device)
+    angles = pos.float()[..., None] * inv_freq  # (B, T, Dh/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate each pair of x (B, H, T, Dh) by the angle for its position (Su et al. 2021).
+
+    interleaved=False pairs (x[i], x[i + Dh/2]) ("rotate-half", HF); True pairs
+    (x[2i], x[2i+1]) (the original paper, and GGUF's permuted Q/K rows).
+    """
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (B, 1, T, Dh/2)
+    if interleaved:
+        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # each (B, H, T, Dh/2)
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def sinusoidal_embedding(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed positions of Vaswani et al. (2017) §3.5 for `pos` (B, T): (B, T, dim), fp32.
+
+    PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(p / 10000^(2i/dim)).
+    """
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, device=pos.device).float() / dim))
+    angles = pos.float()[..., None] * inv_freq  # (B, T, dim/2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
+
+
+# ---- attention ----------------------------------------------------------------------------
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """softmax(q kᵀ / √Dh + mask) v through F.scaled_dot_product_attention.
+
+    q (B, H, T, Dh); k, v (B, Hkv, S, Dh) with H a multiple of Hkv (GQA/MQA: each group of
+    H/Hkv query heads shares one KV head); mask bool (B, 1, T, S), True = may attend.
+
+    >>> q = k = v = torch.eye(2)[None, None]  # (1, 1, 2, 2)
+    >>> attention(q, k, v).squeeze().round(decimals=2)
+    tensor([[0.6700, 0.3300],
+            [0.3300, 0.6700]])
+    """
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with H query heads and Hkv key/value heads."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.causal = cfg.causal
+        self.rope_interleaved = cfg.rope_interleaved
+        kv_dim = cfg.n_kv_heads * cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.wk = nn.Linear(cfg.d_model, kv_dim, bias=cfg.bias)
+        self.wv = nn.Linear(cfg.d_model, kv_dim, bias=cfg.bias)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, mask=None):
+        """x (B, T, D) → (B, T, D). With a cache, K/V go in at `input_pos` and `mask` (B, 1, T, S)
+        says which of the first S cache entries each query sees."""
+        B, T, D = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        if rope is not None:
+            q = apply_rope(q, *rope, self.rope_interleaved)
+            k = apply_rope(k, *rope, self.rope_interleaved)
+        if cache is None:
+            y = attention(q, k, v, is_causal=self.causal)  # (B, H, T, Dh)
+        else:
+            k, v = cache.update(layer_idx, input_pos, k, v)  # (B, Hkv, Tmax, Dh)
+            S = mask.shape[-1]
+            k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)  # no-op unless the cache dtype differs
+            y = attention(q, k, v, mask=mask)  # (B, H, T, Dh)
+        y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again
+        return self.wo(y)
+
+
+# ---- MLP ----------------------------------------------------------------------------------
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP. swiglu: w2(silu(w1 x) * w3 x) (Shazeer 2020); gelu: w2(gelu(w1 x)).
+
+    GELU uses the tanh approximation, as GPT-2 ("gelu_new") does.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)  # gate (swiglu) / up (gelu)
+        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)  # down
+        if self.swiglu:
+            self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(F.gelu(self.w1(x), approximate="tanh"))
