@@ -251,6 +251,7 @@ class Engine:
     def has_unfinished(self) -> bool:
         return bool(self.waiting) or any(r is not None for r in self.slots)
 
+    @torch.inference_mode()  # slot tensors are inference tensors (made inside step())
     def abort(self, req: Request) -> None:
         """Drop a request (e.g. a client hung up on its stream)."""
         if req in self.waiting:
