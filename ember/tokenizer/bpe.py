@@ -76,7 +76,7 @@ def train_bpe(
 ) -> Tokenizer:
     """Learn merges until the vocabulary (256 bytes + merges + specials) reaches `vocab_size`.
 
-    >>> tok = train_bpe(["low lower lowest lowly"], vocab_size=256 + 3, pattern=r"\\S+")
+    >>> tok = train_bpe(["low lower lowest lowly"], vocab_size=256 + 3, pattern=r"\\S+|\\s+")
     >>> [tok.vocab[m[2]] for m in tok.merges]
     [b'lo', b'low', b'lowe']
     """
