@@ -326,8 +326,8 @@ class _FastEncoder:
 def _build_fast(tok: Tokenizer) -> _FastEncoder | None:
     """A tiktoken Encoding whose rank order is our merge order.
 
-    tiktoken merges the adjacent pair whose concatenation has the lowest rank. Giving single
-    bytes ranks 0..255 and each merge result 256 + its merge index reproduces the merge list
+    tiktoken merges the adjacent pair whose concatenation has the lowest rank. Ranks that rise
+    with the merge index (single bytes never compete: only pairs are ranked) reproduce the merge list
     exactly when, as for every BPE-trained vocabulary we load, no token can be reached by a
     pair that is not itself in the merge list (the parity tests check this on real text).
     Bytes the vocabulary lacks get a rank but no id: non-ASCII ones never occur in UTF-8
@@ -338,15 +338,26 @@ def _build_fast(tok: Tokenizer) -> _FastEncoder | None:
         import tiktoken
     except ImportError:
         return None
-    ranks: dict[bytes, int] = {bytes([b]): b for b in range(256)}
-    rank_ids = [-1 if i is None else i for i in tok.byte_ids]
-    for a, b, c in tok.merges:
-        merged = tok.vocab[c]
-        if merged not in ranks:
-            ranks[merged] = len(rank_ids)
-            rank_ids.append(c)
-    identity = rank_ids == list(range(len(rank_ids)))
+    # Merge results in merge order, each bytes string once (two merges may make one token).
+    merged_ids: list[int] = []
+    seen: set[bytes] = set()
+    for _, _, c in tok.merges:
+        if tok.vocab[c] not in seen:
+            seen.add(tok.vocab[c])
+            merged_ids.append(c)
+    if all(x < y for x, y in zip(merged_ids, merged_ids[1:])):
+        # Ids already rise with merge order (true of our own and of SmolLM2's vocabulary):
+        # use them as ranks and skip mapping. Missing bytes get ranks past the vocabulary.
+        spare = iter(range(tok.vocab_size, tok.vocab_size + 256))
+        ranks = {bytes([b]): (next(spare) if i is None else i) for b, i in enumerate(tok.byte_ids)}
+        ranks.update({tok.vocab[c]: c for c in merged_ids})
+        rank_to_id = None
+    else:
+        ranks = {bytes([b]): b for b in range(256)}
+        rank_ids = [-1 if i is None else i for i in tok.byte_ids] + merged_ids
+        ranks.update({tok.vocab[c]: 256 + k for k, c in enumerate(merged_ids)})
+        rank_to_id = np.asarray(rank_ids, dtype=np.int64)
     enc = tiktoken.Encoding(
         name=f"ember-{id(tok)}", pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens={}
     )
-    return _FastEncoder(tok, enc, None if identity else np.asarray(rank_ids, dtype=np.int64))
+    return _FastEncoder(tok, enc, rank_to_id)

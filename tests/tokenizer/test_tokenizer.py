@@ -94,3 +94,12 @@ def test_bad_ember_json_is_a_clear_error(tmp_path, tok):
 def test_pattern_name_or_regex():
     with pytest.raises(ValueError, match="neither a known name"):
         Tokenizer(merges=[], pattern="(unclosed")
+
+
+def test_fast_path_with_ids_out_of_merge_order():
+    # "lo" gets id 300 and the later merge "low" id 299: ranks must follow merges, not ids.
+    tok = Tokenizer(merges=[(108, 111, 300), (300, 119, 299), (119, 108, 301)], pattern="gpt2")
+    assert tok._fast.rank_to_id is not None
+    for s in ["low", "lowl", "wlow lo wl", "owl"]:
+        assert tok.encode(s) == tok.encode_pure(s), s
+    assert tok.encode("low") == [299]
