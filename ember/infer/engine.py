@@ -209,7 +209,9 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         limit = self.config.max_seq_len
         if max_seq_len is not None and not 1 <= max_seq_len <= limit:
-            raise ValueError(f"max_seq_len {max_seq_len} must be in 1..{limit} (the model's context)")
+            raise ValueError(
+                f"max_seq_len {max_seq_len} must be in 1..{limit} (the model's context)"
+            )
         self.max_seq_len = max_seq_len or limit
         self.max_batch_size = max_batch_size
         self.eos_ids = frozenset(tokenizer.eos_token_ids)
@@ -222,7 +224,9 @@ class Engine:
         self._active: Tensor | None = None  # [B] 1 for a running slot, 0 for a free one
 
     # ---- requests ---------------------------------------------------------------------
-    def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Request:
+    def add_request(
+        self, prompt_ids: Sequence[int], params: SamplingParams | None = None
+    ) -> Request:
         """Validate and queue one request; `step()` runs it."""
         params = params or SamplingParams()
         prompt_ids = [int(t) for t in prompt_ids]
@@ -230,7 +234,9 @@ class Engine:
         if n == 0:
             raise ValueError("the prompt is empty: at least one token is needed")
         if n >= self.max_seq_len:
-            raise ValueError(f"prompt of {n} tokens does not fit the context of {self.max_seq_len} tokens")
+            raise ValueError(
+                f"prompt of {n} tokens does not fit the context of {self.max_seq_len} tokens"
+            )
         if n + m > self.max_seq_len:
             raise ValueError(
                 f"prompt of {n} tokens + max_tokens {m} = {n + m} exceeds the context of "
@@ -352,7 +358,9 @@ class Engine:
 
     # ---- front doors ------------------------------------------------------------------
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams | Sequence[SamplingParams] | None = None
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[GenerationResult]:
         """Generate for every prompt (batched, up to max_batch_size at a time).
 
@@ -374,7 +382,9 @@ class Engine:
             raise
         return [r.result() for r in reqs]
 
-    def stream(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Iterator[StreamChunk]:
+    def stream(
+        self, prompt_ids: Sequence[int], params: SamplingParams | None = None
+    ) -> Iterator[StreamChunk]:
         """Yield the reply as it is generated; the last chunk carries the GenerationResult.
 
         >>> for chunk in engine.stream(ids, SamplingParams(temperature=0)):  # doctest: +SKIP

@@ -169,7 +169,9 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty) -> Tensor:
 
 
 @_rows
-def apply_frequency_presence_penalties(logits: Tensor, counts: Tensor, frequency, presence) -> Tensor:
+def apply_frequency_presence_penalties(
+    logits: Tensor, counts: Tensor, frequency, presence
+) -> Tensor:
     """OpenAI: logit[j] -= counts[j] * frequency + (counts[j] > 0) * presence, where counts
     are how often j occurs in the tokens generated so far (not the prompt). counts [B, V]."""
     counts = counts.reshape(logits.shape).to(logits.dtype)
@@ -278,7 +280,9 @@ class Sampler:
             self.seen[rows, next_ids] = True
 
 
-def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
+def sample(
+    logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> Tensor:
     """Draw one token per row with the same params for all rows (no penalties state).
 
     >>> sample(torch.tensor([0.0, 5.0, 1.0]), SamplingParams(temperature=0)).item()

@@ -75,3 +75,22 @@ def test_bad_arguments():
         perplexity(FixedModel(), [1], ctx=4)
     with pytest.raises(ValueError, match="max_seq_len 256"):
         perplexity(Transformer(ModelConfig.tiny()), IDS, ctx=512)
+
+
+@pytest.mark.slow
+def test_smollm2_matches_the_transformers_reference():
+    """ANCHORS.md: transformers fp32 on the first 20,000 chars of the sorted pydoc topics
+    (joined by blank lines), ctx 512, no BOS → 15.389."""
+    from pydoc_data.topics import topics
+
+    from ember.model import load_model
+    from ember.tokenizer import load_tokenizer
+
+    try:
+        model, tok = load_model("smollm2"), load_tokenizer("smollm2")
+    except (ValueError, FileNotFoundError) as e:
+        pytest.skip(f"SmolLM2 not installed: {e}")
+    text = "\n\n".join(topics[k] for k in sorted(topics))[:20_000]
+    ppl, n = perplexity(model, tok.encode(text), ctx=512, progress=False)
+    assert n == 4706
+    assert ppl == pytest.approx(15.389, abs=0.01)

@@ -80,7 +80,10 @@ def test_oldest_turns_dropped_when_context_is_full():
     lines = [f"message number {i} " * 3 for i in range(6)]
     tok, history, out = run(lines, max_seq_len=160)
     assert "dropped the oldest turn" in out
-    assert history[-1] == {"role": "assistant", "content": "Hi!"} and history[-2]["content"] == lines[-1]
+    assert (
+        history[-1] == {"role": "assistant", "content": "Hi!"}
+        and history[-2]["content"] == lines[-1]
+    )
     assert len(history) < 12
 
 

@@ -77,7 +77,9 @@ def test_seeded_sampling_reproducible_and_batch_independent():
     for p, sp, toks in zip(ps, params, together):
         assert engine.generate([p], sp)[0].token_ids == toks
     # the same request beside a different neighbour
-    mixed = engine.generate([ps[0], ps[2]], [params[0], SamplingParams(temperature=0, max_tokens=4)])
+    mixed = engine.generate(
+        [ps[0], ps[2]], [params[0], SamplingParams(temperature=0, max_tokens=4)]
+    )
     assert mixed[0].token_ids == together[0]
 
 
@@ -123,7 +125,9 @@ def test_eos_stop_token_ids_and_ignore_eos():
     assert (r.text, r.finish_reason, r.token_ids) == ("abc", "stop", [97, 98, 99, IM_END])
     r = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))[0]
     assert r.text == "abc<|im_end|>zq" and r.finish_reason == "length"
-    r = engine.generate([prompt], SamplingParams(temperature=0, stop_token_ids=[ord("b")], max_tokens=9))[0]
+    r = engine.generate(
+        [prompt], SamplingParams(temperature=0, stop_token_ids=[ord("b")], max_tokens=9)
+    )[0]
     assert (r.text, r.finish_reason) == ("a", "stop")
 
 
@@ -131,9 +135,13 @@ def test_max_tokens():
     model, tok = make_model(), make_tokenizer()
     engine = Engine(model, tok)
     for m in (1, 2, 7):
-        r = engine.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=m, ignore_eos=True))[0]
+        r = engine.generate(
+            [[1, 2, 3]], SamplingParams(temperature=0, max_tokens=m, ignore_eos=True)
+        )[0]
         assert r.completion_tokens == len(r.token_ids) == m and r.finish_reason == "length"
-        chunks = list(engine.stream([1, 2, 3], SamplingParams(temperature=0, max_tokens=m, ignore_eos=True)))
+        chunks = list(
+            engine.stream([1, 2, 3], SamplingParams(temperature=0, max_tokens=m, ignore_eos=True))
+        )
         assert chunks[-1].result.token_ids == r.token_ids
 
 
@@ -141,7 +149,9 @@ def test_streaming_never_breaks_utf8():
     text = "Hé é 🙂 wörld ñ 中文 é"
     prompt = [1]
     model, tok = scripted(text, len(prompt), tail=[EOT])
-    assert any(len(tok.id_to_bytes(t)) == 2 and tok.id_to_bytes(t)[1] == 0xC3 for t in tok.encode(text))
+    assert any(
+        len(tok.id_to_bytes(t)) == 2 and tok.id_to_bytes(t)[1] == 0xC3 for t in tok.encode(text)
+    )
     engine = Engine(model, tok)
     chunks = [c.text for c in engine.stream(prompt, SamplingParams(temperature=0, max_tokens=80))]
     assert all("\ufffd" not in c for c in chunks)

@@ -70,7 +70,9 @@ def test_min_p_table():
 
 def test_per_row_knobs_are_independent():
     z = Z.expand(3, 4)
-    out = probs(apply_top_k(apply_temperature(z, torch.tensor([1.0, 0.5, 2.0])), torch.tensor([2, 0, 1])))
+    out = probs(
+        apply_top_k(apply_temperature(z, torch.tensor([1.0, 0.5, 2.0])), torch.tensor([2, 0, 1]))
+    )
     close(out[0], [0.7311, 0.2689, 0.0, 0.0])
     close(out[1], [0.8282, 0.1121, 0.0412, 0.0185])
     close(out[2], [1.0, 0.0, 0.0, 0.0])
@@ -132,7 +134,11 @@ def draws(sampler, logits, n):
 def test_seeded_sampling_is_reproducible_and_batch_independent():
     torch.manual_seed(1)
     logits = torch.randn(3, 50)
-    params = [SamplingParams(seed=7, top_k=20), SamplingParams(seed=8, top_p=0.8), SamplingParams(seed=9)]
+    params = [
+        SamplingParams(seed=7, top_k=20),
+        SamplingParams(seed=8, top_p=0.8),
+        SamplingParams(seed=9),
+    ]
     batch = Sampler(3, 50)
     for i, p in enumerate(params):
         batch.set_row(i, p)
@@ -140,7 +146,9 @@ def test_seeded_sampling_is_reproducible_and_batch_independent():
     for i, p in enumerate(params):
         alone = Sampler(1, 50)
         alone.set_row(0, p)
-        assert [row[0] for row in draws(alone, logits[i : i + 1], 20)] == [row[i] for row in together]
+        assert [row[0] for row in draws(alone, logits[i : i + 1], 20)] == [
+            row[i] for row in together
+        ]
     again = Sampler(3, 50)
     for i, p in enumerate(params):
         again.set_row(i, p)
@@ -176,7 +184,9 @@ def test_params_validation_names_field_and_value(field, value):
     with pytest.raises(ValueError) as e:
         SamplingParams(**{field: value})
     msg = str(e.value)
-    assert (field in msg or field.rstrip("s") in msg) and repr(value if not isinstance(value, tuple) else value[0]) in msg
+    assert (field in msg or field.rstrip("s") in msg) and repr(
+        value if not isinstance(value, tuple) else value[0]
+    ) in msg
 
 
 def test_params_normalise_stop():
