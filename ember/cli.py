@@ -96,6 +96,164 @@ def tokenize(cfg: TokenizeConfig) -> str:
     return out
 
 
+# ---- inference ---------------------------------------------------------------------------
+@dataclass
+class ModelOptions:
+    model: str = "smollm2"  # known name, GGUF file, or HF folder
+    dtype: Literal["float32", "bfloat16"] = "float32"  # float32 is exact; bfloat16 is ~2x faster
+    quant: Literal["none", "int8", "int4"] = "none"  # weight-only matmuls for fast CPU decode
+    max_seq_len: int | None = None  # KV-cache length (default: the model's context)
+    threads: int | None = None  # torch threads (default: all cores)
+
+
+def _load(opts: ModelOptions):
+    import torch
+
+    import ember
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    model, tok = ember.load(opts.model, dtype=getattr(torch, opts.dtype),
+                            quant=None if opts.quant == "none" else opts.quant)
+    return model.eval(), tok
+
+
+def _engine(model, tok, opts: ModelOptions, max_batch_size: int = 1):
+    from ember.infer.engine import Engine
+
+    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=opts.max_seq_len)
+
+
+@dataclass
+class GenerateConfig(ModelOptions):
+    """Generate a completion for one prompt."""
+
+    prompt: str | None = None
+    prompt_file: str | None = None
+    chat: bool = False  # wrap the prompt as a user message in the model's chat template
+    system: str | None = None  # system message (with --chat)
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    json: bool = False  # one JSON line: text, ids, prompt_tokens, ttft_ms, decode_tok_s
+
+
+def generate(cfg: GenerateConfig) -> dict:
+    from ember.core.io import read_text_utf8
+    from ember.infer.sampling import SamplingParams
+
+    if (cfg.prompt is None) == (cfg.prompt_file is None):
+        raise ValueError("give either --prompt or --prompt-file, not both or neither")
+    text = read_text_utf8(cfg.prompt_file) if cfg.prompt_file else cfg.prompt
+    params = SamplingParams(
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+        repetition_penalty=cfg.repetition_penalty, seed=cfg.seed, max_tokens=cfg.max_tokens,
+        stop=tuple(cfg.stop), ignore_eos=cfg.ignore_eos,
+    )
+    model, tok = _load(cfg)
+    if cfg.chat:
+        msgs = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": text}]
+        ids, _ = tok.render_chat(msgs, add_generation_prompt=True)
+    else:
+        ids = tok.encode(text)
+        if tok.add_bos and tok.bos_token_id is not None:
+            ids = [tok.bos_token_id, *ids]
+    engine = _engine(model, tok, cfg)
+    result = None
+    for chunk in engine.stream(ids, params):
+        if not cfg.json:
+            print(chunk.text, end="", flush=True)
+        result = chunk.result or result
+    out = {
+        "text": result.text, "ids": result.token_ids, "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+        "ttft_ms": round(result.ttft_ms, 2), "decode_tok_s": round(result.decode_tok_s, 2),
+    }
+    if cfg.json:
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(f"\n[{result.prompt_tokens} prompt tokens, TTFT {result.ttft_ms:.0f} ms, "
+              f"{result.completion_tokens} tokens at {result.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+    return out
+
+
+@dataclass
+class ChatConfig(ModelOptions):
+    """Chat with a model in the terminal (/reset clears the history, /exit quits)."""
+
+    system: str | None = None
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 512
+    seed: int | None = None
+    demo: bool = False  # answer one demo question and exit (what `make run` does without a terminal)
+
+
+DEMO_QUESTION = "In two sentences, what is a tokenizer in a language model?"
+
+
+def chat(cfg: ChatConfig) -> None:
+    from ember.infer.chat import run_chat
+    from ember.infer.sampling import SamplingParams
+
+    model, tok = _load(cfg)
+    engine = _engine(model, tok, cfg)
+    if cfg.demo:
+        lines = iter([DEMO_QUESTION])
+        print(f"> {DEMO_QUESTION}")
+
+        def read(_prompt):
+            return next(lines)  # StopIteration is not EOFError: map it below
+
+        def read_once(prompt):
+            try:
+                return read(prompt)
+            except StopIteration:
+                raise EOFError from None
+
+        run_chat(engine, tok, system=cfg.system, input_fn=read_once,
+                 params=SamplingParams(temperature=0.0, max_tokens=cfg.max_tokens))
+        return
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    run_chat(engine, tok, system=cfg.system, params=params)
+
+
+@dataclass
+class PerplexityConfig(ModelOptions):
+    """Perplexity of a model on a text file (non-overlapping windows)."""
+
+    file: str | None = None  # text file; default: the first 20,000 chars of the sorted pydoc topics
+    ctx: int = 512
+    max_chars: int | None = None  # only the first N characters
+    bos: bool = False  # start every window with the BOS token
+
+
+def perplexity(cfg: PerplexityConfig) -> float:
+    import torch
+
+    from ember.core.io import read_text_utf8
+    from ember.data.corpus import pydoc_topics_text
+    from ember.eval.perplexity import perplexity as ppl_fn
+
+    text = read_text_utf8(cfg.file) if cfg.file else pydoc_topics_text()[:20_000]
+    if cfg.max_chars:
+        text = text[: cfg.max_chars]
+    if not text.strip():
+        raise ValueError(f"{cfg.file or 'the text'} is empty")
+    model, tok = _load(cfg)
+    bos = tok.bos_token_id if cfg.bos else None
+    with torch.inference_mode():
+        ppl, n = ppl_fn(model, tok.encode(text), ctx=cfg.ctx, bos_id=bos)
+    print(json.dumps({"perplexity": round(ppl, 4), "tokens": n, "ctx": cfg.ctx, "model": cfg.model}))
+    return ppl
+
+
 # ---- demo (`make run`) ---------------------------------------------------------------------
 DEMO_SENTENCE = "ember turns raw text into tokens: 12 apples, 3 naïve cafés and one 🚀!"
 
@@ -127,15 +285,27 @@ def _command(cfg_cls, doc: str | None = None, many: tuple[str, ...] = ()) -> Arg
     return p
 
 
+def _bool_flags() -> set[str]:
+    configs = (TokenizerTrainConfig, TokenizeConfig, GenerateConfig, ChatConfig, PerplexityConfig)
+    return {f.name for c in configs for f in c.__dataclass_fields__.values() if f.type in (bool, "bool")}
+
+
 def _normalize_argv(argv: list[str], positional: dict[str, str]) -> list[str]:
-    """`--vocab-size 3` → `--vocab_size 3`; a bare word after `ember CMD` becomes `--<positional>`."""
+    """`--vocab-size 3` → `--vocab_size 3`; a bare `--json` → `--json true`; a bare word
+    after `ember CMD` becomes `--<positional> WORD`."""
     out: list[str] = []
     takes_value = False
-    for tok in argv:
+    bools = _bool_flags()
+    for k, tok in enumerate(argv):
         if tok.startswith("--") and len(tok) > 2:
             name, eq, value = tok[2:].partition("=")
-            out.append("--" + name.replace("-", "_") + eq + value)
+            name = name.replace("-", "_")
+            out.append("--" + name + eq + value)
             takes_value = not eq
+            nxt = argv[k + 1] if k + 1 < len(argv) else None
+            if name in bools and not eq and (nxt is None or nxt.lower() not in ("true", "false")):
+                out.append("true")
+                takes_value = False
         elif out and out[0] in positional and not takes_value and not tok.startswith("-"):
             out.extend([f"--{positional[out[0]]}", tok])
         else:
@@ -155,7 +325,10 @@ def build_parser() -> ArgumentParser:
 
     tok_parser = _command(TokenizeConfig)
     sub.add_subcommand("tokenize", tok_parser, help="show how text tokenizes")
-    sub.add_subcommand("demo", ArgumentParser(description=demo.__doc__), help="the `make run` demo")
+    sub.add_subcommand("generate", _command(GenerateConfig, many=("stop",)), help="complete one prompt")
+    sub.add_subcommand("chat", _command(ChatConfig), help="chat in the terminal")
+    sub.add_subcommand("perplexity", _command(PerplexityConfig), help="perplexity on a text file")
+    sub.add_subcommand("demo", ArgumentParser(description=demo.__doc__), help="tokenizer demo")
     return parser
 
 
@@ -173,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer_train(_dataclass_from(TokenizerTrainConfig, args.tokenizer.train))
         elif args.command == "tokenize":
             tokenize(_dataclass_from(TokenizeConfig, args.tokenize))
+        elif args.command == "generate":
+            generate(_dataclass_from(GenerateConfig, args.generate))
+        elif args.command == "chat":
+            chat(_dataclass_from(ChatConfig, args.chat))
+        elif args.command == "perplexity":
+            perplexity(_dataclass_from(PerplexityConfig, args.perplexity))
         elif args.command == "demo":
             demo()
         else:
