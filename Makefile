@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/ember demo
+	@if [ -t 0 ]; then $(BIN)/ember chat --model smollm2; else $(BIN)/ember chat --model smollm2 --demo; fi
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -29,6 +29,7 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python bench/tokenizer.py
+	$(BIN)/python bench/generate.py
 
 lint: setup
 	$(BIN)/ruff check ember tests bench
