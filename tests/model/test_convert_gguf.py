@@ -199,3 +199,18 @@ def test_not_a_model_path(tmp_path):
         load_model(tmp_path / "weights.bin")
     with pytest.raises(ValueError, match="without config.json"):
         load_model(tmp_path)
+
+
+def test_smollm2_raw_blocks_are_exposed_without_dequantizing():
+    from ember.core.registry import ModelNotFoundError, resolve_model
+
+    try:
+        path = resolve_model("smollm2")
+    except ModelNotFoundError as e:
+        pytest.skip(str(e))
+    raw = gguf_raw_tensors(open_gguf(path), "llama")
+    wq = raw["layers.0.attention.wq.weight"]
+    assert (wq.type, wq.shape, wq.data.shape, wq.data.dtype) == (Q.Q4_1, (576, 576), (576, 360), np.uint8)
+    assert raw["tok_embeddings.weight"].type == Q.Q8_0
+    assert "output.weight" not in raw  # tied: the head is tok_embeddings
+    assert len(raw) == 272
