@@ -224,6 +224,7 @@ class Sampler:
         self.presence = torch.zeros(B, **f32)
         self.counts: Tensor | None = None  # [B, V] int32, generated tokens only
         self.seen: Tensor | None = None  # [B, V] bool, prompt + generated (repetition penalty)
+        self._filters = (False, False, False)  # any row using top-k, top-p, min-p
 
     def set_row(self, i: int, params: SamplingParams, prompt_ids: Sequence[int] = ()) -> None:
         self.params[i] = params
@@ -245,9 +246,13 @@ class Sampler:
             self.seen[i].zero_()
             ids = torch.tensor([t for t in prompt_ids if t < self.vocab_size], dtype=torch.long)
             self.seen[i, ids.to(self.device)] = True
-
-    def _any(self, name: str, off) -> bool:
-        return any(p is not None and getattr(p, name) != off for p in self.params)
+        # Decided once per admission, not per token: skip the sorts nobody asked for.
+        ps = [p for p in self.params if p is not None]
+        self._filters = (
+            any(p.top_k > 0 for p in ps),
+            any(p.top_p < 1.0 for p in ps),
+            any(p.min_p > 0.0 for p in ps),
+        )
 
     def __call__(self, logits: Tensor) -> Tensor:
         """logits [B, V] → next token ids [B] (long). Rows never set come out greedy."""
@@ -261,11 +266,12 @@ class Sampler:
         sampled_rows = [i for i, g in enumerate(self.generators) if g is not None]
         if sampled_rows:
             logits = apply_temperature(logits, self.temperature)
-            if self._any("top_k", 0):
+            use_top_k, use_top_p, use_min_p = self._filters
+            if use_top_k:
                 logits = apply_top_k(logits, self.top_k)
-            if self._any("top_p", 1.0):
+            if use_top_p:
                 logits = apply_top_p(logits, self.top_p)
-            if self._any("min_p", 0.0):
+            if use_min_p:
                 logits = apply_min_p(logits, self.min_p)
             probs = torch.softmax(logits, dim=-1)  # [B, V]
             for i in sampled_rows:  # one draw per row from its own generator

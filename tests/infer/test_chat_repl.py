@@ -3,7 +3,7 @@
 import io
 import sys
 
-from conftest import EOT, ScriptedModel, make_tokenizer
+from infer_helpers import EOT, ScriptedModel, make_tokenizer
 
 from ember.infer import Engine, SamplingParams
 from ember.infer.chat import run_chat

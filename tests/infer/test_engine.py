@@ -3,7 +3,7 @@ is batch-independent, stops/length/EOS behave, streaming never breaks UTF-8."""
 
 import pytest
 import torch
-from conftest import EOT, IM_END, ScriptedModel, make_model, make_tokenizer
+from infer_helpers import EOT, IM_END, ScriptedModel, make_model, make_tokenizer
 
 from ember.infer import Engine, SamplingParams
 from ember.model.kv_cache import KVCache

@@ -1,7 +1,7 @@
-"""Shared pieces for the engine tests: a byte-level tokenizer, a tiny random Transformer,
+"""Shared pieces for the infer tests (a plain module, not conftest.py, so that a root
+conftest can never shadow it): a byte-level tokenizer, a tiny random Transformer,
 and a scripted model that emits a fixed token sequence (for stop/UTF-8/length tests)."""
 
-import pytest
 import torch
 from torch import nn
 
@@ -53,13 +53,3 @@ class ScriptedModel(nn.Module):
         nxt = self.table[(pos + 1 - self.start).clamp(0, len(self.table) - 1)]
         logits = torch.full((*pos.shape, V), -30.0)
         return logits.scatter(-1, nxt[..., None], 30.0)
-
-
-@pytest.fixture
-def tok():
-    return make_tokenizer()
-
-
-@pytest.fixture
-def model():
-    return make_model()
