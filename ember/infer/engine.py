@@ -43,7 +43,7 @@ class GenerationResult:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
-    ttft_ms: float  # request admitted → first token sampled
+    ttft_ms: float  # request added → first token sampled (queue wait included)
     decode_tok_s: float  # tokens after the first / time after the first (0 if only one)
 
 
@@ -134,7 +134,7 @@ class Request:
     text_parts: list[str] = field(default_factory=list)
     delta: str = ""  # text produced since the last `take_delta()`
     finish_reason: str | None = None
-    t_admit: float = 0.0
+    t_arrival: float = 0.0  # add_request time: TTFT includes any wait in the queue
     t_first: float = 0.0
     t_last: float = 0.0
 
@@ -182,7 +182,7 @@ class Request:
             finish_reason=self.finish_reason or "length",
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=n,
-            ttft_ms=1000.0 * (self.t_first - self.t_admit) if n else 0.0,
+            ttft_ms=1000.0 * (self.t_first - self.t_arrival) if n else 0.0,
             decode_tok_s=(n - 1) / span if n > 1 and span > 0 else 0.0,
         )
 
@@ -200,7 +200,11 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, max_batch_size: int = 8, max_seq_len: int | None = None):
-        if max_batch_size < 1:
+        if (
+            isinstance(max_batch_size, bool)
+            or not isinstance(max_batch_size, int)
+            or max_batch_size < 1
+        ):
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -249,7 +253,7 @@ class Engine:
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
         req = Request(
             prompt_ids, params, self.tokenizer.stream_decoder(), StopStringMatcher(params.stop),
-            frozenset(stop_ids),
+            frozenset(stop_ids), t_arrival=time.perf_counter(),
         )  # fmt: skip
         self.waiting.append(req)
         return req
@@ -313,9 +317,8 @@ class Engine:
         self._ensure_cache(B, min(-(-need // 64) * 64, self.max_seq_len))
         self.sampler = Sampler(B, self.config.vocab_size, self.device)
         self.slots = list(wave)
-        now = time.perf_counter()
         for i, r in enumerate(wave):
-            r.slot, r.t_admit = i, now
+            r.slot = i
             self.sampler.set_row(i, r.params, r.prompt_ids)
         lens = torch.tensor([len(r.prompt_ids) for r in wave], device=self.device)
         self._positions = lens  # after prefill, the sampled token goes at position len
