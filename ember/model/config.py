@@ -7,7 +7,7 @@ KV heads). Presets name the real sizes; `tiny()` is what the tests build.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 NORMS = ("rmsnorm", "layernorm")
@@ -47,7 +47,6 @@ class ModelConfig:
     bias: bool = False
     tie_embeddings: bool = False
     causal: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (source file, arch)
 
     def __post_init__(self):
         if self.n_kv_heads is None:

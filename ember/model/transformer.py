@@ -68,6 +68,8 @@ class Transformer(nn.Module):
         B, T = ids.shape
         mask = None
         if cache is None:
+            if input_pos is not None:
+                raise ValueError("input_pos is only used with a cache; without one positions are 0..T-1")
             if T > cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len}")
             pos = torch.arange(T, device=ids.device).expand(B, T)  # (B, T)

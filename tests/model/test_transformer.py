@@ -157,3 +157,5 @@ def test_bad_cache_inputs_are_value_errors():
         model(ids[:1], cache, torch.arange(3)[None])
     with pytest.raises(ValueError, match="longer than max_seq_len"):
         model(torch.zeros(1, 300, dtype=torch.long))
+    with pytest.raises(ValueError, match="only used with a cache"):
+        model(ids, input_pos=torch.arange(3).expand(2, 3))

@@ -82,7 +82,6 @@ def config_from_gguf(reader) -> ModelConfig:
         vocab_size=vocab, n_layers=int(need("block_count")), d_model=int(need("embedding_length")),
         n_heads=int(need("attention.head_count")), d_ff=int(need("feed_forward_length")),
         max_seq_len=int(need("context_length")), tie_embeddings="output.weight" not in names,
-        extra={"arch": arch, "source": "gguf"},
     )  # fmt: skip
     if arch == "gpt2":
         eps = gguf_field(reader, "gpt2.attention.layer_norm_epsilon", 1e-5)
@@ -167,5 +166,5 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tu
     """
     reader = open_gguf(path)
     cfg = config_from_gguf(reader)
-    raw = gguf_raw_tensors(reader, cfg.extra["arch"])
+    raw = gguf_raw_tensors(reader, gguf_field(reader, "general.architecture"))
     return cfg, {name: dequantize(t, dtype) for name, t in raw.items()}

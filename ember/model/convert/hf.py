@@ -96,7 +96,7 @@ def _llama_config(d: dict) -> ModelConfig:
         n_kv_heads=d.get("num_key_value_heads") or n_heads, d_ff=d["intermediate_size"],
         max_seq_len=d.get("max_position_embeddings", 2048), norm="rmsnorm", norm_eps=d.get("rms_norm_eps", 1e-6),
         pos_emb="rope", rope_theta=float(theta), rope_scaling=scaling, mlp="swiglu", bias=bias,
-        tie_embeddings=bool(d.get("tie_word_embeddings", False)), extra={"arch": "llama"},
+        tie_embeddings=bool(d.get("tie_word_embeddings", False)),
     )  # fmt: skip
 
 
@@ -109,7 +109,7 @@ def _gpt2_config(d: dict) -> ModelConfig:
         vocab_size=d["vocab_size"], n_layers=d["n_layer"], d_model=d_model, n_heads=d["n_head"],
         d_ff=d.get("n_inner") or 4 * d_model, max_seq_len=d["n_positions"], norm="layernorm",
         norm_eps=d.get("layer_norm_epsilon", 1e-5), pos_emb="learned", mlp="gelu", bias=True,
-        tie_embeddings=bool(d.get("tie_word_embeddings", True)), extra={"arch": "gpt2"},
+        tie_embeddings=bool(d.get("tie_word_embeddings", True)),
     )  # fmt: skip
 
 
@@ -210,9 +210,10 @@ def to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tens
 
 
 def _rope_rows_for_hf(t: torch.Tensor, name: str, cfg: ModelConfig) -> torch.Tensor:
-    if not cfg.rope_interleaved or ".attention.w" not in name or name.split(".")[-2] not in ("wq", "wk"):
+    kind = name.split(".")[-2]  # "layers.0.attention.wq.weight" → "wq"
+    if not cfg.rope_interleaved or kind not in ("wq", "wk"):
         return t
-    n_heads = cfg.n_heads if ".wq." in name else cfg.n_kv_heads
+    n_heads = cfg.n_heads if kind == "wq" else cfg.n_kv_heads
     return rope_rows_interleaved_to_half(t, n_heads)
 
 
