@@ -1,0 +1,95 @@
+"""Batch-1 matvec speed: fp32/bf16 F.linear vs Int8Linear vs Int4Linear, µs per call and GB/s.
+
+GB/s counts the weight bytes (plus scales) read per call. "hot" repeats one weight (it can
+sit in cache); "cold" cycles through enough copies to exceed ~1 GB, as a decode step
+streams every matrix once. Modules include the bf16 casts in and out (what a model pays);
+"raw" rows call the kernel on bf16 input directly.
+
+    OMP_NUM_THREADS=2 python bench/quant_matmul.py            # SmolLM2's two shapes
+    OMP_NUM_THREADS=2 python bench/quant_matmul.py 576x1536   # K x N
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ember.quant import Int4Linear, Int8Linear
+
+
+def per_call(fns, seconds=0.4, repeats=5) -> float:
+    """Median seconds per call, cycling over `fns` (one per weight copy)."""
+    for f in fns[: min(len(fns), 20)]:
+        f()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds / repeats:
+        fns[n % len(fns)]()
+        n += 1
+    n = max(n, len(fns))
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(n):
+            fns[i % len(fns)]()
+        runs.append((time.perf_counter() - t0) / n)
+    return statistics.median(runs)
+
+
+def variants(K: int, N: int, copies: int):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, K, generator=g)
+    xb = x.bfloat16()
+    rows = {}
+    Ws = [torch.randn(N, K, generator=g) * 0.02 for _ in range(copies)]
+    rows["fp32 F.linear"] = ([lambda W=W: F.linear(x, W) for W in Ws], N * K * 4)
+    Wts = [W.t().contiguous() for W in Ws]
+    rows["fp32 x @ W_t"] = ([lambda Wt=Wt: x @ Wt for Wt in Wts], N * K * 4)
+    del Wts
+    Wbs = [W.bfloat16() for W in Ws]
+    rows["bf16 F.linear"] = ([lambda Wb=Wb: F.linear(xb, Wb) for Wb in Wbs], N * K * 2)
+    del Wbs
+    q8 = [Int8Linear.from_float(W) for W in Ws]
+    rows["int8 Int8Linear (fp32 io)"] = ([lambda m=m: m(x) for m in q8], N * K + N * 2)
+    rows["int8 raw kernel (bf16)"] = (
+        [lambda m=m: torch.ops.aten._weight_int8pack_mm(xb, m.weight_int8, m.scales) for m in q8],
+        N * K + N * 2,
+    )
+    del q8
+    q4 = [Int4Linear.from_float(W, 32) for W in Ws]
+    nbytes4 = N * K // 2 + (K // 32) * N * 2 * 2
+    rows["int4 g32 Int4Linear (fp32 io)"] = ([lambda m=m: m(x) for m in q4], nbytes4)
+    rows["int4 g32 raw kernel (bf16)"] = (
+        [
+            lambda m=m: torch.ops.aten._weight_int4pack_mm_for_cpu(
+                xb, m.weight_packed, 32, m.scales_and_zeros
+            )
+            for m in q4
+        ],
+        nbytes4,
+    )
+    return rows
+
+
+def main(shapes):
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| shape [1,K]x[K,N] | variant | hot µs | hot GB/s | cold µs | cold GB/s |")
+    print("|---|---|---|---|---|---|")
+    for K, N in shapes:
+        copies = max(1, min(24, int(1.2e9 // (N * K * 4))))  # fp32 copies > ~1 GB, capped
+        for name, (fns, nbytes) in variants(K, N, copies).items():
+            hot = per_call(fns[:1])
+            cold = per_call(fns)
+            print(
+                f"| [1,{K}]x[{K},{N}] | {name} | {hot * 1e6:.1f} | {nbytes / hot / 1e9:.1f} "
+                f"| {cold * 1e6:.1f} | {nbytes / cold / 1e9:.1f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:] or ["576x1536", "576x49152"]
+    main([tuple(int(v) for v in a.split("x")) for a in args])
