@@ -15,10 +15,14 @@ recommend instead is a seam in the model (see `FusedLinear`'s docstring).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
 import torch
 import torch.nn as nn
 
-from ember.quant.apply import QuantConfig, _quantize_weight
+from ember.quant.apply import QuantConfig, _check_matches, _quantize_weight
+from ember.quant.int4 import Int4Linear, raw_bytes
 
 GROUPS = (("attention", ("wq", "wk", "wv")), ("feed_forward", ("w1", "w3")))
 
@@ -67,14 +71,20 @@ class _Slice(nn.Module):
 
 
 @torch.no_grad()
-def apply_fused_projections(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
+def apply_fused_projections(
+    model: nn.Module, cfg: QuantConfig | None = None, raw_tensors: Mapping[str, tuple] | None = None
+) -> nn.Module:
     """Fuse attention.{wq,wk,wv} and feed_forward.{w1,w3} of every block, quantizing the
     fused weight with `cfg` (None keeps it float). Apply to a float model, before apply_quant.
+    With `raw_tensors` (as for apply_quant_from_gguf) and int4, groups whose parts are all
+    Q4_1 stack the file's blocks row-wise (blocks run along rows), keeping the codes exact.
 
     >>> from ember.model import ModelConfig, Transformer  # doctest: +SKIP
     >>> m = apply_fused_projections(Transformer(ModelConfig.tiny()))  # doctest: +SKIP
     """
-    for parent in list(model.modules()):
+    from gguf import GGMLQuantizationType as GT
+
+    for pname, parent in list(model.named_modules()):
         for attr, names in GROUPS:
             owner = getattr(parent, attr, None) if attr in parent._modules else None
             if owner is None or not all(
@@ -91,7 +101,18 @@ def apply_fused_projections(model: nn.Module, cfg: QuantConfig | None = None) ->
                         for lin in lins
                     ]
                 )
-            if cfg is None:
+            keys = [f"{pname}.{attr}.{n}.weight".lstrip(".") for n in names]
+            entries = [raw_tensors.get(k) for k in keys] if raw_tensors is not None else [None]
+            if (
+                cfg is not None
+                and cfg.mode == "int4"
+                and all(e is not None and GT(int(e[0])) == GT.Q4_1 for e in entries)
+            ):
+                for k, e, lin in zip(keys, entries, lins):
+                    _check_matches(k, e[1], e[2], GT.Q4_1, lin.weight)
+                blocks = np.concatenate([raw_bytes(e[1]) for e in entries])
+                inner = Int4Linear.from_q4_1(blocks, weight.shape, bias, cfg.compute_dtype)
+            elif cfg is None:
                 inner = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
                 inner.weight.copy_(weight)
                 if bias is not None:

@@ -49,3 +49,30 @@ def test_fused_int4_matches_unfused_int4_under_cached_decode():
     # group-wise quantization of stacked rows is the same per row: identical weights
     for x, y in zip(a.out, b.out):
         assert rel(y, x) < 1e-2
+
+
+def test_fused_from_q4_1_blocks_keeps_codes_exactly():
+    from gguf import GGMLQuantizationType as GT
+    from gguf.quants import dequantize, quantize
+
+    from ember.quant import Int4Linear
+
+    model = tiny_model()
+    raw = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and name.startswith("layers."):
+            W = mod.weight.detach().numpy()
+            blocks = quantize(W, GT.Q4_1)
+            raw[f"{name}.weight"] = (GT.Q4_1, blocks, tuple(W.shape))
+            with torch.no_grad():
+                mod.weight.copy_(torch.from_numpy(dequantize(blocks, GT.Q4_1).reshape(W.shape)))
+    ref = [
+        model.layers[0].attention.wq.weight,
+        model.layers[0].attention.wk.weight,
+        model.layers[0].attention.wv.weight,
+    ]
+    cfg = QuantConfig(mode="int4", compute_dtype=torch.float32)
+    apply_fused_projections(model, cfg, raw)
+    inner = model.layers[0].attention.fused_wqwkwv.inner
+    assert isinstance(inner, Int4Linear)
+    torch.testing.assert_close(inner.dequantize(), torch.cat(ref), rtol=1e-6, atol=1e-7)
