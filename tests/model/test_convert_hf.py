@@ -98,6 +98,9 @@ def test_unknown_model_type_and_keys_are_value_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     with pytest.raises(ValueError, match="unsupported HF model_type 'mamba'.*gpt2.*llama"):
         load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**_tiny_gpt2().config.to_dict(), "activation_function": "relu"}))
+    with pytest.raises(ValueError, match="activation_function 'relu'"):
+        load_model(tmp_path)
     cfg = ModelConfig.tiny()
     with pytest.raises(ValueError, match="no ember name: model.layers.0.self_attn.rotary_emb.inv_freq"):
         from_hf([("model.layers.0.self_attn.rotary_emb.inv_freq", torch.ones(8))], cfg, "llama")

@@ -104,6 +104,8 @@ def _gpt2_config(d: dict) -> ModelConfig:
     act = d.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"GPT-2 activation_function {act!r} is not supported (only the tanh GELU)")
+    if d.get("scale_attn_by_inverse_layer_idx") or not d.get("scale_attn_weights", True):
+        raise ValueError("GPT-2 attention scaling other than 1/sqrt(head_dim) is not supported")
     d_model = d["n_embd"]
     return ModelConfig(
         vocab_size=d["vocab_size"], n_layers=d["n_layer"], d_model=d_model, n_heads=d["n_head"],
