@@ -145,3 +145,31 @@ def test_from_gguf_rejects_blocks_of_another_weight():
     raw[k] = (GT.Q4_1, other, (64, 64))
     with pytest.raises(ValueError, match=k):
         apply_quant_from_gguf(copy.deepcopy(ref), raw)
+
+
+def test_from_gguf_accepts_a_bf16_model():
+    ref = tiny_model()
+    raw = _gguf_like(ref)
+    q = apply_quant_from_gguf(copy.deepcopy(ref).to(torch.bfloat16), raw)
+    assert quant_summary(q)["Int4Linear"] == 14
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_follows_the_float_model():
+    from ember.core.gguf import open_gguf
+    from ember.core.registry import ModelNotFoundError, resolve_model
+    from ember.model import load_model
+    from ember.model.convert.gguf import gguf_raw_tensors
+
+    try:
+        path = resolve_model("smollm2")
+    except ModelNotFoundError as e:
+        pytest.skip(str(e))
+    ref = load_model(path)
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308]])
+    with torch.no_grad():
+        want = ref(ids)
+        q = apply_quant_from_gguf(ref, gguf_raw_tensors(open_gguf(path), "llama"))
+        got = q(ids)
+    assert quant_summary(q) == {"Int4Linear": 210, "Int8Linear": 1, "Linear": 0}
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
