@@ -14,8 +14,8 @@ this gives lo, low, lowe, lower, lowes, lowest, lowl, lowly.
 from __future__ import annotations
 
 import heapq
-import warnings
 import os
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
