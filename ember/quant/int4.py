@@ -158,7 +158,9 @@ class Int4Linear(nn.Module):
     # ---- use ------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()  # (M, K)
+        # The kernel wants x in the scales' dtype; read it from the buffer, not the
+        # constructor argument, so model.to(dtype) afterwards still runs (slower if not bf16).
+        x2 = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype).contiguous()  # (M, K)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x2, self.weight_packed, self.group_size, self.scales_and_zeros
         )  # (M, N)
@@ -187,7 +189,7 @@ class Int4Linear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, group_size={self.group_size}, "
-            f"compute_dtype={self.compute_dtype}"
+            f"compute_dtype={self.scales_and_zeros.dtype}"
         )
 
 

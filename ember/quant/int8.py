@@ -111,7 +111,9 @@ class Int8Linear(nn.Module):
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()  # (M, K)
+        # The kernel wants x in the scales' dtype; read it from the buffer, not the
+        # constructor argument, so model.to(dtype) afterwards still runs (slower if not bf16).
+        x2 = x.reshape(-1, self.in_features).to(self.scales.dtype).contiguous()  # (M, K)
         y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)  # (M, N)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
@@ -124,7 +126,7 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, compute_dtype={self.compute_dtype}"
+            f"bias={self.bias is not None}, compute_dtype={self.scales.dtype}"
         )
 
 

@@ -173,3 +173,13 @@ def test_smollm2_from_gguf_follows_the_float_model():
         got = q(ids)
     assert quant_summary(q) == {"Int4Linear": 210, "Int8Linear": 1, "Linear": 0}
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+
+
+def test_model_to_dtype_after_quantization_still_runs():
+    q = apply_quant(mlp(), QuantConfig(mode="int4"))
+    q2 = apply_quant(mlp(), QuantConfig(mode="int8"))
+    x = torch.randn(2, 64)
+    for m in (q, q2):
+        y = m(x)
+        assert m.to(torch.float16)(x.half()).dtype == torch.float16
+        assert rel(m(x.half()).float(), y) < 0.02
