@@ -103,3 +103,10 @@ def test_fast_path_with_ids_out_of_merge_order():
     for s in ["low", "lowl", "wlow lo wl", "owl"]:
         assert tok.encode(s) == tok.encode_pure(s), s
     assert tok.encode("low") == [299]
+
+
+def test_big_text_parallel_encode_equals_reference(tok):
+    from ember.data.corpus import bundled_corpus
+
+    text = bundled_corpus(1_500_000) + MULTILINGUAL_SAMPLE
+    assert tok.encode(text) == tok.encode_pure(text)
