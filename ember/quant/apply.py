@@ -10,9 +10,10 @@ on SmolLM2-135M (384 tokens of pydoc text, Q4_1 blocks kept exact, vs the fp32 m
 the dequantized GGUF): head int4 g32 → NLL +0.083 (perplexity +8.7 %), mean KL 0.064,
 top-1 agreement 83.9 %; head int8 → NLL +0.002, KL 0.0024, top-1 97.4 %; head left
 float → NLL +0.002, KL 0.0003, top-1 99.5 %. On the weights alone (the tied Q8_0
-token_embd) int4 g32 is 9.0 % relative RMS error, int8 per channel 1.2 %. int8 costs
-~0.17 ms more per token for the 49152×576 head than int4 (1.48 vs 1.31 ms here): cheap
-for that accuracy. So a GGUF Q8_0 head is dequantized and re-quantized to int8 per
+token_embd) int4 g32 is 9.0 % relative RMS error, int8 per channel 1.2 %. The price: the
+49152×576 head takes 3.3 ms as int8 vs 1.5 ms as int4 per token with cold weights (2.0 vs
+1.5 ms hot; 2 threads, bench/quant_matmul.py) — ~20 % of a 134 tok/s step, paid for
+llama.cpp-level quality (it keeps the head Q8_0 too). So a GGUF Q8_0 head is dequantized and re-quantized to int8 per
 channel; `head_mode="int4"` gives the fastest, lossier head.
 """
 
