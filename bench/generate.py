@@ -41,7 +41,7 @@ def run_ember(variant: str, n_tokens: int, prompt_len: int) -> dict:
     from ember.infer.sampling import SamplingParams
 
     dtype = torch.bfloat16 if variant == "ember-bf16" else torch.float32
-    model, tok = ember.load("smollm2", dtype=dtype, quant="int4" if variant == "ember-int4" else None)
+    model, tok = ember.load("smollm2", dtype=dtype, quant="int4" if variant == "ember-int4" else None, fuse=True)
     model.eval()
     chat_ids, long_ids = _prompts(tok, prompt_len)
     engine = Engine(model, tok, max_batch_size=1, max_seq_len=prompt_len + n_tokens + 64)

@@ -114,7 +114,7 @@ def _load(opts: ModelOptions):
     if opts.threads:
         torch.set_num_threads(opts.threads)
     model, tok = ember.load(opts.model, dtype=getattr(torch, opts.dtype),
-                            quant=None if opts.quant == "none" else opts.quant)
+                            quant=None if opts.quant == "none" else opts.quant, fuse=True)
     return model.eval(), tok
 
 

@@ -32,3 +32,15 @@ def test_load_int4_takes_gguf_blocks(smollm2_path):
     assert isinstance(model.layers[0].attention.wq, Int4Linear)
     ids = torch.tensor([tok.encode("The capital of France is")])
     assert tok.decode([int(model(ids)[0, -1].argmax())]) == " Paris"
+
+
+def test_load_int4_fused_matches_unfused(smollm2_path):
+    import ember
+
+    fused, tok = ember.load("smollm2", quant="int4", fuse=True)
+    plain, _ = ember.load("smollm2", quant="int4")
+    assert fused.layers[0].attention.wqkv is not None and plain.layers[0].attention.wqkv is None
+    assert fused.tok_embeddings.weight.dtype == torch.float32  # float tensors in the asked dtype
+    ids = torch.tensor([tok.encode("Fusing stacks rows, so the products are the same numbers.")])
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids), plain(ids), rtol=1e-4, atol=1e-4)

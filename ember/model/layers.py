@@ -144,14 +144,22 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.d_model, kv_dim, bias=cfg.bias)
         self.wv = nn.Linear(cfg.d_model, kv_dim, bias=cfg.bias)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        # An inference transform (ember.quant.apply_fused_projections) may replace wq/wk/wv
+        # by one matmul: at batch-1 decode each call has a fixed cost, so 3 → 1 pays.
+        self.wqkv: nn.Module | None = None
 
     def forward(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, mask=None):
         """x (B, T, D) → (B, T, D). With a cache, K/V go in at `input_pos` and `mask` (B, 1, T, S)
         says which of the first S cache entries each query sees."""
         B, T, D = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        if self.wqkv is not None:
+            kv_dim = self.n_kv_heads * self.head_dim
+            q, k, v = self.wqkv(x).split([D, kv_dim, kv_dim], dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         if rope is not None:
             q = apply_rope(q, *rope, self.rope_interleaved)
             k = apply_rope(k, *rope, self.rope_interleaved)
@@ -182,8 +190,12 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)  # down
         if self.swiglu:
             self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)  # up
+        self.w13: nn.Module | None = None  # w1 and w3 as one matmul (see Attention.wqkv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w13 is not None:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         if self.swiglu:
             return self.w2(F.silu(self.w1(x)) * self.w3(x))
         return self.w2(F.gelu(self.w1(x), approximate="tanh"))
