@@ -22,7 +22,8 @@ import time
 
 THREADS = 2
 CHAT_PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
-ALL_VARIANTS = ["ember-fp32", "ember-bf16", "ember-int4", "hf-fp32", "hf-bf16", "llama.cpp"]
+# ember-int4c: int4 (exact Q4_1 blocks, int8 head), fused projections, compiled decode step.
+ALL_VARIANTS = ["ember-fp32", "ember-bf16", "ember-int4", "ember-int4c", "hf-fp32", "hf-bf16", "llama.cpp"]
 
 
 def _prompts(tok, prompt_len: int):
@@ -41,10 +42,12 @@ def run_ember(variant: str, n_tokens: int, prompt_len: int) -> dict:
     from ember.infer.sampling import SamplingParams
 
     dtype = torch.bfloat16 if variant == "ember-bf16" else torch.float32
-    model, tok = ember.load("smollm2", dtype=dtype, quant="int4" if variant == "ember-int4" else None, fuse=True)
+    quant = "int4" if variant.startswith("ember-int4") else None
+    model, tok = ember.load("smollm2", dtype=dtype, quant=quant, fuse=True)
     model.eval()
     chat_ids, long_ids = _prompts(tok, prompt_len)
-    engine = Engine(model, tok, max_batch_size=1, max_seq_len=prompt_len + n_tokens + 64)
+    engine = Engine(model, tok, max_batch_size=1, max_seq_len=prompt_len + n_tokens + 64,
+                    compile=variant.endswith("c"))
     greedy = SamplingParams(temperature=0.0, max_tokens=n_tokens, ignore_eos=True)
     with torch.inference_mode():
         engine.generate([chat_ids], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm up

@@ -116,6 +116,7 @@ def attention(
     v: torch.Tensor,
     mask: torch.Tensor | None = None,
     is_causal: bool = False,
+    gqa: bool | None = None,
 ) -> torch.Tensor:
     """softmax(q kᵀ / √Dh + mask) v through F.scaled_dot_product_attention.
 
@@ -127,7 +128,8 @@ def attention(
     tensor([[0.6700, 0.3300],
             [0.3300, 0.6700]])
     """
-    gqa = q.shape[1] != k.shape[1]
+    if gqa is None:  # callers that know it pass a plain bool (shapes are symbolic when compiled)
+        gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 
 
@@ -138,6 +140,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.causal = cfg.causal
+        self.gqa = cfg.n_kv_heads != cfg.n_heads
         self.rope_interleaved = cfg.rope_interleaved
         kv_dim = cfg.n_kv_heads * cfg.head_dim
         self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
@@ -164,12 +167,12 @@ class Attention(nn.Module):
             q = apply_rope(q, *rope, self.rope_interleaved)
             k = apply_rope(k, *rope, self.rope_interleaved)
         if cache is None:
-            y = attention(q, k, v, is_causal=self.causal)  # (B, H, T, Dh)
+            y = attention(q, k, v, is_causal=self.causal, gqa=self.gqa)  # (B, H, T, Dh)
         else:
             k, v = cache.update(layer_idx, input_pos, k, v)  # (B, Hkv, Tmax, Dh)
             S = mask.shape[-1]
             k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)  # no-op unless the cache dtype differs
-            y = attention(q, k, v, mask=mask)  # (B, H, T, Dh)
+            y = attention(q, k, v, mask=mask, gqa=self.gqa)  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again
         return self.wo(y)
 

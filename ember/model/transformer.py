@@ -60,10 +60,13 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         input_pos: torch.Tensor | None = None,
         logits_index: torch.Tensor | None = None,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         """Without a cache: a plain forward at positions 0..T-1. With one: token (b, t) sits at
         position input_pos[b, t], writes its K/V there and sees cache entries ≤ that position.
-        `logits_index` (B,) computes the head only at token logits_index[b] → (B, 1, V)."""
+        `logits_index` (B,) computes the head only at token logits_index[b] → (B, 1, V).
+        `kv_len` (a caller that tracks positions itself, like the engine) = max(input_pos) + 1:
+        it skips reading positions back from the tensor, which a compiled decode step needs."""
         cfg = self.config
         B, T = ids.shape
         mask = None
@@ -74,7 +77,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len}")
             pos = torch.arange(T, device=ids.device).expand(B, T)  # (B, T)
         else:
-            pos, mask = self._cache_positions(ids, cache, input_pos)
+            pos, mask = self._cache_positions(ids, cache, input_pos, kv_len)
 
         x = self.tok_embeddings(ids)  # (B, T, D)
         if cfg.pos_emb == "learned":
@@ -90,8 +93,11 @@ class Transformer(nn.Module):
             x = x[torch.arange(B, device=x.device), logits_index][:, None]  # (B, 1, D)
         return self.output(self.norm(x))  # (B, T or 1, V)
 
-    def _cache_positions(self, ids, cache, input_pos):
+    def _cache_positions(self, ids, cache, input_pos, kv_len=None):
         """Check input_pos against the cache; return it and the mask (B, 1, T, S)."""
+        if kv_len is not None:  # trusted caller: no validation that reads tensor values
+            mask = torch.arange(kv_len, device=ids.device) <= input_pos[..., None]  # (B, T, S)
+            return input_pos, mask[:, None]
         cfg = self.config
         if not cfg.causal:
             raise ValueError("a KV cache needs a causal model (config.causal is False)")

@@ -69,7 +69,12 @@ class QuantConfig:
 
 
 def _targets(model: nn.Module, cfg: QuantConfig):
-    """(qualified name, nn.Linear, mode) for every Linear the config selects."""
+    """(qualified name, nn.Linear, mode) for every Linear the config selects.
+
+    Names are listed first and each module fetched only when its turn comes, so a caller
+    that replaces modules as it goes lets each float weight go before the next is made
+    (the load's peak memory holds one float matrix, not all of them)."""
+    picked = []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
@@ -78,7 +83,9 @@ def _targets(model: nn.Module, cfg: QuantConfig):
         is_head = name == OUTPUT_NAME
         if is_head and not cfg.include_output:
             continue
-        yield name, mod, (cfg.head_mode or cfg.mode) if is_head else cfg.mode
+        picked.append((name, (cfg.head_mode or cfg.mode) if is_head else cfg.mode))
+    for name, mode in picked:
+        yield name, model.get_submodule(name), mode
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -110,7 +117,7 @@ def apply_quant(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     ('Int4Linear', 'Int4Linear')
     """
     cfg = cfg or QuantConfig()
-    for name, lin, mode in list(_targets(model, cfg)):
+    for name, lin, mode in _targets(model, cfg):
         new = _quantize_weight(lin.weight, lin.bias, mode, cfg)
         if new is not None:
             _set_module(model, name, new)
@@ -138,7 +145,7 @@ def apply_quant_from_gguf(
     from gguf import GGMLQuantizationType as GT
 
     cfg = cfg or QuantConfig()
-    for name, lin, mode in list(_targets(model, cfg)):
+    for name, lin, mode in _targets(model, cfg):
         key = f"{name}.weight"
         if key not in raw_tensors and name == OUTPUT_NAME:
             key = "tok_embeddings.weight"

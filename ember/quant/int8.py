@@ -43,11 +43,21 @@ def quantize_int8(weight: torch.Tensor, compute_dtype=torch.bfloat16):
     >>> q.tolist()
     [[64, -127]]
     """
-    w = weight.detach().float()
-    amax = w.abs().amax(dim=1)  # (N,)
-    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax)).to(compute_dtype)
-    q = torch.round(w / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    N = weight.shape[0]
+    q = torch.empty(weight.shape, dtype=torch.int8)
+    scale = torch.empty(N, dtype=compute_dtype)
+    # Row chunks keep the fp32 temporaries small: a whole 49152×576 head in fp32 is 113 MB,
+    # and several such temporaries at once would set the load's peak memory.
+    for i in range(0, N, _ROWS_PER_CHUNK):
+        w = weight[i : i + _ROWS_PER_CHUNK].detach().float()
+        amax = w.abs().amax(dim=1)  # (n,)
+        sc = torch.where(amax > 0, amax / 127, torch.ones_like(amax)).to(compute_dtype)
+        q[i : i + _ROWS_PER_CHUNK] = torch.round(w / sc.float()[:, None]).clamp_(-127, 127)
+        scale[i : i + _ROWS_PER_CHUNK] = sc
     return q, scale
+
+
+_ROWS_PER_CHUNK = 4096
 
 
 class Int8Linear(nn.Module):

@@ -45,7 +45,7 @@ class ScriptedModel(nn.Module):
         self.start = start
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def forward(self, ids, cache=None, input_pos=None, logits_index=None):
+    def forward(self, ids, cache=None, input_pos=None, logits_index=None, kv_len=None):
         B, T = ids.shape
         pos = input_pos if input_pos is not None else torch.arange(T).expand(B, T)
         if logits_index is not None:

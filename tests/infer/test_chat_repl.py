@@ -30,7 +30,7 @@ class ReplyModel(ScriptedModel):
     def __init__(self, tok):
         super().__init__([*tok.encode("Hi!"), EOT], start=0, max_seq_len=256)
 
-    def forward(self, ids, cache=None, input_pos=None, logits_index=None):
+    def forward(self, ids, cache=None, input_pos=None, logits_index=None, kv_len=None):
         # Re-anchor the script at each prompt's end: the prefill asks at the last prompt token.
         if logits_index is not None:
             self.start = int(logits_index.max()) + 1
