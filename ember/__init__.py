@@ -31,6 +31,8 @@ def load(name_or_path, dtype=None, device="cpu", quant: str | None = None, fuse:
         model = _quantize(load_model(name_or_path, dtype=torch.bfloat16, device=device), name_or_path, quant)
         for p in model.parameters():
             p.data = p.data.to(dtype)
+        if hasattr(model.tok_embeddings, "out_dtype"):  # an int8 table shared with the head
+            model.tok_embeddings.out_dtype = dtype
     if fuse:
         from ember.quant import apply_fused_projections
 

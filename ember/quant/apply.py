@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ember.quant.int4 import Int4Linear, dequantize_q4_0, dequantize_q4_1, int4_unsupported
-from ember.quant.int8 import Int8Linear, dequantize_q8_0, int8_unsupported
+from ember.quant.int8 import Int8Embedding, Int8Linear, dequantize_q8_0, int8_unsupported
 
 MODES = ("int4", "int8")
 OUTPUT_NAME = "output"  # Meta naming: the LM head
@@ -44,6 +44,8 @@ class QuantConfig:
         see the module docstring); None = `mode`.
     skip: fnmatch patterns of module names left in float, e.g. ("layers.0.*",).
     compute_dtype: the matmul input dtype (bf16 is fast; fp32 is exact but 15–50× slower).
+    tie_embedding: with tied embeddings and an int8 head, look tokens up in the head's int8
+        table (Int8Embedding) rather than keep a float copy.
 
     >>> QuantConfig(mode="int4", group_size=32).mode
     'int4'
@@ -55,6 +57,7 @@ class QuantConfig:
     head_mode: str | None = "int8"
     skip: tuple[str, ...] = ()
     compute_dtype: torch.dtype = torch.bfloat16
+    tie_embedding: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -121,7 +124,7 @@ def apply_quant(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
         new = _quantize_weight(lin.weight, lin.bias, mode, cfg)
         if new is not None:
             _set_module(model, name, new)
-    return model
+    return _tie_int8_embedding(model, cfg)
 
 
 @torch.no_grad()
@@ -161,6 +164,16 @@ def apply_quant_from_gguf(
             new = build(data, lin.weight.shape, lin.bias, cfg.compute_dtype)
         if new is not None:
             _set_module(model, name, new)
+    return _tie_int8_embedding(model, cfg)
+
+
+def _tie_int8_embedding(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+    """A tied model whose head became int8 looks its tokens up in that same int8 table,
+    instead of keeping a float copy of it (SmolLM2: 28 MB instead of 113 MB in fp32)."""
+    head, emb = getattr(model, OUTPUT_NAME, None), getattr(model, "tok_embeddings", None)
+    tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
+    if cfg.tie_embedding and tied and isinstance(head, Int8Linear) and isinstance(emb, nn.Embedding):
+        model.tok_embeddings = Int8Embedding.tied_to(head, out_dtype=emb.weight.dtype)
     return model
 
 

@@ -153,3 +153,36 @@ def dequantize_q8_0(raw, shape) -> torch.Tensor:
     d = blocks[..., 0:2].contiguous().view(torch.float16).float()  # (N, K/32, 1)
     q = blocks[..., 2:].contiguous().view(torch.int8).float()  # (N, K/32, 32)
     return (q * d).reshape(N, K)
+
+
+class Int8Embedding(nn.Module):
+    """Token embedding rows stored as int8 with one scale per row (≈ 1 byte per value).
+
+    With tied embeddings the table is the int8 output head itself: `tied_to(head)` shares
+    its buffers, so the model holds the matrix once, in int8 (llama.cpp likewise looks up
+    rows of its Q8_0 `token_embd`). Rows come out in `out_dtype` (the residual stream's).
+
+    >>> head = Int8Linear.from_float(torch.randn(10, 16))
+    >>> emb = Int8Embedding.tied_to(head)
+    >>> torch.allclose(emb(torch.tensor([3])), head.dequantize()[3:4])
+    True
+    """
+
+    def __init__(self, weight_int8: torch.Tensor, scales: torch.Tensor, out_dtype=torch.float32):
+        super().__init__()
+        self.register_buffer("weight_int8", weight_int8)  # (V, D)
+        self.register_buffer("scales", scales)  # (V,)
+        self.out_dtype = out_dtype
+
+    @classmethod
+    def tied_to(cls, head: Int8Linear, out_dtype=torch.float32) -> Int8Embedding:
+        return cls(head.weight_int8, head.scales, out_dtype)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, out_dtype=None) -> Int8Embedding:
+        q, s = quantize_int8(weight, torch.bfloat16)
+        return cls(q, s, out_dtype or weight.dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.weight_int8[ids].to(self.out_dtype)  # (..., D)
+        return rows * self.scales[ids].to(self.out_dtype)[..., None]

@@ -11,6 +11,7 @@ from gguf.quants import dequantize, quantize
 
 from ember.quant import (
     Int4Linear,
+    Int8Embedding,
     Int8Linear,
     QuantConfig,
     apply_quant,
@@ -68,14 +69,17 @@ def tiny_model(**changes):
     return Transformer(cfg).eval()
 
 
-def test_tiny_transformer_head_int8_blocks_int4_and_tie_broken():
+def test_tiny_transformer_head_int8_blocks_int4_embedding_shares_head():
     ref = tiny_model()
     q = apply_quant(copy.deepcopy(ref), QuantConfig(mode="int4"))
     n_linear = sum(isinstance(m, nn.Linear) for m in ref.modules())
     assert quant_summary(q) == {"Int4Linear": n_linear - 1, "Int8Linear": 1, "Linear": 0}
     assert isinstance(q.output, Int8Linear)
     assert isinstance(q.layers[0].attention.wk, Int4Linear)
-    assert q.tok_embeddings.weight.dtype == torch.float32  # the embedding keeps its float table
+    assert isinstance(q.tok_embeddings, Int8Embedding)  # the tied table, once, in int8
+    assert q.tok_embeddings(torch.tensor([1])).dtype == torch.float32
+    keep = apply_quant(copy.deepcopy(ref), QuantConfig(mode="int4", tie_embedding=False))
+    assert keep.tok_embeddings.weight.dtype == torch.float32  # float table kept on request
     ids = torch.randint(0, ref.config.vocab_size, (2, 7))
     with torch.no_grad():
         assert rel(q(ids), ref(ids)) < 0.1

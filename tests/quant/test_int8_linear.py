@@ -61,3 +61,24 @@ def test_q8_0_dequantize_matches_gguf_and_maps_approximately():
     # Q8_0 has a scale per 32 inputs, this one per row: approximate (measured ≈ 1.2 % on
     # SmolLM2's head; this heavy-tailed toy is worse), well within int8 RTN's bound.
     assert rel(lin.dequantize(), ref) < 0.03
+
+
+def test_tied_int8_embedding_shares_the_head():
+    from ember.model import ModelConfig, Transformer
+    from ember.quant import Int8Embedding, QuantConfig, apply_quant
+
+    torch.manual_seed(0)
+    ref = Transformer(ModelConfig.tiny(tie_embeddings=True)).eval()
+    ids = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        expect = ref(ids)
+    q = apply_quant(ref, QuantConfig(mode="int8", head_mode="int8"))
+    emb, head = q.tok_embeddings, q.output
+    assert isinstance(emb, Int8Embedding)
+    assert emb.weight_int8.data_ptr() == head.weight_int8.data_ptr()  # one table, not two
+    torch.testing.assert_close(emb(ids), head.dequantize()[ids])
+    with torch.no_grad():
+        got = q(ids)
+    assert ((got - expect).norm() / expect.norm()) < 0.05
+    untied = apply_quant(Transformer(ModelConfig.tiny(tie_embeddings=False)), QuantConfig(mode="int8"))
+    assert not isinstance(untied.tok_embeddings, Int8Embedding)
