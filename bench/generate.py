@@ -130,6 +130,10 @@ def run_llama_cpp(n_tokens: int, prompt_len: int) -> dict:
 def child(variant: str, n_tokens: int, prompt_len: int) -> None:
     import torch
 
+    from ember.core.memory import release_freed_memory_eagerly
+
+    release_freed_memory_eagerly()  # every variant alike, as `ember` itself runs
+
     torch.set_num_threads(THREADS)
     if variant.startswith("ember"):
         out = run_ember(variant, n_tokens, prompt_len)

@@ -340,6 +340,9 @@ def _dataclass_from(cls, ns):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ember.core.memory import release_freed_memory_eagerly
+
+    release_freed_memory_eagerly()  # lower peak memory while loading models
     argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv), {"tokenize": "text"})
     parser = build_parser()
     args = parser.parse_args(argv)
