@@ -349,9 +349,9 @@ class Engine:
             self.cache = None  # free the old buffers before allocating new ones
             self.cache = KVCache.for_model(self.model, batch_size, seq_len)
             if self._decode_model is not self.model:  # one compiled graph for every cache shape
-                for buf in (self.cache.k, self.cache.v):
-                    torch._dynamo.mark_dynamic(buf, 1)
-                    torch._dynamo.mark_dynamic(buf, 3)
+                for buf in (*self.cache.k, *self.cache.v):  # (B, Hkv, Tmax, Dh)
+                    torch._dynamo.mark_dynamic(buf, 0)
+                    torch._dynamo.mark_dynamic(buf, 2)
 
     # ---- the two forward passes ---------------------------------------------------------
     @torch.inference_mode()

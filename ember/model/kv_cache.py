@@ -12,7 +12,7 @@ import torch
 
 
 class KVCache:
-    """k and v buffers of shape (L, B, Hkv, Tmax, Dh); k[layer] is that layer's (B, Hkv, Tmax, Dh).
+    """Per layer, k and v buffers of shape (B, Hkv, Tmax, Dh).
 
     >>> c = KVCache(n_layers=2, batch_size=1, max_seq_len=8, n_kv_heads=2, head_dim=4)
     >>> c.k[0].shape
@@ -29,11 +29,11 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
-        # One buffer per k and v for all layers (self.k[layer] is a view): a compiled decode
-        # step then guards on two tensors, not 2 × n_layers.
-        shape = (n_layers, batch_size, n_kv_heads, max_seq_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # One buffer per layer: writing into views of one stacked buffer makes a compiled
+        # decode step copy the whole buffer (measured: 10 ms/token became 28 ms).
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
 
     @classmethod

@@ -89,12 +89,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
     interleaved=False pairs (x[i], x[i + Dh/2]) ("rotate-half", HF); True pairs
     (x[2i], x[2i+1]) (the original paper, and GGUF's permuted Q/K rows).
     """
-    if interleaved:
-        # Pairs as complex numbers: one complex product rotates them all (cos + i·sin).
+    if interleaved and not torch.compiler.is_compiling():
+        # Pairs as complex numbers: one complex product rotates them all (cos + i·sin); fewer
+        # eager ops. Inductor lowers complex math poorly, so compiled graphs take the real form.
         rot = torch.complex(cos, sin)[:, None]  # (B, 1, T, Dh/2)
         xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, T, Dh/2)
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
     cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (B, 1, T, Dh/2)
+    if interleaved:
+        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # each (B, H, T, Dh/2)
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
