@@ -72,6 +72,17 @@ def quantize_int4(weight: torch.Tensor, group_size: int = 32, compute_dtype=torc
     return q, scale, zero
 
 
+def weight_and_bias(linear_or_weight) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (N, K), bias or None) of an nn.Linear, or of a bare 2-D weight."""
+    if isinstance(linear_or_weight, nn.Linear):
+        weight, bias = linear_or_weight.weight, linear_or_weight.bias
+    else:
+        weight, bias = linear_or_weight, None
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    return weight, bias
+
+
 class Int4Linear(nn.Module):
     """y = x Wᵀ (+ b) with W stored as group-wise int4 (≈ 0.56 bytes per weight at G=32).
 
@@ -125,12 +136,7 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_float(cls, linear_or_weight, group_size: int = 32, compute_dtype=torch.bfloat16):
         """Quantize an nn.Linear (keeping its bias) or a weight (N, K) with round-to-nearest."""
-        if isinstance(linear_or_weight, nn.Linear):
-            weight, bias = linear_or_weight.weight, linear_or_weight.bias
-        else:
-            weight, bias = linear_or_weight, None
-        if weight.dim() != 2:
-            raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        weight, bias = weight_and_bias(linear_or_weight)
         N, K = weight.shape
         why = int4_unsupported(N, K, group_size)
         if why:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ember.quant.int4 import QK, raw_bytes
+from ember.quant.int4 import QK, raw_bytes, weight_and_bias
 
 COMPUTE_DTYPES = (torch.bfloat16, torch.float32)
 Q8_0_BLOCK_BYTES = 34  # fp16 d, 32 int8
@@ -98,12 +98,7 @@ class Int8Linear(nn.Module):
             raise ValueError(
                 f"Int8Linear is per-channel; group_size must be None, got {group_size}"
             )
-        if isinstance(linear_or_weight, nn.Linear):
-            weight, bias = linear_or_weight.weight, linear_or_weight.bias
-        else:
-            weight, bias = linear_or_weight, None
-        if weight.dim() != 2:
-            raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        weight, bias = weight_and_bias(linear_or_weight)
         N, K = weight.shape
         mod = cls(K, N, bias=bias is not None, compute_dtype=compute_dtype)
         mod.weight_int8, mod.scales = quantize_int8(weight, compute_dtype)
