@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from gguf import GGMLQuantizationType as GT
 from gguf.quants import dequantize, quantize
+from quant_helpers import rel
 
 from ember.quant import (
     Int4Linear,
@@ -18,10 +19,6 @@ from ember.quant import (
     apply_quant_from_gguf,
     quant_summary,
 )
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def mlp():

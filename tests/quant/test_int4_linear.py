@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as GT
 from gguf.quants import dequantize, quantize
+from quant_helpers import rel
 
 from ember.quant.int4 import (
     Int4Linear,
@@ -22,10 +23,6 @@ from ember.quant.int4 import (
     linear_int4_reference,
     quantize_int4,
 )
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def test_kernel_dequantizes_as_q_minus_8_times_scale_plus_zero():

@@ -11,12 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as GT
 from gguf.quants import dequantize, quantize
+from quant_helpers import rel
 
 from ember.quant.int8 import Int8Linear, dequantize_q8_0, quantize_int8
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def test_rtn_within_half_a_step():
