@@ -12,7 +12,7 @@ def tok():
                      special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_tokens=["<|im_end|>"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.text())
 def test_roundtrip_any_unicode(tok, s):
     assert tok.decode(tok.encode(s)) == s
