@@ -25,7 +25,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -37,7 +37,7 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> P
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # The rename is durable only once the directory entry itself is on disk.
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -1,0 +1,34 @@
+"""Losses as pure functions: tensors in, a scalar (and metrics) out.
+
+Pre-training and SFT use next-token cross-entropy; the preference and RL losses of later
+recipes live beside it, each citing its paper's equation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100  # target id that contributes no loss (prompt tokens, padding)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
+    """Mean next-token negative log-likelihood over targets ≠ ignore_index, in fp32.
+
+    logits (B, T, V), targets (B, T) → scalar. A uniform model over V scores log V:
+    >>> round(cross_entropy(torch.zeros(1, 3, 8), torch.tensor([[1, 2, 3]])).item(), 4)
+    2.0794
+    """
+    B, T, V = logits.shape
+    if targets.shape != (B, T):
+        raise ValueError(f"targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}")
+    # fp32: under bf16 autocast the logits are bf16, whose 8-bit mantissa makes log-softmax
+    # over 50k entries visibly wrong.
+    return F.cross_entropy(logits.float().view(B * T, V), targets.reshape(B * T), ignore_index=ignore_index)
+
+
+def lm_loss(model, batch) -> tuple[torch.Tensor, dict]:
+    """The pre-training loss_fn of the loop: batch = (x, y) token windows."""
+    x, y = batch
+    loss = cross_entropy(model(x), y)
+    return loss, {}
