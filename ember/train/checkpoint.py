@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ember.core.io import fsync_dir, atomic_write_json, atomic_write_text
+from ember.core.io import atomic_write_json, atomic_write_text, fsync_dir
 
 FORMAT = "ember-checkpoint"
 VERSION = 1

@@ -287,8 +287,11 @@ def _command(cfg_cls, doc: str | None = None, many: tuple[str, ...] = ()) -> Arg
 
 
 def _bool_flags() -> set[str]:
+    from ember.cli.train import bool_fields
+
     configs = (TokenizerTrainConfig, TokenizeConfig, GenerateConfig, ChatConfig, PerplexityConfig)
-    return {f.name for c in configs for f in c.__dataclass_fields__.values() if f.type in (bool, "bool")}
+    names = {f.name for c in configs for f in c.__dataclass_fields__.values() if f.type in (bool, "bool")}
+    return names | bool_fields()
 
 
 
@@ -331,6 +334,9 @@ def build_parser() -> ArgumentParser:
     sub.add_subcommand("chat", _command(ChatConfig), help="chat in the terminal")
     sub.add_subcommand("perplexity", _command(PerplexityConfig), help="perplexity on a text file")
     sub.add_subcommand("demo", ArgumentParser(description=demo.__doc__), help="tokenizer demo")
+    from ember.cli.train import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -343,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     from ember.core.memory import release_freed_memory_eagerly
 
     release_freed_memory_eagerly()  # lower peak memory while loading models
+    from ember.cli import train as train_commands
+
     argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv), {"tokenize": "text"})
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -359,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             perplexity(_dataclass_from(PerplexityConfig, args.perplexity))
         elif args.command == "demo":
             demo()
+        elif train_commands.run(args):
+            pass
         else:
             parser.print_help()
             return 2

@@ -1,0 +1,311 @@
+"""The one training loop. Pre-training, SFT, reward models, DPO, PPO and GRPO are recipes
+that hand it a model, a `batches(step)` function and a `loss_fn`.
+
+A step: lr from the schedule → for each micro-batch, forward under autocast and backward
+(DDP syncs gradients only on the last) → clip → AdamW → log. Everything a step depends on
+is a function of (checkpoint, step): the data (`batches(step)` is pure), the schedule
+(`lr_at(step)`), and the RNG state saved with the weights. That is what makes a resumed
+run repeat the uninterrupted one bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from ember.core.io import atomic_write_json
+from ember.parallel import (
+    DistInfo,
+    all_reduce_mean,
+    apply_ddp,
+    apply_fsdp,
+    barrier,
+    broadcast_object,
+    full_optim_state_dict,
+    full_state_dict,
+    init_distributed,
+    load_full_optim_state_dict,
+    load_full_state_dict,
+    no_sync,
+)
+from ember.train.checkpoint import (
+    config_mismatch,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from ember.train.metrics import MetricsLogger, peak_flops, plot_loss_curve
+from ember.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class TrainConfig:
+    """How long and how a run trains. Sizes count sequences; `batch_size` is global."""
+
+    steps: int = 600
+    batch_size: int = 16  # sequences per optimizer step, summed over processes
+    micro_batch_size: int | None = None  # sequences per forward per process (None: all at once)
+    eval_every: int = 100  # 0: only at the end
+    eval_windows: int = 64  # validation windows per evaluation
+    sample_every: int = 200  # 0: never during the run
+    save_every: int = 200  # 0: only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 1337
+    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast (weights stay fp32)
+    compile: bool = False  # torch.compile the model (one-off compile cost)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP, or FSDP2 fully_shard
+    out: str = "runs/pretrain"
+    resume: bool = False  # continue from out/checkpoints/latest
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_windows", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"train.{name} must be a positive int, got {v!r}")
+        for name in ("eval_every", "sample_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"train.micro_batch_size must be >= 1, got {self.micro_batch_size!r}")
+
+    def micro_batches(self, world_size: int) -> tuple[int, int]:
+        """(micro-batch size, accumulation steps) for this many processes."""
+        if self.batch_size % world_size:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by {world_size} processes")
+        per_rank = self.batch_size // world_size
+        micro = min(self.micro_batch_size or per_rank, per_rank)
+        if per_rank % micro:
+            raise ValueError(f"per-process batch {per_rank} is not divisible by micro_batch_size {micro}")
+        return micro, per_rank // micro
+
+
+def split_micro(batch, micro: int) -> list:
+    """Cut a batch (a tensor, or a tuple/dict of tensors sharing dim 0) into micro-batches."""
+    if isinstance(batch, torch.Tensor):
+        return list(batch.split(micro))
+    if isinstance(batch, dict):
+        parts = {k: split_micro(v, micro) for k, v in batch.items()}
+        return [dict(zip(parts, vals)) for vals in zip(*parts.values())]
+    return [tuple(p) for p in zip(*(split_micro(t, micro) for t in batch))]
+
+
+class Trainer:
+    """Runs `cfg.steps` optimizer steps of `loss_fn` over `batches(step)`.
+
+    batches(step) → this process's share of the global batch for that step (pure: same step,
+    same batch). loss_fn(model, micro_batch) → (mean loss, extra metrics). eval_fn(model) →
+    {"val_loss": ...}; sample_fn(model) → str, shown at intervals. run_config is the resolved
+    config, stored in checkpoints and compared on resume.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        optim: OptimConfig,
+        loss_fn: LossFn,
+        batches: Callable[[int], Any],
+        run_config: dict,
+        eval_fn: Callable[[nn.Module], dict] | None = None,
+        sample_fn: Callable[[nn.Module], str] | None = None,
+        tokens_per_step: int | None = None,
+        flops_per_token: float | None = None,
+        info: DistInfo | None = None,
+    ):
+        self.cfg, self.optim_cfg, self.run_config = cfg, optim, run_config
+        self.info = info or init_distributed(cfg.device)
+        self.loss_fn, self.batches, self.eval_fn, self.sample_fn = loss_fn, batches, eval_fn, sample_fn
+        self.micro, self.accum = cfg.micro_batches(self.info.world_size)
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.out = Path(cfg.out)
+        self.plain = model.to(self.info.device)  # the unwrapped model: checkpoints, eval, samples
+        if cfg.parallel == "fsdp":
+            self.model = apply_fsdp(self.plain, self.info)
+        else:
+            self.model = apply_ddp(self.plain, self.info)
+        self.optimizer = build_optimizer(self.plain, optim)
+        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.start_step, self.tokens_seen, self.history = 0, 0, []
+        self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save(self, step: int) -> Path | None:
+        """Checkpoint the state *before* `step` runs (so resume starts at `step`)."""
+        model_sd = full_state_dict(self.model, self.info)  # collective under FSDP
+        optim_sd = full_optim_state_dict(self.model, self.optimizer, self.info)
+        path = None
+        if self.info.is_main:
+            state = {"tokens": self.tokens_seen, "rng": rng_state(), "config": self.run_config}
+            path = save_checkpoint(self.out, step, model_sd, optim_sd, state, keep=self.cfg.keep_checkpoints)
+        barrier(self.info)
+        return path
+
+    def resume(self) -> bool:
+        """Load out/checkpoints/latest if there is one; a different model config is an error."""
+        path = latest_checkpoint(self.out)
+        if path is None:
+            return False
+        ckpt = load_checkpoint(path)
+        saved = ckpt["state"].get("config", {})
+        diff = config_mismatch(saved.get("model", {}), self.run_config.get("model", {}), "model.")
+        if diff:
+            raise ValueError(f"checkpoint {path} was written for another model config: " + "; ".join(diff))
+        load_full_state_dict(self.model, ckpt["model"], self.info)
+        load_full_optim_state_dict(self.model, self.optimizer, ckpt["optimizer"], self.info)
+        set_rng_state(ckpt["state"]["rng"])
+        self.start_step, self.tokens_seen = ckpt["step"], int(ckpt["state"]["tokens"])
+        return True
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.info.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, step: int) -> dict:
+        lr = lr_at(step, self.cfg.steps, self.optim_cfg)
+        set_lr(self.optimizer, lr)
+        micro_batches = split_micro(self.batches(step), self.micro)
+        if len(micro_batches) != self.accum:
+            raise ValueError(f"batches({step}) gave {len(micro_batches)} micro-batches, expected {self.accum}")
+        total, extra = 0.0, {}
+        for i, mb in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # DDP/FSDP reduce gradients only in the last micro-batch's backward
+            sync = contextlib.nullcontext() if last or not self.info.distributed else no_sync(self.model)
+            with sync, self._autocast():
+                loss, metrics = self.loss_fn(self.forward_model, mb)
+            (loss / self.accum).backward()
+            total += loss.item() / self.accum
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0.0) + float(v) / self.accum
+        clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        return {"loss": all_reduce_mean(total, self.info), "lr": lr, "grad_norm": float(grad_norm), **extra}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        if self.eval_fn is None:
+            return {}
+        self.plain.eval()
+        try:
+            with self._autocast():
+                out = self.eval_fn(self.model if self.cfg.parallel == "fsdp" else self.plain)
+        finally:
+            self.plain.train()
+        out = {k: all_reduce_mean(v, self.info) for k, v in out.items()}
+        if "val_loss" in out:
+            out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
+        return out
+
+    def sample(self) -> str | None:
+        # FSDP shards weights, so every rank must run the forward; otherwise rank 0 alone.
+        if self.sample_fn is None or not (self.info.is_main or self.cfg.parallel == "fsdp"):
+            return None
+        self.plain.eval()
+        try:
+            with torch.no_grad():
+                return self.sample_fn(self.plain)
+        finally:
+            self.plain.train()
+
+    # ---- the run --------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, info = self.cfg, self.info
+        if cfg.resume and self.resume() and info.is_main:
+            print(f"resumed from step {self.start_step} ({self.out / 'checkpoints'})", file=sys.stderr)
+        resumed_at = self.start_step if cfg.resume else None
+        logger = MetricsLogger(self.out, resume_step=resumed_at) if info.is_main else None
+        if info.is_main:
+            atomic_write_json(self.out / "config.json", self.run_config)
+        peak = peak_flops(info.device.type, self.autocast_dtype or torch.float32) if self.flops_per_token else None
+        bar = _progress(cfg, info, self.start_step)
+        self.plain.train()
+        # tok/s counts time inside train steps only: eval, samples and saves stay out of it
+        t_window, tokens_window, last_eval = 0.0, 0, {}
+        for step in range(self.start_step, cfg.steps):
+            t0 = time.perf_counter()
+            rec = self.train_step(step)
+            t_window += time.perf_counter() - t0
+            self.tokens_seen += self.tokens_per_step or 0
+            tokens_window += self.tokens_per_step or 0
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                rec["tokens"] = self.tokens_seen
+                if self.tokens_per_step:
+                    rec["tok_s"] = tokens_window / t_window
+                    if peak:
+                        rec["mfu"] = rec["tok_s"] * self.flops_per_token / peak
+                t_window, tokens_window = 0.0, 0
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                last_eval = self.evaluate()
+                rec.update(last_eval)
+            rec["step"] = done
+            if logger:
+                logger.log(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(_postfix(rec, last_eval), refresh=False)
+            if cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
+                self._show_sample(done, bar)
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+                self.save(done)
+        if bar is not None:
+            bar.close()
+        final_sample = self._show_sample(cfg.steps, None)
+        summary = {"steps": cfg.steps, "tokens": self.tokens_seen, **last_eval, "sample": final_sample}
+        if logger:
+            summary["plot"] = str(plot_loss_curve(logger.records, self.out / "loss.png", title=str(self.out)))
+            logger.close()
+            atomic_write_json(self.out / "summary.json", summary)
+        return summary
+
+    def _show_sample(self, step: int, bar) -> str | None:
+        text = self.sample()
+        if text is not None and self.info.is_main:
+            msg = f"--- sample at step {step} ---\n{text}\n---"
+            (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=sys.stderr))
+        return text
+
+
+def _progress(cfg: TrainConfig, info: DistInfo, start: int):
+    if not (cfg.progress and info.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _postfix(rec: dict, last_eval: dict) -> dict:
+    out = {"loss": f"{rec['loss']:.3f}"}
+    if "val_loss" in last_eval:
+        out["val"] = f"{last_eval['val_loss']:.3f}"
+    if "tok_s" in rec:
+        out["tok/s"] = f"{rec['tok_s']:.0f}"
+    if "mfu" in rec:
+        out["mfu"] = f"{100 * rec['mfu']:.0f}%"
+    return out
+
+
+def broadcast_config(cfg: dict, info: DistInfo) -> dict:
+    """Rank 0's resolved config on every rank (e.g. a tokenizer path rank 0 created)."""
+    return broadcast_object(cfg, info)

@@ -1,0 +1,230 @@
+"""`ember pretrain`: a GPT from scratch on token shards, on the one training loop.
+
+With no arguments it trains the `tiny` preset on the bundled corpus (pydoc topics and
+stdlib docstrings, on every machine) with a 4,096-token BPE trained on that corpus, in a
+few minutes on 2 cores; samples go from noise to word-like text. The same command runs
+under `torchrun --nproc-per-node N -m ember pretrain ...` with DDP or FSDP2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ember.model.config import PRESETS, ModelConfig
+from ember.model.transformer import Transformer
+from ember.parallel import DistInfo, barrier, init_distributed
+from ember.train.loop import TrainConfig, Trainer, broadcast_config
+from ember.train.losses import cross_entropy, lm_loss
+from ember.train.metrics import flops_per_token, non_embedding_params
+from ember.train.optim import OptimConfig
+
+# Model shapes for training from scratch; vocab_size always comes from the tokenizer.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # Llama-style, ~3.4 M non-embedding parameters: minutes on a laptop
+    "tiny": dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, d_ff=688, max_seq_len=256,
+                 norm="rmsnorm", pos_emb="rope", mlp="swiglu", tie_embeddings=True),
+    # the nanoGPT "baby GPT" shape used by bench/train.py
+    "gpt2-mini": dict(n_layers=6, d_model=384, n_heads=6, d_ff=1536, max_seq_len=256, norm="layernorm",
+                      pos_emb="learned", mlp="gelu", bias=True, tie_embeddings=True),
+    "gpt2-small": {k: v for k, v in PRESETS["gpt2"].items() if k != "vocab_size"},
+}  # fmt: skip
+
+# A config-file/CLI view of ModelConfig where every field is optional: set fields override the preset.
+ModelOverrides = dataclasses.make_dataclass(
+    "ModelOverrides",
+    [(f.name, f.type if isinstance(f.type, type) else Any, field(default=None)) for f in dataclasses.fields(ModelConfig)],
+)
+
+
+@dataclass
+class DataConfig:
+    input: list[str] = field(default_factory=list)  # text files or folders; empty: the bundled corpus
+    dir: str | None = None  # prepared shards (`ember data prepare`); default: made under runs/data
+    tokenizer: str | None = None  # name or path; default: a BPE of vocab_size trained on the data
+    vocab_size: int = 4096
+    loader: Literal["random", "packed"] = "random"  # random windows, or shuffled packed documents
+    seq_len: int = 256
+    val_fraction: float = 0.05
+
+
+@dataclass
+class PretrainConfig:
+    """Train a decoder from scratch."""
+
+    preset: str = "tiny"  # tiny | gpt2-mini | gpt2-small | any ModelConfig preset
+    model: ModelOverrides = field(default_factory=ModelOverrides)  # e.g. --model.n_layers 6
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sample_prompt: str = "The"
+    sample_tokens: int = 48
+    export_hf: bool = True  # also write out/hf: an HF safetensors folder transformers loads
+
+
+def model_config(preset: str, overrides, vocab_size: int, seq_len: int) -> ModelConfig:
+    """Preset < explicit overrides; vocab from the tokenizer; context at least seq_len."""
+    if preset in TRAIN_PRESETS:
+        base = dict(TRAIN_PRESETS[preset])
+    elif preset in PRESETS:
+        base = dict(PRESETS[preset])
+    else:
+        valid = sorted(set(TRAIN_PRESETS) | set(PRESETS))
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {valid}")
+    given = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None} if overrides else {}
+    base.update(given)
+    base["vocab_size"] = vocab_size
+    if "max_seq_len" not in given:
+        base["max_seq_len"] = max(base.get("max_seq_len", seq_len), seq_len)
+    cfg = ModelConfig.from_dict(base)
+    if cfg.max_seq_len < seq_len:
+        raise ValueError(f"data.seq_len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    return cfg
+
+
+def prepare_data(data: DataConfig, info: DistInfo, progress: bool = True) -> Path:
+    """The shard folder to train on, made (by rank 0, once) when it does not exist yet."""
+    from ember.data.shards import load_manifest, prepare_shards
+
+    folder = Path(data.dir) if data.dir else _default_data_dir(data)
+    if info.is_main and not (folder / "manifest.json").is_file():
+        from ember.data.corpus import bundled_documents
+
+        texts = None if data.input else bundled_documents()
+        tok = _tokenizer_for(data, texts, folder)
+        print(f"preparing token shards in {folder}", file=sys.stderr)
+        prepare_shards(folder, tok, inputs=data.input or None, texts=texts,
+                       val_fraction=data.val_fraction, progress=progress)  # fmt: skip
+    barrier(info)
+    load_manifest(folder)  # validates every shard's size on every rank
+    return folder
+
+
+def _default_data_dir(data: DataConfig) -> Path:
+    if data.input:
+        raise ValueError("with --data.input, also name the shard folder with --data.dir")
+    tok = (data.tokenizer or f"bpe{data.vocab_size}").replace("/", "_")
+    return Path("runs/data") / f"bundled-{tok}"
+
+
+def _tokenizer_for(data: DataConfig, texts: list[str] | None, folder: Path):
+    from ember.tokenizer import load_tokenizer, train_bpe
+
+    if data.tokenizer:
+        return load_tokenizer(data.tokenizer)
+    if texts is None:
+        from ember.core.io import read_text_utf8
+        from ember.data.shards import expand_inputs
+
+        texts = [read_text_utf8(f) for f in expand_inputs(data.input)]
+    print(f"training a {data.vocab_size}-token BPE on the data", file=sys.stderr)
+    return train_bpe(texts, data.vocab_size, pattern="gpt4", special_tokens=["<|endoftext|>"],
+                     eos_tokens=["<|endoftext|>"], progress=False)  # fmt: skip
+
+
+def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer:
+    """Everything `main` runs, without running it: data, model, loaders, the Trainer."""
+    from ember.data.loader import build_loader, eval_windows
+    from ember.data.shards import load_manifest, open_split
+    from ember.tokenizer import load_tokenizer
+
+    info = info or init_distributed(cfg.train.device)
+    folder = prepare_data(cfg.data, info, cfg.train.progress)
+    manifest = load_manifest(folder)
+    tok = load_tokenizer(folder / "tokenizer")
+    mcfg = model_config(cfg.preset, cfg.model, tok.vocab_size, cfg.data.seq_len)
+    train_split, val_split = open_split(folder, "train"), open_split(folder, "val")
+    T = cfg.data.seq_len
+    loader = build_loader(cfg.data.loader, train_split, T, cfg.train.batch_size, cfg.train.seed,
+                          info.rank, info.world_size)  # fmt: skip
+    val = eval_windows(val_split, T, cfg.train.eval_windows)
+    device = info.device
+
+    def batches(step):
+        x, y = loader.batch(step)
+        return x.to(device), y.to(device)
+
+    def evaluate(model) -> dict:
+        losses = [cross_entropy(model(x[None].to(device) if x.ndim == 1 else x.to(device)),
+                                y[None].to(device) if y.ndim == 1 else y.to(device)).item() for x, y in val]  # fmt: skip
+        return {"val_loss": sum(losses) / len(losses)}
+
+    torch.manual_seed(cfg.train.seed)  # same init on every rank
+    model = Transformer(mcfg)
+    run_config = _jsonable(cfg)
+    run_config["model"] = mcfg.to_dict()
+    run_config["data"]["dir"] = str(folder)
+    run_config["tokenizer_fingerprint"] = manifest.tokenizer_fingerprint
+    run_config = broadcast_config(run_config, info)
+    if info.is_main:
+        n = non_embedding_params(mcfg)
+        print(f"model: {cfg.preset}, {n / 1e6:.2f} M non-embedding parameters, vocab {mcfg.vocab_size}, "
+              f"ctx {T}; data: {manifest.splits['train']['n_tokens']:,} train tokens", file=sys.stderr)  # fmt: skip
+    trainer = Trainer(
+        model, cfg.train, cfg.optim, lm_loss, batches, run_config, eval_fn=evaluate,
+        sample_fn=lambda m: sample_text(m, tok, cfg.sample_prompt, cfg.sample_tokens, cfg.train.seed),
+        tokens_per_step=cfg.train.batch_size * T, flops_per_token=flops_per_token(mcfg, T), info=info,
+    )  # fmt: skip
+    trainer.tokenizer = tok
+    return trainer
+
+
+def sample_text(model, tok, prompt: str, max_tokens: int, seed: int) -> str:
+    """A seeded sample (temperature 0.8, top-k 40) after the document separator + prompt."""
+    from ember.infer.engine import Engine
+    from ember.infer.sampling import SamplingParams
+
+    sep = min(tok.eos_token_ids) if tok.eos_token_ids else tok.bos_token_id
+    ids = ([sep] if sep is not None else []) + tok.encode(prompt)
+    ctx = model.config.max_seq_len
+    engine = Engine(model, tok, max_batch_size=1, max_seq_len=min(ctx, len(ids) + max_tokens))
+    params = SamplingParams(temperature=0.8, top_k=40, max_tokens=max_tokens, seed=seed)
+    return prompt + engine.generate([ids], params)[0].text
+
+
+def main(cfg: PretrainConfig) -> dict:
+    trainer = build_pretrain(cfg)
+    summary = trainer.fit()
+    if trainer.info.is_main and cfg.export_hf:
+        export_hf(trainer.plain, trainer.tokenizer, Path(cfg.train.out) / "hf")
+        summary["hf"] = str(Path(cfg.train.out) / "hf")
+    return summary
+
+
+def export_hf(model, tok, folder: Path) -> Path:
+    """An HF safetensors folder (config.json + model.safetensors) plus ember's tokenizer."""
+    from ember.model.convert.hf import save_hf
+
+    save_hf(model, folder)
+    tok.save(folder)
+    return folder
+
+
+def _jsonable(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_run(run_dir: str | Path):
+    """(model, tokenizer) from a training run folder: its latest checkpoint and config.
+
+    >>> model, tok = load_run("runs/pretrain")  # doctest: +SKIP
+    """
+    from ember.model.load import build_model
+    from ember.tokenizer import load_tokenizer
+    from ember.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise ValueError(f"{run_dir} holds no checkpoint (expected {Path(run_dir) / 'checkpoints' / 'latest'})")
+    ckpt = load_checkpoint(path)
+    config = ckpt["state"].get("config", {})
+    if "model" not in config or "data" not in config:
+        raise ValueError(f"checkpoint {path} lacks its run config")
+    model = build_model(ModelConfig.from_dict(config["model"]), ckpt["model"])
+    tok = load_tokenizer(Path(config["data"]["dir"]) / "tokenizer")
+    return model, tok
