@@ -1,0 +1,486 @@
+"""Tokenized pre-training shards: token arrays on disk, a manifest, and a memmapped reader.
+
+A folder made by `prepare_shards` holds:
+  plan.json           the documents (path, size, content hash), tokenizer fingerprint and
+                      options; a rerun with the same plan resumes, another plan is refused
+  train_00000.bin     raw little-endian token ids, uint16 (vocab <= 65536) or uint32
+  train_00000.idx     uint64 cumulative document end offsets within that shard
+  val_00000.bin/.idx  the validation documents of the same work unit (absent if none)
+  unit_00000.json     done-marker of work unit 0, written after its shards
+  tokenizer/          the tokenizer: load_tokenizer(folder / "tokenizer")
+  manifest.json       written last: token and document counts per split and shard
+
+Every document's tokens are followed by one separator id (EOS, else BOS), so packed
+documents never run into each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ember.core.io import atomic_write_bytes, atomic_write_json
+from ember.tokenizer import Tokenizer
+
+FORMAT, VERSION = "ember-shards", 1
+PLAN_FORMAT = "ember-shards-plan"
+SPLITS = ("train", "val")
+_MIN_DOCS_FOR_DOC_SPLIT = 20  # fewer documents: each one gives its tail to val instead
+_CALIBRATION_CHARS = 100_000  # text tokenized up front to turn shard_tokens into characters
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    n_tokens: int
+    n_documents: int
+
+
+@dataclass
+class SplitInfo:
+    n_tokens: int = 0
+    n_documents: int = 0
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    """manifest.json of a shards folder, checked against the files by `load_manifest`."""
+
+    folder: Path
+    tokenizer_fingerprint: str
+    vocab_size: int
+    dtype: str  # "uint16" | "uint32"
+    separator_id: int
+    n_documents: int  # source documents; a split counts its parts of them
+    splits: dict[str, SplitInfo]
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT, "version": VERSION, "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "vocab_size": self.vocab_size, "dtype": self.dtype, "separator_id": self.separator_id,
+            "n_documents": self.n_documents, "splits": {k: asdict(v) for k, v in self.splits.items()},
+        }
+
+
+def prepare_shards(
+    out: str | Path, tokenizer: Tokenizer, inputs: list[str | Path] | None = None,
+    texts: list[str] | None = None, *, val_fraction: float = 0.05, shard_tokens: int = 1 << 22,
+    workers: int = 2, progress: bool = True, seed: int = 0,
+) -> Manifest:
+    """Tokenize documents (files, or strings) into train/val shards under `out`; resumable.
+
+    Each input file is one document (folders expand recursively in sorted order, skipping
+    hidden names); or each string of `texts` is. With >= 20 documents a seeded hash of each
+    document's content sends ~val_fraction of them to val (at least one); with fewer, the
+    last ceil(val_fraction * n) tokens of every document go to val. Documents are grouped
+    into work units of ~shard_tokens tokens before tokenizing (the plan), one unit per
+    shard, so the output is the same for any `workers` and an interrupted run resumes.
+
+    >>> m = prepare_shards("data/py", tok, texts=bundled_documents())  # doctest: +SKIP
+    >>> m.splits["train"].n_tokens  # doctest: +SKIP
+    1048329
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    for name, v in (("shard_tokens", shard_tokens), ("workers", workers)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    out = Path(out)
+    sep = separator_id(tokenizer)
+    dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
+    entries, sample = _describe_documents(inputs, texts)
+    plan = _make_plan(entries, sample, tokenizer, val_fraction, shard_tokens, seed)
+    _claim_folder(out, plan)
+
+    job = {"out": str(out), "dtype": dtype, "sep": sep, "val_fraction": val_fraction,
+           "tail_split": plan["tail_split"]}
+    units = plan["units"]
+    markers = {u: m for u in range(len(units)) if (m := _finished_unit(out, u, dtype))}
+    todo = [u for u in range(len(units)) if u not in markers]
+
+    def payload(u: int) -> list:
+        a, b = units[u]
+        return [(e.get("path"), None if texts is None else texts[i], e.get("val", False))
+                for i, e in zip(range(a, b), entries[a:b])]
+
+    def n_docs(u: int) -> int:
+        return units[u][1] - units[u][0]
+
+    with tqdm(total=len(entries), desc="shards", unit="doc", disable=not progress) as bar:
+        bar.update(sum(n_docs(u) for u in markers))
+        for u, marker in _run_units(tokenizer, todo, payload, job, workers):
+            markers[u] = marker
+            bar.update(n_docs(u))
+
+    splits = {s: SplitInfo() for s in SPLITS}
+    for u in range(len(units)):
+        for s in SPLITS:
+            if markers[u][s]:
+                shard = ShardInfo(**markers[u][s])
+                splits[s].shards.append(shard)
+                splits[s].n_tokens += shard.n_tokens
+                splits[s].n_documents += shard.n_documents
+    manifest = Manifest(out, tokenizer.fingerprint(), tokenizer.vocab_size, dtype, sep,
+                        len(entries), splits)
+    tokenizer.save(out / "tokenizer")
+    atomic_write_json(out / "manifest.json", manifest.to_dict())
+    return manifest
+
+
+def separator_id(tok: Tokenizer) -> int:
+    """The id that ends every document: the smallest EOS id, else BOS.
+
+    >>> separator_id(train_bpe(texts, 512, special_tokens=[EOT], eos_tokens=[EOT]))  # doctest: +SKIP
+    511
+    """
+    if tok.eos_token_ids:
+        return min(tok.eos_token_ids)
+    if tok.bos_token_id is not None:
+        return tok.bos_token_id
+    raise ValueError(
+        "the tokenizer has neither an EOS nor a BOS token to separate documents; "
+        "train it with eos_tokens=['<|endoftext|>'] (and that special token)"
+    )
+
+
+# ---- planning ---------------------------------------------------------------------------
+def _describe_documents(inputs, texts) -> tuple[list[dict], list[str]]:
+    """One plan entry per document (checked now, so bad input fails before any writing),
+    and the first ~100k characters of text for calibration."""
+    if (inputs is None) == (texts is None):
+        raise ValueError("pass exactly one of inputs= (files or folders) or texts= (strings)")
+    if texts is not None:
+        described = (_describe_text(i, t) for i, t in enumerate(texts))
+    else:
+        described = (_describe_file(p) for p in expand_inputs(inputs))
+    entries, sample, n_sample = [], [], 0
+    for entry, text in described:
+        entries.append(entry)
+        if n_sample < _CALIBRATION_CHARS:
+            sample.append(text[: _CALIBRATION_CHARS - n_sample])
+            n_sample += len(sample[-1])
+    if not entries:
+        raise ValueError("no documents: the inputs hold no files")
+    return entries, sample
+
+
+def _describe_text(i: int, t) -> tuple[dict, str]:
+    if not isinstance(t, str):
+        raise ValueError(f"texts[{i}] is a {type(t).__name__}, not a str")
+    if not t.strip():
+        raise ValueError(f"texts[{i}] is empty (nothing but whitespace)")
+    return {"sha": _digest(t.encode("utf-8", errors="surrogatepass")), "n_chars": len(t)}, t
+
+
+def _describe_file(path: Path) -> tuple[dict, str]:
+    data = path.read_bytes()
+    text = _decode_document(path, data)
+    return {"path": str(path), "n_bytes": len(data), "sha": _digest(data), "n_chars": len(text)}, text
+
+
+def expand_inputs(inputs: str | Path | list[str | Path]) -> list[Path]:
+    """The document files of `inputs`: files as given, folders recursively in sorted order
+    without hidden names (".git", ".DS_Store"); a missing path is a ValueError.
+
+    >>> expand_inputs(["notes.txt", "corpus/"])  # doctest: +SKIP
+    [PosixPath('/home/me/notes.txt'), PosixPath('/home/me/corpus/a.txt'), ...]
+    """
+    if isinstance(inputs, str | Path):
+        inputs = [inputs]
+    paths = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.rglob("*") if f.is_file()
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise ValueError(f"input {p} does not exist")
+    return [p.resolve() for p in paths]
+
+
+def _decode_document(path: Path, data: bytes) -> str:
+    if b"\x00" in data:
+        raise ValueError(f"{path} looks binary (it holds NUL bytes); inputs must be UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (bad byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty (nothing but whitespace); remove it from the inputs")
+    return text.removeprefix("\ufeff")  # a BOM is an encoding artifact, not text
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _make_plan(entries, sample, tok, val_fraction, shard_tokens, seed) -> dict:
+    # Units are cut by characters before tokenizing (so any worker count cuts the same
+    # shards); this tokenizer's chars-per-token on a sample turns shard_tokens into chars.
+    chars_per_token = round(sum(map(len, sample)) / max(1, sum(map(len, map(tok.encode, sample)))), 3)
+    tail_split = len(entries) < _MIN_DOCS_FOR_DOC_SPLIT
+    if not tail_split:
+        # Keyed by content, so duplicate documents land in the same split (no val leakage).
+        keys = [_unit_interval(f"{seed}:{e['sha']}") for e in entries]
+        for e, k in zip(entries, keys):
+            e["val"] = k < val_fraction
+        if val_fraction > 0 and not any(e["val"] for e in entries):
+            entries[int(np.argmin(keys))]["val"] = True
+    target = max(1, round(shard_tokens * chars_per_token))
+    units, start, chars = [], 0, 0
+    for i, e in enumerate(entries):
+        chars += e["n_chars"]
+        if chars >= target or i == len(entries) - 1:
+            units.append([start, i + 1])
+            start, chars = i + 1, 0
+    return {"format": PLAN_FORMAT, "version": VERSION, "tokenizer_fingerprint": tok.fingerprint(),
+            "val_fraction": val_fraction, "shard_tokens": shard_tokens, "seed": seed,
+            "chars_per_token": chars_per_token, "tail_split": tail_split, "units": units,
+            "documents": entries}
+
+
+def _unit_interval(key: str) -> float:
+    h = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+def _claim_folder(out: Path, plan: dict) -> None:
+    """Write plan.json into a new or empty folder; accept a folder with the same plan."""
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        try:
+            old = json.loads(plan_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            old = {}
+        if old != plan:
+            differ = sorted(k for k in plan if old.get(k) != plan[k]) if isinstance(old, dict) else []
+            raise ValueError(
+                f"{out} holds shards of another plan (differs in: {', '.join(differ) or 'format'}); "
+                f"pick a new --out or delete {out}"
+            )
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder of shards; pick a new --out")
+    atomic_write_json(plan_path, plan)
+
+
+# ---- tokenizing one work unit -------------------------------------------------------------
+# Set once in each worker process by its initializer, so the tokenizer (and its merge
+# tables) crosses the process boundary once per worker instead of once per unit.
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tok_dict: dict) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = Tokenizer.from_dict(tok_dict)
+
+
+def _worker_unit(u: int, payload: list, job: dict) -> dict:
+    return _tokenize_unit(_WORKER_TOKENIZER, u, payload, job)
+
+
+def _run_units(tok: Tokenizer, todo: list[int], payload, job: dict, workers: int):
+    """Yield (unit, marker) as units finish: in this process, or in `workers` processes."""
+    if workers == 1 or len(todo) <= 1:
+        for u in todo:
+            yield u, _tokenize_unit(tok, u, payload(u), job)
+        return
+    with ProcessPoolExecutor(min(workers, len(todo)), initializer=_init_worker,
+                             initargs=(tok.to_dict(),)) as pool:
+        futures = {pool.submit(_worker_unit, u, payload(u), job): u for u in todo}
+        try:
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a failed unit stops the units not yet started
+            raise
+
+
+def _tokenize_unit(tok: Tokenizer, u: int, payload: list, job: dict) -> dict:
+    """Tokenize one unit's documents, write its train/val shards, then its done-marker."""
+    dtype, sep = np.dtype(job["dtype"]).newbyteorder("<"), job["sep"]
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for path, text, to_val in payload:
+        if text is None:
+            text = _decode_document(Path(path), Path(path).read_bytes())
+        ids = tok.encode(text)
+        if job["tail_split"]:
+            cut = len(ids) - math.ceil(job["val_fraction"] * len(ids))
+            pieces = [p for p in (("train", ids[:cut]), ("val", ids[cut:])) if p[1]]
+        else:
+            pieces = [("val" if to_val else "train", ids)]
+        for split, piece in pieces:
+            parts[split].append(np.asarray(piece + [sep], dtype=dtype))
+    out = Path(job["out"])
+    marker = {"unit": u}
+    for split, docs in parts.items():
+        marker[split] = _write_shard(out, f"{split}_{u:05d}", docs) if docs else None
+    atomic_write_json(out / f"unit_{u:05d}.json", marker)
+    return marker
+
+
+def _write_shard(out: Path, stem: str, docs: list[np.ndarray]) -> dict:
+    tokens = np.concatenate(docs)
+    ends = np.cumsum([len(d) for d in docs], dtype="<u8")
+    atomic_write_bytes(out / f"{stem}.idx", ends.tobytes())
+    atomic_write_bytes(out / f"{stem}.bin", tokens.tobytes())
+    return {"file": f"{stem}.bin", "n_tokens": len(tokens), "n_documents": len(docs)}
+
+
+def _finished_unit(out: Path, u: int, dtype: str) -> dict | None:
+    """The unit's marker if it and the shards it lists are complete, else None (redo it)."""
+    try:
+        marker = json.loads((out / f"unit_{u:05d}.json").read_text(encoding="utf-8"))
+        for split in SPLITS:
+            if marker[split]:
+                _check_shard(out, ShardInfo(**marker[split]), np.dtype(dtype).itemsize)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return marker
+
+
+# ---- reading ----------------------------------------------------------------------------
+def load_manifest(folder: str | Path) -> Manifest:
+    """Read manifest.json and check every shard file against it (missing, truncated).
+
+    >>> load_manifest("data/py").splits["val"].n_tokens  # doctest: +SKIP
+    52114
+    """
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: not a finished shards folder "
+                         "(rerun prepare_shards with the same arguments to finish it)")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
+        raise ValueError(f"{path} is not an {FORMAT} manifest of version {VERSION}")
+    try:
+        splits = {s: SplitInfo(int(v["n_tokens"]), int(v["n_documents"]),
+                               [ShardInfo(**x) for x in v["shards"]])
+                  for s, v in d["splits"].items()}
+        m = Manifest(folder, d["tokenizer_fingerprint"], int(d["vocab_size"]), d["dtype"],
+                     int(d["separator_id"]), int(d["n_documents"]), splits)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is malformed: {type(e).__name__}: {e}") from None
+    if m.dtype not in ("uint16", "uint32"):
+        raise ValueError(f"{path}: dtype {m.dtype!r} is not uint16 or uint32")
+    for name, split in m.splits.items():
+        if (sum(s.n_tokens for s in split.shards), sum(s.n_documents for s in split.shards)) != (
+                split.n_tokens, split.n_documents):
+            raise ValueError(f"{path}: the {name} shards' token or document counts do not add up")
+        for shard in split.shards:
+            _check_shard(folder, shard, m.itemsize)
+    return m
+
+
+def _check_shard(folder: Path, shard: ShardInfo, itemsize: int) -> None:
+    if Path(shard.file).name != shard.file or not shard.file.endswith(".bin"):
+        raise ValueError(f"shard name {shard.file!r} is not a .bin file name in {folder}")
+    for path, size in ((folder / shard.file, shard.n_tokens * itemsize),
+                       (folder / shard.file.replace(".bin", ".idx"), shard.n_documents * 8)):
+        if not path.is_file():
+            raise ValueError(f"shard file {path} is missing")
+        if path.stat().st_size != size:
+            raise ValueError(f"shard file {path} is truncated or corrupt: "
+                             f"{path.stat().st_size} bytes where the manifest implies {size}")
+
+
+def open_split(folder: str | Path, split: str) -> TokenSplit:
+    """Memory-map one split ("train" or "val") of a shards folder; empty splits are errors.
+
+    >>> val = open_split("data/py", "val")  # doctest: +SKIP
+    >>> val.tokens(0, 4)  # doctest: +SKIP
+    array([ 464, 6913,  286, 4217], dtype=uint16)
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    manifest = load_manifest(folder)
+    info = manifest.splits.get(split)
+    if info is None or info.n_tokens == 0:
+        raise ValueError(f"the {split} split of {folder} is empty (was val_fraction 0?); "
+                         "prepare the shards again with documents for it")
+    return TokenSplit(manifest, split)
+
+
+class TokenSplit:
+    """The shards of one split read as one virtual token array, with document boundaries.
+
+    >>> train = open_split("data/py", "train")  # doctest: +SKIP
+    >>> len(train), train.n_documents, train.document(0)[-1] == train.separator_id  # doctest: +SKIP
+    (470312, 436, True)
+    """
+
+    def __init__(self, manifest: Manifest, split: str):
+        info = manifest.splits[split]
+        self.name, self.manifest, self.separator_id = split, manifest, manifest.separator_id
+        dtype = np.dtype(manifest.dtype).newbyteorder("<")
+        folder = manifest.folder
+        self.shards = [np.memmap(folder / s.file, dtype=dtype, mode="r", shape=(s.n_tokens,))
+                       for s in info.shards]
+        self.shard_starts = np.cumsum([0] + [s.n_tokens for s in info.shards], dtype=np.int64)
+        ends = []
+        for k, s in enumerate(info.shards):
+            e = np.fromfile(folder / s.file.replace(".bin", ".idx"), dtype="<u8").astype(np.int64)
+            if len(e) and (e[-1] != s.n_tokens or np.any(np.diff(e) < 0) or e[0] < 0):
+                raise ValueError(f"index of shard {folder / s.file} is corrupt")
+            ends.append(e + self.shard_starts[k])
+        self.doc_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        self.doc_starts = np.concatenate([[0], self.doc_ends[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.shard_starts[-1])
+
+    @property
+    def n_documents(self) -> int:
+        return len(self.doc_ends)
+
+    def tokens(self, start: int, length: int) -> np.ndarray:
+        """A copy of tokens [start, start + length) of the split, across shard boundaries."""
+        if start < 0 or length < 0 or start + length > len(self):
+            raise ValueError(f"tokens({start}, {length}) is outside the split's {len(self)} tokens")
+        out, pos, end = [], start, start + length
+        k = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+        while pos < end:
+            base = int(self.shard_starts[k])
+            stop = min(end, int(self.shard_starts[k + 1]))
+            out.append(self.shards[k][pos - base: stop - base])
+            pos, k = stop, k + 1
+        return np.concatenate(out) if out else np.zeros(0, self.shards[0].dtype)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Tokens at arbitrary positions of the split (any shape), one vectorised read per shard."""
+        flat = np.asarray(positions, dtype=np.int64).ravel()
+        if len(flat) and (flat.min() < 0 or flat.max() >= len(self)):
+            raise ValueError(f"positions outside the split's {len(self)} tokens")
+        shard = np.searchsorted(self.shard_starts, flat, side="right") - 1
+        out = np.empty(flat.shape, dtype=self.shards[0].dtype)
+        for k in np.unique(shard):
+            m = shard == k
+            out[m] = self.shards[k][flat[m] - self.shard_starts[k]]
+        return out.reshape(np.shape(positions))
+
+    def document(self, i: int) -> np.ndarray:
+        """Tokens of document i, its separator included."""
+        if not 0 <= i < self.n_documents:
+            raise ValueError(f"document {i} is outside the split's {self.n_documents} documents")
+        start = int(self.doc_starts[i])
+        return self.tokens(start, int(self.doc_ends[i]) - start)
