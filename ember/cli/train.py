@@ -43,7 +43,7 @@ def data_prepare(cfg: DataPrepareConfig) -> dict:
     m = prepare_shards(cfg.out, tok, inputs=cfg.input or None, texts=texts, val_fraction=cfg.val_fraction,
                        shard_tokens=cfg.shard_tokens, workers=cfg.workers, progress=cfg.progress)  # fmt: skip
     out = {"out": cfg.out, "documents": m.n_documents,
-           "train_tokens": m.splits["train"]["n_tokens"], "val_tokens": m.splits["val"]["n_tokens"]}  # fmt: skip
+           "train_tokens": m.splits["train"].n_tokens, "val_tokens": m.splits["val"].n_tokens}  # fmt: skip
     print(json.dumps(out))
     return out
 

@@ -142,17 +142,19 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
     T = cfg.data.seq_len
     loader = build_loader(cfg.data.loader, train_split, T, cfg.train.batch_size, cfg.train.seed,
                           info.rank, info.world_size)  # fmt: skip
-    val = eval_windows(val_split, T, cfg.train.eval_windows)
+    eval_windows(val_split, T, 1)  # a val split too short for one window fails now, not at step 100
     device = info.device
 
     def batches(step):
         x, y = loader.batch(step)
         return x.to(device), y.to(device)
 
-    def evaluate(model) -> dict:
-        losses = [cross_entropy(model(x[None].to(device) if x.ndim == 1 else x.to(device)),
-                                y[None].to(device) if y.ndim == 1 else y.to(device)).item() for x, y in val]  # fmt: skip
-        return {"val_loss": sum(losses) / len(losses)}
+    def evaluate(model) -> dict:  # mean loss over the same validation windows every time
+        total, n = 0.0, 0
+        for x, y in eval_windows(val_split, T, cfg.train.eval_windows, batch_size=8):
+            total += cross_entropy(model(x.to(device)), y.to(device)).item() * len(x)
+            n += len(x)
+        return {"val_loss": total / n}
 
     torch.manual_seed(cfg.train.seed)  # same init on every rank
     model = Transformer(mcfg)
@@ -164,7 +166,7 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
     if info.is_main:
         n = non_embedding_params(mcfg)
         print(f"model: {cfg.preset}, {n / 1e6:.2f} M non-embedding parameters, vocab {mcfg.vocab_size}, "
-              f"ctx {T}; data: {manifest.splits['train']['n_tokens']:,} train tokens", file=sys.stderr)  # fmt: skip
+              f"ctx {T}; data: {manifest.splits['train'].n_tokens:,} train tokens", file=sys.stderr)  # fmt: skip
     trainer = Trainer(
         model, cfg.train, cfg.optim, lm_loss, batches, run_config, eval_fn=evaluate,
         sample_fn=lambda m: sample_text(m, tok, cfg.sample_prompt, cfg.sample_tokens, cfg.train.seed),
@@ -188,11 +190,16 @@ def sample_text(model, tok, prompt: str, max_tokens: int, seed: int) -> str:
 
 
 def main(cfg: PretrainConfig) -> dict:
+    from ember.model.load import build_model
+    from ember.parallel import full_state_dict
+
     trainer = build_pretrain(cfg)
     summary = trainer.fit()
-    if trainer.info.is_main and cfg.export_hf:
-        export_hf(trainer.plain, trainer.tokenizer, Path(cfg.train.out) / "hf")
-        summary["hf"] = str(Path(cfg.train.out) / "hf")
+    if cfg.export_hf:
+        sd = full_state_dict(trainer.model, trainer.info)  # collective: FSDP gathers the shards
+        if trainer.info.is_main:
+            model = build_model(trainer.plain.config, sd)
+            summary["hf"] = str(export_hf(model, trainer.tokenizer, Path(cfg.train.out) / "hf"))
     return summary
 
 

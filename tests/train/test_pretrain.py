@@ -1,0 +1,124 @@
+"""`ember pretrain` end to end: shards → loop → checkpoint → HF export; torchrun DDP/FSDP2
+on two gloo processes gives the losses of one process with the same global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ember.cli import main
+
+TINY = ["--preset", "tiny", "--model.n_layers", "2", "--model.d_model", "64", "--model.n_heads", "4",
+        "--model.n_kv_heads", "2", "--model.d_ff", "128", "--data.seq_len", "32"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from ember.data.corpus import pydoc_topics_text
+    from ember.data.shards import prepare_shards
+    from ember.tokenizer import train_bpe
+
+    text = pydoc_topics_text()[:200_000]
+    docs = [text[i : i + 4000] for i in range(0, len(text), 4000)]  # ~50 documents
+    tok = train_bpe(docs, 512, special_tokens=["<|endoftext|>"], eos_tokens=["<|endoftext|>"], progress=False)
+    out = tmp_path_factory.mktemp("shards")
+    prepare_shards(out, tok, texts=docs, progress=False, workers=1)
+    return out
+
+
+def _args(shards, out, steps=6, *extra):
+    return ["pretrain", *TINY, "--data.dir", str(shards), "--train.steps", str(steps), "--train.batch_size", "4",
+            "--train.eval_every", "3", "--train.eval_windows", "4", "--train.sample_every", "0",
+            "--train.log_every", "1", "--train.out", str(out), "--train.progress", "false",
+            "--train.precision", "fp32", "--sample_tokens", "8", *extra]  # fmt: skip
+
+
+def _losses(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretrain_cli_end_to_end_and_hf_export(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(shards, out)) == 0
+    recs = _losses(out)
+    assert [r["step"] for r in recs] == list(range(1, 7))
+    assert "val_loss" in recs[2] and "val_loss" in recs[5] and recs[5]["val_ppl"] > 1
+    assert all(r["tok_s"] > 0 and 0 < r["mfu"] for r in recs)
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_000006"
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 6 and summary["val_loss"] == recs[5]["val_loss"]
+
+    import ember
+    from ember.train.pretrain import load_run
+
+    trained, tok = load_run(out)
+    back, tok2 = ember.load(out / "hf")  # the HF folder loads back into ember
+    ids = torch.tensor([tok.encode("The assert statement")])
+    with torch.no_grad():
+        want = trained(ids)
+        torch.testing.assert_close(back(ids), want)
+    assert tok2.encode("def f(x):") == tok.encode("def f(x):")
+    transformers = pytest.importorskip("transformers")  # the parity extra
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_resume_against_another_model_config_fails_clearly(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(shards, out, 3)) == 0
+    capsys.readouterr()
+    code = main(_args(shards, out, 6, "--train.resume", "true", "--model.d_ff", "160"))
+    assert code == 2
+    assert "model.d_ff: 128 in the checkpoint vs 160 now" in capsys.readouterr().err
+
+
+def test_corrupt_shard_is_a_clear_error(shards, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    shard = sorted(bad.glob("train_*.bin"))[0]
+    shard.write_bytes(shard.read_bytes()[:-6])
+    assert main(_args(bad, tmp_path / "run", 2)) == 2
+    assert shard.name in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_gloo_processes_match_one_process(shards, tmp_path, parallel):
+    """Global batch 4: one process takes all 4 rows; two processes take 2 each and average
+    gradients. Same data, same init → the same losses (up to float summation order)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = ["--train.parallel", parallel, "--train.micro_batch_size", "1"]
+    _run([sys.executable, "-m", "ember", *_args(shards, one, 4, *extra), "--train.device", "cpu"], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+          "-m", "ember", *_args(shards, two, 4, *extra), "--train.device", "cpu"], tmp_path)  # fmt: skip
+    a, b = _losses(one), _losses(two)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]  # rank 0 alone logs
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6)
+        assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-4)
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-5)
+    from ember.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    wa, wb = (load_checkpoint(latest_checkpoint(d))["model"] for d in (one, two))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
