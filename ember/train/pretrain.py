@@ -63,7 +63,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample_prompt: str = "The"
-    sample_tokens: int = 48
+    sample_tokens: int = 48  # 0: no samples
     export_hf: bool = True  # also write out/hf: an HF safetensors folder transformers loads
 
 
@@ -169,7 +169,8 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
               f"ctx {T}; data: {manifest.splits['train'].n_tokens:,} train tokens", file=sys.stderr)  # fmt: skip
     trainer = Trainer(
         model, cfg.train, cfg.optim, lm_loss, batches, run_config, eval_fn=evaluate,
-        sample_fn=lambda m: sample_text(m, tok, cfg.sample_prompt, cfg.sample_tokens, cfg.train.seed),
+        sample_fn=(lambda m: sample_text(m, tok, cfg.sample_prompt, cfg.sample_tokens, cfg.train.seed))
+        if cfg.sample_tokens > 0 else None,
         tokens_per_step=cfg.train.batch_size * T, flops_per_token=flops_per_token(mcfg, T), info=info,
     )  # fmt: skip
     trainer.tokenizer = tok
@@ -183,8 +184,9 @@ def sample_text(model, tok, prompt: str, max_tokens: int, seed: int) -> str:
 
     sep = min(tok.eos_token_ids) if tok.eos_token_ids else tok.bos_token_id
     ids = ([sep] if sep is not None else []) + tok.encode(prompt)
-    ctx = model.config.max_seq_len
-    engine = Engine(model, tok, max_batch_size=1, max_seq_len=min(ctx, len(ids) + max_tokens))
+    ids = ids[-(model.config.max_seq_len // 2) :]  # leave room to generate
+    max_tokens = min(max_tokens, model.config.max_seq_len - len(ids))
+    engine = Engine(model, tok, max_batch_size=1, max_seq_len=len(ids) + max_tokens)
     params = SamplingParams(temperature=0.8, top_k=40, max_tokens=max_tokens, seed=seed)
     return prompt + engine.generate([ids], params)[0].text
 

@@ -79,6 +79,7 @@ def train_point(spec: str, tokens: int, cfg: ScalingSweepConfig, info) -> Scalin
                           seed=cfg.seed, out=str(Path(cfg.out) / "runs" / f"{spec}-{tokens}"), progress=False),
         optim=OptimConfig(lr=cfg.lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1),
         export_hf=False,
+        sample_tokens=0,
     )  # fmt: skip
     trainer = build_pretrain(pcfg, info)
     summary = trainer.fit()

@@ -16,20 +16,6 @@ TINY = ["--preset", "tiny", "--model.n_layers", "2", "--model.d_model", "64", "-
         "--model.n_kv_heads", "2", "--model.d_ff", "128", "--data.seq_len", "32"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from ember.data.corpus import pydoc_topics_text
-    from ember.data.shards import prepare_shards
-    from ember.tokenizer import train_bpe
-
-    text = pydoc_topics_text()[:200_000]
-    docs = [text[i : i + 4000] for i in range(0, len(text), 4000)]  # ~50 documents
-    tok = train_bpe(docs, 512, special_tokens=["<|endoftext|>"], eos_tokens=["<|endoftext|>"], progress=False)
-    out = tmp_path_factory.mktemp("shards")
-    prepare_shards(out, tok, texts=docs, progress=False, workers=1)
-    return out
-
-
 def _args(shards, out, steps=6, *extra):
     return ["pretrain", *TINY, "--data.dir", str(shards), "--train.steps", str(steps), "--train.batch_size", "4",
             "--train.eval_every", "3", "--train.eval_windows", "4", "--train.sample_every", "0",
