@@ -172,8 +172,10 @@ class Attention(nn.Module):
         if rope is not None:
             q = apply_rope(q, *rope, self.rope_interleaved)
             k = apply_rope(k, *rope, self.rope_interleaved)
-        if cache is None:
+        if cache is None and mask is None:
             y = attention(q, k, v, is_causal=self.causal, gqa=self.gqa)  # (B, H, T, Dh)
+        elif cache is None:  # packed sequences: a block-diagonal causal mask (B, 1, T, T)
+            y = attention(q, k, v, mask=mask, gqa=self.gqa)
         else:
             k, v = cache.update(layer_idx, input_pos, k, v)  # (B, Hkv, Tmax, Dh)
             S = mask.shape[-1]

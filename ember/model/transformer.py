@@ -61,12 +61,16 @@ class Transformer(nn.Module):
         input_pos: torch.Tensor | None = None,
         logits_index: torch.Tensor | None = None,
         kv_len: int | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Without a cache: a plain forward at positions 0..T-1. With one: token (b, t) sits at
         position input_pos[b, t], writes its K/V there and sees cache entries ≤ that position.
         `logits_index` (B,) computes the head only at token logits_index[b] → (B, 1, V).
         `kv_len` (a caller that tracks positions itself, like the engine) = max(input_pos) + 1:
-        it skips reading positions back from the tensor, which a compiled decode step needs."""
+        it skips reading positions back from the tensor, which a compiled decode step needs.
+        `segment_ids` (B, T), no cache: several sequences packed in one row. Positions restart
+        at 0 where the id changes and attention never crosses segments, so each packed
+        sequence gets exactly the logits it would get alone."""
         cfg = self.config
         B, T = ids.shape
         mask = None
@@ -76,7 +80,11 @@ class Transformer(nn.Module):
             if T > cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len}")
             pos = torch.arange(T, device=ids.device).expand(B, T)  # (B, T)
+            if segment_ids is not None:
+                pos, mask = _segment_positions(segment_ids, self.config.causal)
         else:
+            if segment_ids is not None:
+                raise ValueError("segment_ids (packed sequences) are for training forwards without a cache")
             pos, mask = self._cache_positions(ids, cache, input_pos, kv_len)
 
         x = self.tok_embeddings(ids)  # (B, T, D)
@@ -115,6 +123,24 @@ class Transformer(nn.Module):
         S = hi + 1
         mask = torch.arange(S, device=ids.device) <= input_pos[..., None]  # (B, T, S)
         return input_pos, mask[:, None]  # (B, 1, T, S)
+
+
+def _segment_positions(seg: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment ids (B, T), equal within one packed sequence → positions that restart at each
+    new segment (B, T) and the mask (B, 1, T, T): same segment, and causal when the model is.
+
+    >>> _segment_positions(torch.tensor([[0, 0, 1, 1, 1]]), True)[0]
+    tensor([[0, 1, 0, 1, 2]])
+    """
+    B, T = seg.shape
+    idx = torch.arange(T, device=seg.device).expand(B, T)
+    new = torch.ones_like(seg, dtype=torch.bool)
+    new[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    start = torch.where(new, idx, torch.zeros_like(idx)).cummax(dim=1).values  # (B, T) segment start
+    mask = seg[:, :, None] == seg[:, None, :]  # (B, T, T)
+    if causal:
+        mask = mask & torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
+    return idx - start, mask[:, None]
 
 
 def _init_weights(module: nn.Module):

@@ -159,3 +159,20 @@ def test_bad_cache_inputs_are_value_errors():
         model(torch.zeros(1, 300, dtype=torch.long))
     with pytest.raises(ValueError, match="only used with a cache"):
         model(ids, input_pos=torch.arange(3).expand(2, 3))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2"])
+def test_packed_segments_equal_separate_forwards(preset):
+    """Two sequences packed in one row with segment ids give each one its own logits:
+    positions restart and attention never crosses the boundary."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset(preset)).eval()
+    a, b = torch.randint(0, 256, (1, 7)), torch.randint(0, 256, (1, 5))
+    packed = torch.cat([a, b], dim=1)
+    seg = torch.tensor([[0] * 7 + [1] * 5])
+    with torch.no_grad():
+        out = model(packed, segment_ids=seg)
+        torch.testing.assert_close(out[:, :7], model(a), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[:, 7:], model(b), rtol=1e-5, atol=1e-5)
+        # without segment ids the second sequence sees the first: different logits
+        assert not torch.allclose(model(packed)[:, 7:], model(b), atol=1e-3)
