@@ -30,6 +30,7 @@ test-all: setup
 bench: setup
 	$(BIN)/python bench/tokenizer.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/train.py
 
 lint: setup
 	$(BIN)/ruff check ember tests bench

@@ -346,14 +346,16 @@ def _dataclass_from(cls, ns):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ember.core.memory import release_freed_memory_eagerly
-
-    release_freed_memory_eagerly()  # lower peak memory while loading models
     from ember.cli import train as train_commands
+    from ember.core.memory import release_freed_memory_eagerly
 
     argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv), {"tokenize": "text"})
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("generate", "chat", "perplexity"):
+        # lower peak memory while loading models; not for training, where every step's
+        # large activations would then cost an mmap + page faults each (3x the system time)
+        release_freed_memory_eagerly()
     try:
         if args.command == "tokenizer" and args.tokenizer.action == "train":
             tokenizer_train(_dataclass_from(TokenizerTrainConfig, args.tokenizer.train))

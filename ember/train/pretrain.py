@@ -60,8 +60,11 @@ class PretrainConfig:
     preset: str = "tiny"  # tiny | gpt2-mini | gpt2-small | any ModelConfig preset
     model: ModelOverrides = field(default_factory=ModelOverrides)  # e.g. --model.n_layers 6
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    # ~1.2 M tokens (2.5 passes over the bundled corpus): a few minutes on 2 cores
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=300, eval_every=50, sample_every=100, save_every=100)
+    )
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=30))
     sample_prompt: str = "The"
     sample_tokens: int = 48  # 0: no samples
     export_hf: bool = True  # also write out/hf: an HF safetensors folder transformers loads

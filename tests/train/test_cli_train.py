@@ -67,3 +67,16 @@ def test_scaling_sweep_then_fit(shards, tmp_path, capsys):
     assert held["name"] == "2x96:4096" and held["predicted"] > 0
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
     assert "held-out 2x96:4096: predicted" in capsys.readouterr().out
+
+
+def test_training_commands_keep_mallocs_default_mmap_threshold(monkeypatch, tmp_path):
+    """A 1 MiB mmap threshold (good for loading models) made every large activation of a
+    training step an mmap + page faults: 4x the page faults, half the tokens/s."""
+    import ember.core.memory as memory
+
+    calls = []
+    monkeypatch.setattr(memory, "release_freed_memory_eagerly", lambda *a: calls.append(a))
+    main(["scaling", "fit", "--out", str(tmp_path)])  # fails fast (no sweep), after dispatch
+    assert calls == []
+    main(["perplexity", "--model", str(tmp_path / "missing.gguf")])
+    assert len(calls) == 1
