@@ -65,7 +65,9 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Without a cache: a plain forward at positions 0..T-1. With one: token (b, t) sits at
         position input_pos[b, t], writes its K/V there and sees cache entries ≤ that position.
-        `logits_index` (B,) computes the head only at token logits_index[b] → (B, 1, V).
+        `logits_index` (B,) computes the head only at token logits_index[b] → (B, 1, V); a bool
+        (B, T) mask computes it only where True → (N, V) (the head is ~20% of a small model's
+        FLOPs, and SFT needs logits only at assistant tokens).
         `kv_len` (a caller that tracks positions itself, like the engine) = max(input_pos) + 1:
         it skips reading positions back from the tensor, which a compiled decode step needs.
         `segment_ids` (B, T), no cache: several sequences packed in one row. Positions restart
@@ -97,7 +99,9 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, cache, i, pos, mask)  # (B, T, D)
 
-        if logits_index is not None:
+        if logits_index is not None and logits_index.dtype == torch.bool:
+            x = x[logits_index]  # (N, D): only the positions a loss reads (SFT: assistant tokens)
+        elif logits_index is not None:
             x = x[torch.arange(B, device=x.device), logits_index][:, None]  # (B, 1, D)
         return self.output(self.norm(x))  # (B, T or 1, V)
 

@@ -176,3 +176,12 @@ def test_packed_segments_equal_separate_forwards(preset):
         torch.testing.assert_close(out[:, 7:], model(b), rtol=1e-5, atol=1e-5)
         # without segment ids the second sequence sees the first: different logits
         assert not torch.allclose(model(packed)[:, 7:], model(b), atol=1e-3)
+
+
+def test_bool_logits_index_selects_positions():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.tiny()).eval()
+    ids = torch.randint(0, 256, (2, 6))
+    sel = torch.tensor([[0, 1, 1, 0, 0, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, logits_index=sel), model(ids)[sel])
