@@ -70,13 +70,16 @@ def export(cfg: ExportConfig) -> Path:
 
 def _build(cls, d: dict):
     """A dataclass from jsonargparse's nested dict, building nested dataclass fields too."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in d:
             continue
         v = d[f.name]
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(sub) and isinstance(v, dict):
+        sub = hints.get(f.name)
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub) and isinstance(v, dict):
             v = _build(sub, v)
         kwargs[f.name] = v
     return cls(**kwargs)
@@ -106,6 +109,9 @@ def add_commands(sub) -> None:
     ssub.add_subcommand("sweep", command(ScalingSweepConfig), help="train a grid of tiny models")
     ssub.add_subcommand("fit", command(ScalingFitConfig), help="fit L(N, D) and predict")
     sub.add_subcommand("export", command(ExportConfig), help="a run's checkpoint → HF folder")
+    from ember.train.sft import SFTConfig
+
+    sub.add_subcommand("sft", command(SFTConfig), help="supervised fine-tuning (LoRA, QLoRA, full)")
 
 
 def bool_fields() -> set[str]:
@@ -114,7 +120,9 @@ def bool_fields() -> set[str]:
     from ember.train.scaling import ScalingFitConfig, ScalingSweepConfig
 
     names = set()
-    for c in (DataPrepareConfig, PretrainConfig, TrainConfig, DataConfig, ScalingSweepConfig, ScalingFitConfig):
+    from ember.train.sft import SFTConfig
+
+    for c in (DataPrepareConfig, PretrainConfig, TrainConfig, DataConfig, ScalingSweepConfig, ScalingFitConfig, SFTConfig):
         names |= {f.name for f in dataclasses.fields(c) if f.type in (bool, "bool")}
     names |= {f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")}
     return names
@@ -137,6 +145,11 @@ def run(args) -> bool:
             scaling.sweep(_build(scaling.ScalingSweepConfig, _drop_config(args.scaling.sweep.as_dict())))
         else:
             scaling.fit(_build(scaling.ScalingFitConfig, _drop_config(args.scaling.fit.as_dict())))
+    elif args.command == "sft":
+        from ember.train.sft import SFTConfig, main
+
+        summary = main(_build(SFTConfig, _drop_config(args.sft.as_dict())))
+        print(json.dumps({k: v for k, v in summary.items() if k != "sample"}))
     elif args.command == "export":
         export(_build(ExportConfig, args.export.as_dict()))
     else:

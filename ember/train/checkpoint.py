@@ -142,7 +142,7 @@ def save_checkpoint(
     name = f"step_{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
-        files = {"model.safetensors": dict(model_state)}
+        files = {"model.safetensors": {k: v.detach().cpu().contiguous() for k, v in model_state.items()}}
         opt_skeleton = None
         if optimizer_state is not None:
             opt_skeleton, opt_tensors = flatten_state(optimizer_state)

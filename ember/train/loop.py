@@ -140,6 +140,7 @@ class Trainer:
         tokens_per_step: int | None = None,
         flops_per_token: float | None = None,
         info: DistInfo | None = None,
+        save_trainable_only: bool = False,
     ):
         self.cfg, self.optim_cfg, self.run_config = cfg, optim, run_config
         self.info = info or init_distributed(cfg.device)
@@ -155,12 +156,17 @@ class Trainer:
         self.optimizer = build_optimizer(self.plain, optim)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         self.start_step, self.tokens_seen, self.history = 0, 0, []
+        # PEFT: checkpoints hold the adapters alone (MBs, not the frozen base's GBs)
+        self.save_trainable_only = save_trainable_only
         self.autocast_dtype = torch.bfloat16 if resolve_precision(cfg.precision, self.info) == "bf16" else None
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, step: int) -> Path | None:
         """Checkpoint the state *before* `step` runs (so resume starts at `step`)."""
-        model_sd = full_state_dict(self.model, self.info)  # collective under FSDP
+        if self.save_trainable_only and not self.info.distributed:
+            model_sd = {k: p.detach().clone() for k, p in self.plain.named_parameters() if p.requires_grad}
+        else:
+            model_sd = full_state_dict(self.model, self.info)  # collective under FSDP
         optim_sd = full_optim_state_dict(self.model, self.optimizer, self.info)
         path = None
         if self.info.is_main:
@@ -179,7 +185,13 @@ class Trainer:
         diff = config_mismatch(saved.get("model", {}), self.run_config.get("model", {}), "model.")
         if diff:
             raise ValueError(f"checkpoint {path} was written for another model config: " + "; ".join(diff))
-        load_full_state_dict(self.model, ckpt["model"], self.info)
+        if self.save_trainable_only and not self.info.distributed:
+            expected = {k for k, p in self.plain.named_parameters() if p.requires_grad}
+            if set(ckpt["model"]) != expected:
+                raise ValueError(f"checkpoint {path} holds other trainable tensors than this model's adapters")
+            self.plain.load_state_dict(ckpt["model"], strict=False)
+        else:
+            load_full_state_dict(self.model, ckpt["model"], self.info)
         load_full_optim_state_dict(self.model, self.optimizer, ckpt["optimizer"], self.info)
         set_rng_state(ckpt["state"]["rng"])
         self.start_step, self.tokens_seen = ckpt["step"], int(ckpt["state"]["tokens"])

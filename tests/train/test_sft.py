@@ -1,0 +1,112 @@
+"""SFT: JSONL chats → packed rows, loss on assistant tokens only, LoRA/QLoRA/full through
+`ember sft`, and bad input (malformed lines, unknown roles, overlong chats)."""
+
+import json
+
+import pytest
+import torch
+
+from ember.cli import main
+from ember.data.sft import IGNORE, Example, encode_conversation, pack, read_chat_jsonl
+
+CHATS = [
+    [{"role": "user", "content": f"What is {a} plus {b}?"}, {"role": "assistant", "content": f"{a + b}."}]
+    for a, b in [(12, 30), (7, 5), (100, 23), (41, 1), (3, 3), (19, 81), (55, 45), (2, 9)]
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory, smollm2_tokenizer):
+    """A random tiny Llama wearing SmolLM2's tokenizer and ChatML template: an HF folder."""
+    from ember.model import ModelConfig, Transformer
+    from ember.model.convert.hf import save_hf
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(vocab_size=smollm2_tokenizer.vocab_size, max_seq_len=256, tie_embeddings=True)
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    save_hf(Transformer(cfg), folder)
+    smollm2_tokenizer.save(folder)
+    return folder
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" if not isinstance(r, str) else r + "\n" for r in rows))
+    return path
+
+
+def test_labels_cover_exactly_the_assistant_tokens(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    ex = encode_conversation(tok, CHATS[0], max_len=512)
+    ids, mask = tok.render_chat(CHATS[0], add_generation_prompt=False)
+    assert ex.ids == ids
+    targets = [t for t in ex.labels if t != IGNORE]
+    assert targets == [i for i, m in zip(ids, mask) if m]  # next-token targets = masked tokens
+    assert tok.decode(targets).startswith("42.")
+
+
+def test_pack_keeps_conversations_apart():
+    exs = [Example([1, 2, 3], [2, 3, IGNORE]), Example([4, 5], [5, IGNORE]), Example([6, 7, 8, 9], [7, 8, 9, IGNORE])]
+    rows = pack(exs, 6, pad_id=0)
+    assert rows["ids"].shape == (2, 6)
+    for r in range(2):  # every example lands whole in one row, with its own segment id
+        seg = rows["segment_ids"][r].tolist()
+        assert seg == sorted(seg)
+    flat = [t for row in rows["ids"].tolist() for t in row if t]
+    assert sorted(flat) == list(range(1, 10))
+    padded = pack(exs, 6, pad_id=0, packing=False)
+    assert padded["ids"].shape == (3, 6)
+
+
+def test_malformed_lines_are_reported_by_number_then_skipped_or_fatal(tmp_path, capsys):
+    path = _jsonl(tmp_path / "c.jsonl", [
+        {"messages": CHATS[0]}, "{not json", {"messages": [{"role": "wizard", "content": "hi"}]},
+        {"messages": [{"role": "user", "content": "no reply"}]}, {"messages": CHATS[1]},
+    ])  # fmt: skip
+    convs = read_chat_jsonl(path, "skip")
+    err = capsys.readouterr().err
+    assert len(convs) == 2
+    assert "c.jsonl:2: not JSON" in err and "c.jsonl:3:" in err and "wizard" in err and "c.jsonl:4:" in err
+    with pytest.raises(ValueError, match=r"c.jsonl:2: not JSON"):
+        read_chat_jsonl(path, "fail")
+
+
+def test_overlong_conversations_truncate_or_drop(smollm2_tokenizer, capsys):
+    from ember.data.sft import encode_conversations
+
+    long = [{"role": "user", "content": "word " * 40}, {"role": "assistant", "content": "ok " * 200}]
+    out = encode_conversations(smollm2_tokenizer, [CHATS[0], long], max_len=128, overlong="truncate")
+    assert len(out) == 2 and len(out[1].ids) == 128
+    assert "1 of 2 conversations truncated to 128 tokens" in capsys.readouterr().err
+    out = encode_conversations(smollm2_tokenizer, [CHATS[0], long], max_len=128, overlong="drop")
+    assert len(out) == 1
+    assert "dropped, longer than 128" in capsys.readouterr().err
+    no_reply_left = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    assert len(encode_conversations(smollm2_tokenizer, [CHATS[0], no_reply_left], max_len=128)) == 1
+    assert "dropped 1 conversations with no assistant token within 128" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", [[], ["--quant", "nf4"], ["--peft", "none"], ["--peft", "prefix", "--n_virtual", "4"]])
+def test_sft_cli_trains_and_saves(tiny_chat_model, tmp_path, capsys, variant):
+    data = _jsonl(tmp_path / "chats.jsonl", [{"messages": c} for c in CHATS * 3])
+    out = tmp_path / "run"
+    code = main(["sft", "--model", str(tiny_chat_model), "--data", str(data), "--max_len", "64",
+                 "--lora.rank", "4", "--train.steps", "12", "--train.batch_size", "4", "--train.eval_every", "6",
+                 "--train.sample_every", "0", "--train.out", str(out), "--train.progress", "false",
+                 "--n_samples", "1", "--optim.lr", "1e-2", *variant])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["loss"] < recs[0]["loss"]  # it learns
+    assert "val_loss" in recs[5]
+    if "none" in variant:
+        assert (out / "model" / "model.safetensors").is_file()
+    else:
+        adapter = out / "adapter" / "adapter.safetensors"
+        assert adapter.is_file() and adapter.stat().st_size < 2_000_000  # the adapter alone
+
+
+def test_sft_bad_input_is_a_clear_error(tiny_chat_model, tmp_path, capsys):
+    empty = _jsonl(tmp_path / "bad.jsonl", ["{oops"])
+    assert main(["sft", "--model", str(tiny_chat_model), "--data", str(empty), "--train.out", str(tmp_path / "o")]) == 2
+    assert "holds no valid conversations" in capsys.readouterr().err
+    assert main(["sft", "--model", str(tiny_chat_model), "--train.out", str(tmp_path / "o")]) == 2
+    assert "--data" in capsys.readouterr().err
