@@ -156,6 +156,10 @@ class Attention(nn.Module):
         # An inference transform (ember.quant.apply_fused_projections) may replace wq/wk/wv
         # by one matmul: at batch-1 decode each call has a fixed cost, so 3 → 1 pays.
         self.wqkv: nn.Module | None = None
+        # A PEFT transform (ember.peft.apply_prefix_tuning) may set a module whose call
+        # prefix(B) gives trained keys and values (B, Hkv, P, Dh) to put before the sequence's
+        # (Li & Liang 2021), or None while switched off.
+        self.prefix: nn.Module | None = None
 
     def forward(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, mask=None):
         """x (B, T, D) → (B, T, D). With a cache, K/V go in at `input_pos` and `mask` (B, 1, T, S)
@@ -172,14 +176,21 @@ class Attention(nn.Module):
         if rope is not None:
             q = apply_rope(q, *rope, self.rope_interleaved)
             k = apply_rope(k, *rope, self.rope_interleaved)
-        if cache is None and mask is None:
-            y = attention(q, k, v, is_causal=self.causal, gqa=self.gqa)  # (B, H, T, Dh)
-        elif cache is None:  # packed sequences: a block-diagonal causal mask (B, 1, T, T)
-            y = attention(q, k, v, mask=mask, gqa=self.gqa)
-        else:
+        if cache is not None:
             k, v = cache.update(layer_idx, input_pos, k, v)  # (B, Hkv, Tmax, Dh)
             S = mask.shape[-1]
             k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)  # no-op unless the cache dtype differs
+        if self.prefix is not None and (kv := self.prefix(B)) is not None:
+            # Prefix keys are free parameters, not rotated; every query sees all P of them.
+            P = kv[0].shape[2]
+            k, v = torch.cat((kv[0].to(k.dtype), k), dim=2), torch.cat((kv[1].to(v.dtype), v), dim=2)
+            if mask is None:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device)
+                mask = mask.tril() if self.causal else mask  # (T, T)
+            mask = torch.cat((mask.new_ones(*mask.shape[:-1], P), mask), dim=-1)  # (.., T, P + S)
+        if mask is None:
+            y = attention(q, k, v, is_causal=self.causal, gqa=self.gqa)  # (B, H, T, Dh)
+        else:  # a cache's mask (B, 1, T, S), or packed sequences' block-diagonal one (B, 1, T, T)
             y = attention(q, k, v, mask=mask, gqa=self.gqa)  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again
         return self.wo(y)

@@ -1,0 +1,194 @@
+"""Prompt tuning (Lester et al. 2021) and prefix tuning (Li & Liang 2021) on a frozen model.
+
+Prompt tuning learns n virtual token embeddings put before the input embeddings; only the
+input layer changes. Prefix tuning learns P keys and values in *every* attention layer that
+every query attends to, as if P tokens had come before the sequence.
+
+Prompt tuning wraps the model (`PromptTuned`): the virtual tokens lengthen the sequence,
+and Transformer.forward takes its positions from the ids, so the wrapper runs the model's
+own parts (embeddings → blocks → norm → head) itself, a dozen lines instead of a seam in
+the model for input embeddings. Virtual tokens sit at positions 0..n-1 and the real ones
+at n..n+T-1; logits are returned for the real tokens only. Forward without a KV cache only
+(training, scoring); generation with virtual tokens is not supported yet.
+
+Prefix tuning uses the `Attention.prefix` seam: each layer gets a `PrefixKV`, and works
+with and without a KV cache (the prefix is never written to the cache; it is put before
+the cached keys at every step) and with packed rows (segment_ids).
+
+Deviation: Li & Liang reparametrize the prefix through an MLP during training for
+stability; we train the keys and values directly (PEFT's prefix_projection=False). They are
+initialised, as the paper advises, from the model's own keys and values for real tokens
+(random vocabulary rows, or `init_ids`), not from noise.
+
+>>> from ember.model import ModelConfig, Transformer
+>>> m = apply_prompt_tuning(Transformer(ModelConfig.tiny()), n_virtual=4)
+>>> m(torch.zeros(2, 5, dtype=torch.long)).shape
+torch.Size([2, 5, 256])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ember.model.layers import rope_cos_sin, sinusoidal_embedding
+from ember.peft.lora import Adapter, base_model, freeze_base
+
+
+def _init_ids(n: int, vocab_size: int, ids: list[int] | None, what: str) -> torch.Tensor:
+    """n token ids: `ids` repeated to length n (as PEFT does with init text), or random rows."""
+    if ids is None:
+        return torch.randint(vocab_size, (n,))
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if len(ids) == 0 or any(not isinstance(i, int) or not 0 <= i < vocab_size for i in ids):
+        raise ValueError(f"{what} must be a non-empty list of token ids in [0, {vocab_size}), got {ids!r}")
+    return torch.tensor(ids * -(-n // len(ids)))[:n]
+
+
+# ---- prompt tuning ------------------------------------------------------------------------------
+
+
+class PromptTuned(Adapter):
+    """A frozen Transformer with `n_virtual` trained embeddings before every input.
+
+    >>> from ember.model import ModelConfig, Transformer
+    >>> PromptTuned(Transformer(ModelConfig.tiny()), 3).embeddings.shape
+    torch.Size([3, 64])
+    """
+
+    kind = "prompt"
+
+    def __init__(self, model: nn.Module, n_virtual: int, init_ids: list[int] | None = None):
+        super().__init__()
+        if isinstance(n_virtual, bool) or not isinstance(n_virtual, int) or n_virtual < 0:
+            raise ValueError(f"n_virtual must be an int ≥ 0, got {n_virtual!r}")
+        self.model, self.n_virtual = model, n_virtual
+        ids = _init_ids(n_virtual, model.config.vocab_size, init_ids, "init_text_ids")
+        device = model.norm.weight.device
+        with torch.no_grad():  # Lester et al.: start from vocabulary embeddings
+            rows = model.tok_embeddings(ids.to(device)).float()  # (n, D)
+        self.embeddings = nn.Parameter(rows.clone())  # fp32 whatever the model dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, ids: torch.Tensor, cache=None, input_pos=None, logits_index=None, kv_len=None,
+                segment_ids=None) -> torch.Tensor:  # fmt: skip
+        """ids (B, T) → logits (B, T, V) for the real tokens (or (B, 1, V) at logits_index)."""
+        if self.disabled:
+            return self.model(ids, cache, input_pos, logits_index, kv_len, segment_ids)
+        if cache is not None or input_pos is not None or segment_ids is not None:
+            raise ValueError("prompt tuning runs forwards without a KV cache or packed rows only")
+        m, cfg, n = self.model, self.model.config, self.n_virtual
+        B, T = ids.shape
+        if n + T > cfg.max_seq_len:
+            raise ValueError(f"{n} virtual + {T} tokens is longer than max_seq_len {cfg.max_seq_len}")
+        x = m.tok_embeddings(ids)  # (B, T, D)
+        x = torch.cat((self.embeddings.to(x.dtype).expand(B, n, -1), x), dim=1)  # (B, n + T, D)
+        # From here on, Transformer.forward's no-cache path on the longer sequence.
+        pos = torch.arange(n + T, device=ids.device).expand(B, n + T)  # (B, n + T)
+        if cfg.pos_emb == "learned":
+            x = x + m.pos_embeddings(pos)
+        elif cfg.pos_emb == "sinusoidal":
+            x = x + sinusoidal_embedding(pos, cfg.d_model).to(x.dtype)
+        rope = rope_cos_sin(cfg, pos) if cfg.pos_emb == "rope" else None
+        for i, layer in enumerate(m.layers):
+            x = layer(x, rope, None, i, pos, None)  # (B, n + T, D)
+        x = x[:, n:]  # (B, T, D): the real tokens
+        if logits_index is not None:
+            x = x[torch.arange(B, device=x.device), logits_index][:, None]  # (B, 1, D)
+        return m.output(m.norm(x))
+
+
+def apply_prompt_tuning(model: nn.Module, n_virtual: int, init_text_ids: list[int] | None = None) -> PromptTuned:
+    """Freeze the model and wrap it with `n_virtual` trainable virtual tokens.
+
+    init_text_ids: the virtual tokens start as these tokens' embeddings (repeated to length
+    n_virtual; e.g. the ids of a task description), else as random vocabulary rows (seed
+    torch for a reproducible start). Adapters already on the model (LoRA, prefix) stay
+    trainable.
+
+    >>> from ember.model import ModelConfig, Transformer
+    >>> m = apply_prompt_tuning(Transformer(ModelConfig.tiny()), 2, init_text_ids=[5])
+    >>> [n for n, p in m.named_parameters() if p.requires_grad]
+    ['embeddings']
+    """
+    if getattr(model, "kind", "") == "prompt":
+        raise ValueError("the model is already prompt-tuned")
+    wrapped = PromptTuned(model, n_virtual, init_text_ids)
+    freeze_base(wrapped)
+    return wrapped
+
+
+# ---- prefix tuning ------------------------------------------------------------------------------
+
+
+class PrefixKV(Adapter):
+    """One layer's trained prefix: keys and values (Hkv, P, Dh); call(B) → each (B, Hkv, P, Dh).
+
+    >>> PrefixKV(torch.zeros(2, 3, 16), torch.zeros(2, 3, 16))(4)[0].shape
+    torch.Size([4, 2, 3, 16])
+    """
+
+    kind = "prefix"
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys = nn.Parameter(keys.detach().float().clone())
+        self.values = nn.Parameter(values.detach().float().clone())
+
+    def forward(self, B: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.disabled:
+            return None
+        return self.keys.expand(B, -1, -1, -1), self.values.expand(B, -1, -1, -1)
+
+
+def _layer_kv(model: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (k, v) (Hkv, P, Dh) for the tokens `ids` (P,), run as one sequence.
+
+    Keys are taken before RoPE: a prefix key has no position."""
+    got = []
+
+    def grab(attn, args, _out):
+        x = args[0]  # (1, P, D): the normed input of the attention
+        k, v = attn.wk(x), attn.wv(x)  # (1, P, Hkv·Dh)
+        shape = (x.shape[1], attn.n_kv_heads, attn.head_dim)
+        got.append((k[0].view(shape).transpose(0, 1), v[0].view(shape).transpose(0, 1)))
+
+    hooks = [layer.attention.register_forward_hook(grab) for layer in model.layers]
+    try:
+        with torch.no_grad():
+            model(ids[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def apply_prefix_tuning(model: nn.Module, n_prefix: int, init_ids: list[int] | None = None) -> nn.Module:
+    """Freeze the model and give every attention layer `n_prefix` trainable keys and values.
+
+    They start as the model's own keys and values for `init_ids` (repeated to n_prefix)
+    or random vocabulary tokens (Li & Liang 2021 §7.2: real-word activations train better
+    than random init). Adapters already on the model stay trainable.
+
+    >>> from ember.model import ModelConfig, Transformer
+    >>> m = apply_prefix_tuning(Transformer(ModelConfig.tiny()), 4)
+    >>> m.layers[0].attention.prefix.keys.shape
+    torch.Size([2, 4, 16])
+    """
+    if isinstance(n_prefix, bool) or not isinstance(n_prefix, int) or n_prefix < 1:
+        raise ValueError(f"n_prefix must be a positive int, got {n_prefix!r}")
+    root = base_model(model)
+    if any(layer.attention.prefix is not None for layer in root.layers):
+        raise ValueError("the model already has prefixes")
+    if n_prefix > root.config.max_seq_len:
+        raise ValueError(f"n_prefix {n_prefix} is longer than max_seq_len {root.config.max_seq_len}")
+    ids = _init_ids(n_prefix, root.config.vocab_size, init_ids, "init_ids")
+    kvs = _layer_kv(root, ids.to(root.norm.weight.device))
+    for layer, (k, v) in zip(root.layers, kvs, strict=True):
+        layer.attention.prefix = PrefixKV(k, v)
+    freeze_base(model)
+    return model
