@@ -8,7 +8,8 @@ Prompt tuning wraps the model (`PromptTuned`): the virtual tokens lengthen the s
 and Transformer.forward takes its positions from the ids, so the wrapper runs the model's
 own parts (embeddings → blocks → norm → head) itself, a dozen lines instead of a seam in
 the model for input embeddings. Virtual tokens sit at positions 0..n-1 and the real ones
-at n..n+T-1; logits are returned for the real tokens only. Forward without a KV cache only
+at n..n+T-1; logits are returned for the real tokens only. Packed rows (segment_ids) work:
+each segment sees the virtual tokens as if it ran alone. Forward without a KV cache only
 (training, scoring); generation with virtual tokens is not supported yet.
 
 Prefix tuning uses the `Attention.prefix` seam: each layer gets a `PrefixKV`, and works
@@ -32,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from ember.model.layers import rope_cos_sin, sinusoidal_embedding
+from ember.model.transformer import _segment_positions  # the model's own rule, not a copy
 from ember.peft.lora import Adapter, base_model, freeze_base
 
 
@@ -79,8 +81,8 @@ class PromptTuned(Adapter):
         """ids (B, T) → logits (B, T, V) for the real tokens (or (B, 1, V) at logits_index)."""
         if self.disabled:
             return self.model(ids, cache, input_pos, logits_index, kv_len, segment_ids)
-        if cache is not None or input_pos is not None or segment_ids is not None:
-            raise ValueError("prompt tuning runs forwards without a KV cache or packed rows only")
+        if cache is not None or input_pos is not None:
+            raise ValueError("prompt tuning runs forwards without a KV cache only (no generation yet)")
         m, cfg, n = self.model, self.model.config, self.n_virtual
         B, T = ids.shape
         if n + T > cfg.max_seq_len:
@@ -89,17 +91,39 @@ class PromptTuned(Adapter):
         x = torch.cat((self.embeddings.to(x.dtype).expand(B, n, -1), x), dim=1)  # (B, n + T, D)
         # From here on, Transformer.forward's no-cache path on the longer sequence.
         pos = torch.arange(n + T, device=ids.device).expand(B, n + T)  # (B, n + T)
+        mask = None
+        if segment_ids is not None:
+            pos, mask = self._packed(segment_ids)
         if cfg.pos_emb == "learned":
             x = x + m.pos_embeddings(pos)
         elif cfg.pos_emb == "sinusoidal":
             x = x + sinusoidal_embedding(pos, cfg.d_model).to(x.dtype)
         rope = rope_cos_sin(cfg, pos) if cfg.pos_emb == "rope" else None
         for i, layer in enumerate(m.layers):
-            x = layer(x, rope, None, i, pos, None)  # (B, n + T, D)
+            x = layer(x, rope, None, i, pos, mask)  # (B, n + T, D)
         x = x[:, n:]  # (B, T, D): the real tokens
-        if logits_index is not None:
+        if logits_index is not None and logits_index.dtype == torch.bool:
+            x = x[logits_index]  # (N, D)
+        elif logits_index is not None:
             x = x[torch.arange(B, device=x.device), logits_index][:, None]  # (B, 1, D)
         return m.output(m.norm(x))
+
+    def _packed(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (B, n + T) and mask (B, 1, n + T, n + T) for packed rows: every segment
+        sees the n virtual tokens and itself, at positions n, n + 1, ... The virtual tokens
+        see only each other, so their states are the same for every segment and one copy
+        serves them all: exactly each sequence run alone behind its own virtual tokens."""
+        if not self.config.causal:
+            raise ValueError("packed rows (segment_ids) with prompt tuning need a causal model")
+        n, (B, T) = self.n_virtual, seg.shape
+        seg_pos, seg_mask = _segment_positions(seg, True)  # (B, T), (B, 1, T, T)
+        virt = torch.arange(n, device=seg.device).expand(B, n)
+        pos = torch.cat((virt, seg_pos + n), dim=1)  # (B, n + T)
+        mask = torch.zeros(B, 1, n + T, n + T, dtype=torch.bool, device=seg.device)
+        mask[:, :, :n, :n] = torch.ones(n, n, dtype=torch.bool, device=seg.device).tril()
+        mask[:, :, n:, :n] = True
+        mask[:, :, n:, n:] = seg_mask
+        return pos, mask
 
 
 def apply_prompt_tuning(model: nn.Module, n_virtual: int, init_text_ids: list[int] | None = None) -> PromptTuned:

@@ -107,6 +107,19 @@ def test_prompt_equals_base_on_the_longer_sequence():
         tuned(x, cache=KVCache.for_model(base, 2, 32), input_pos=torch.arange(12).expand(2, 12))
 
 
+def test_prompt_packed_rows_equal_separate_forwards():
+    model, x = apply_prompt_tuning(tiny(), 3), ids(B=1, T=11)
+    seg = torch.tensor([[0] * 4 + [1] * 7])
+    sel = torch.zeros(1, 11, dtype=torch.bool)
+    sel[0, [2, 5, 10]] = True
+    with torch.no_grad():
+        packed = model(x, segment_ids=seg)
+        alone = torch.cat([model(x[:, :4]), model(x[:, 4:])], 1)
+        picked = model(x, segment_ids=seg, logits_index=sel)  # (N, V), as SFT's loss asks
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(picked, alone[sel], rtol=1e-5, atol=1e-5)
+
+
 def test_prompt_tuning_learns():
     model, x = apply_prompt_tuning(trained_scale(), 8), ids(B=2, T=16)
     losses = train(model, x, n=30, lr=3e-2)
