@@ -112,6 +112,9 @@ def add_commands(sub) -> None:
     from ember.train.sft import SFTConfig
 
     sub.add_subcommand("sft", command(SFTConfig), help="supervised fine-tuning (LoRA, QLoRA, full)")
+    from ember.cli import evaluate
+
+    evaluate.add_commands(sub, command)
 
 
 def bool_fields() -> set[str]:
@@ -125,11 +128,17 @@ def bool_fields() -> set[str]:
     for c in (DataPrepareConfig, PretrainConfig, TrainConfig, DataConfig, ScalingSweepConfig, ScalingFitConfig, SFTConfig):
         names |= {f.name for f in dataclasses.fields(c) if f.type in (bool, "bool")}
     names |= {f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")}
-    return names
+    from ember.cli import evaluate
+
+    return names | evaluate.bool_fields()
 
 
 def run(args) -> bool:
     """Dispatch a parsed training command; False when `args.command` is not one of ours."""
+    from ember.cli import evaluate
+
+    if evaluate.run(args, _build):
+        return True
     if args.command == "data" and args.data.action == "prepare":
         data_prepare(_build(DataPrepareConfig, args.data.prepare.as_dict()))
     elif args.command == "pretrain":

@@ -110,3 +110,14 @@ def test_sft_bad_input_is_a_clear_error(tiny_chat_model, tmp_path, capsys):
     assert "holds no valid conversations" in capsys.readouterr().err
     assert main(["sft", "--model", str(tiny_chat_model), "--train.out", str(tmp_path / "o")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_tool_use_preset_fills_defaults_but_flags_win():
+    from ember.train.loop import TrainConfig
+    from ember.train.sft import SFTConfig, apply_preset
+
+    cfg = apply_preset(SFTConfig(preset="tool-use"))
+    assert cfg.max_len == 448 and cfg.train.steps == 110 and cfg.train.out == "runs/sft-tool-use"
+    mine = SFTConfig(preset="tool-use", train=TrainConfig(steps=7, batch_size=8, eval_every=50, sample_every=100,
+                                                             save_every=100, out="runs/sft", keep_checkpoints=1))
+    assert apply_preset(mine).train.steps == 7
