@@ -47,6 +47,11 @@ class Transformer(nn.Module):
         self.norm = make_norm(cfg, cfg.d_model)
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
+        # GPT-2: projections into the residual stream start 1/√(2L) smaller, so the stream's
+        # variance does not grow with depth.
+        for block in self.layers:
+            for w in (block.attention.wo.weight, block.feed_forward.w2.weight):
+                nn.init.normal_(w, mean=0.0, std=0.02 / (2 * cfg.n_layers) ** 0.5)
         self.tie_weights()
 
     def tie_weights(self):
