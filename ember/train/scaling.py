@@ -28,10 +28,12 @@ class ScalingSweepConfig:
     """Train every model × token budget of a small grid, plus one larger held-out run."""
 
     models: list[str] = field(default_factory=lambda: ["2x64", "2x96", "3x128", "4x160"])  # LAYERSxD_MODEL
-    tokens: list[int] = field(default_factory=lambda: [98_304, 196_608, 393_216])  # D per run
-    holdout: list[str] = field(default_factory=lambda: ["4x192:786432"])  # MODEL:TOKENS, not fitted
+    # D per run: 128-512 steps of 8 × 128 tokens. Fewer steps leave the runs on the unigram
+    # plateau (loss ≈ 6.8 at vocab 4096, bigger models no better), where no power law holds.
+    tokens: list[int] = field(default_factory=lambda: [131_072, 262_144, 524_288])
+    holdout: list[str] = field(default_factory=lambda: ["4x192:1048576"])  # MODEL:TOKENS, not fitted
     seq_len: int = 128
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 4e-3
     data: str | None = None  # prepared shards (default: the bundled corpus, BPE 4096)
     out: str = "runs/scaling"
@@ -108,7 +110,7 @@ def sweep(cfg: ScalingSweepConfig) -> dict:
     for h in cfg.holdout:
         spec, _, tok = h.partition(":")
         if not tok.isdigit():
-            raise ValueError(f"holdout {h!r} is not MODEL:TOKENS, e.g. '4x192:786432'")
+            raise ValueError(f"holdout {h!r} is not MODEL:TOKENS, e.g. '4x192:1048576'")
         held.append((spec, int(tok)))
     for spec, _ in grid + held:
         parse_model(spec)  # fail on a bad spec before hours of training
