@@ -121,3 +121,25 @@ def test_tool_use_preset_fills_defaults_but_flags_win():
     mine = SFTConfig(preset="tool-use", train=TrainConfig(steps=7, batch_size=8, eval_every=50, sample_every=100,
                                                              save_every=100, out="runs/sft", keep_checkpoints=1))
     assert apply_preset(mine).train.steps == 7
+
+
+def test_eval_tool_use_json_line_and_adapter(tiny_chat_model, tmp_path, capsys):
+    """`ember eval tool-use --json` prints exactly one JSON line, with or without an adapter
+    (a random tiny model scores 0: this checks the plumbing, the demo checks accuracy)."""
+    data = _jsonl(tmp_path / "q.jsonl", [{"question": "What is 2 plus 3?", "answer": 5},
+                                         {"question": "Compute 7 * 6.", "answer": 42}])  # fmt: skip
+    base = ["eval", "tool-use", "--model", str(tiny_chat_model), "--data", str(data), "--json"]
+    assert main(base) == 0
+    line = capsys.readouterr().out.strip().splitlines()
+    assert len(line) == 1 and json.loads(line[0]).keys() == {"accuracy", "n"} and json.loads(line[0])["n"] == 2
+    chats = _jsonl(tmp_path / "chats.jsonl", [{"messages": c} for c in CHATS * 2])
+    out = tmp_path / "run"
+    assert main(["sft", "--model", str(tiny_chat_model), "--data", str(chats), "--max_len", "64", "--lora.rank", "2",
+                 "--train.steps", "2", "--train.batch_size", "2", "--train.sample_every", "0",
+                 "--train.out", str(out), "--train.progress", "false"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main([*base, "--adapter", str(out / "adapter")]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["n"] == 2
+    bad = _jsonl(tmp_path / "bad.jsonl", ['{"question": "x"}'])
+    assert main(["eval", "tool-use", "--model", str(tiny_chat_model), "--data", str(bad), "--json"]) == 2
+    assert "bad.jsonl" in capsys.readouterr().err
