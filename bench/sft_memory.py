@@ -5,6 +5,12 @@ each on the same batch, each in its own child process (so peak RSS is its own), 
   train peak   the high-water mark during training alone (reset after loading through
                /proc/self/clear_refs): weights + grads + optimizer state + activations
   s/step       forward + backward + AdamW on the batch, median of the timed steps
+
+Memory is measured in a child whose glibc returns freed large buffers at once
+(MALLOC_MMAP_THRESHOLD_=1 MiB): with glibc's default dynamic threshold, freed activations
+stay in the heap and RSS shows the allocator's history, not live memory (LoRA then reads
+*above* a full fine-tune). That setting costs page faults, so s/step comes from a second
+child with glibc's defaults.
   trainable    parameters the optimizer holds
 
     python bench/sft_memory.py [--variants full,lora,qlora] [--batch 4] [--seq 256] [--steps 3]
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -96,11 +103,14 @@ def main() -> None:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v!r}; choose from {VARIANTS}")
         cmd = [sys.executable, __file__, "--child", v, "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            print(f"{v}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        eager = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+        mem, speed = (subprocess.run(cmd, capture_output=True, text=True, env=env) for env in (eager, None))
+        if mem.returncode or speed.returncode:
+            print(f"{v}: failed\n{(mem.stderr + speed.stderr)[-2000:]}", file=sys.stderr)
             continue
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        row = json.loads(mem.stdout.strip().splitlines()[-1])
+        row["s_per_step"] = json.loads(speed.stdout.strip().splitlines()[-1])["s_per_step"]
+        rows.append(row)
     full = next((r for r in rows if r["variant"] == "full"), None)
     print(f"SmolLM2-135M fine-tuning, batch {a.batch} × {a.seq} tokens, fp32 weights, 2 threads")
     print(f"{'variant':<8} {'load peak MB':>12} {'train peak MB':>14} {'vs full':>8} {'s/step':>8} "

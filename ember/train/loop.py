@@ -263,6 +263,8 @@ class Trainer:
         if info.is_main:
             atomic_write_json(self.out / "config.json", self.run_config)
         peak = peak_flops(info.device.type, self.autocast_dtype or torch.float32) if self.flops_per_token else None
+        if self.start_step == 0 and cfg.sample_every:
+            self._show_sample(0, None)  # the untrained model, to compare later samples with
         bar = _progress(cfg, info, self.start_step)
         self.plain.train()
         # tok/s counts time inside train steps only: eval, samples and saves stay out of it
