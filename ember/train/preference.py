@@ -19,7 +19,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100  # same as ember.train.losses.IGNORE: label that contributes nothing
+from ember.train.losses import IGNORE
 
 
 def sequence_logprobs(
