@@ -112,6 +112,9 @@ def add_commands(sub) -> None:
     from ember.train.sft import SFTConfig
 
     sub.add_subcommand("sft", command(SFTConfig), help="supervised fine-tuning (LoRA, QLoRA, full)")
+    from ember.train.dpo import DPOConfig
+
+    sub.add_subcommand("dpo", command(DPOConfig), help="preference optimisation (DPO, cDPO, IPO, SimPO, ORPO)")
     from ember.cli import evaluate
 
     evaluate.add_commands(sub, command)
@@ -123,9 +126,11 @@ def bool_fields() -> set[str]:
     from ember.train.scaling import ScalingFitConfig, ScalingSweepConfig
 
     names = set()
+    from ember.train.dpo import DPOConfig
     from ember.train.sft import SFTConfig
 
-    for c in (DataPrepareConfig, PretrainConfig, TrainConfig, DataConfig, ScalingSweepConfig, ScalingFitConfig, SFTConfig):
+    for c in (DataPrepareConfig, PretrainConfig, TrainConfig, DataConfig, ScalingSweepConfig, ScalingFitConfig, SFTConfig,
+              DPOConfig):
         names |= {f.name for f in dataclasses.fields(c) if f.type in (bool, "bool")}
     names |= {f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")}
     from ember.cli import evaluate
@@ -159,6 +164,11 @@ def run(args) -> bool:
 
         summary = main(_build(SFTConfig, _drop_config(args.sft.as_dict())))
         print(json.dumps({k: v for k, v in summary.items() if k != "sample"}))
+    elif args.command == "dpo":
+        from ember.train.dpo import DPOConfig, main
+
+        summary = main(_build(DPOConfig, _drop_config(args.dpo.as_dict())))
+        print(json.dumps({k: summary[k] for k in ("before", "after") if k in summary}))
     elif args.command == "export":
         export(_build(ExportConfig, args.export.as_dict()))
     else:

@@ -161,7 +161,7 @@ class RowLoader:
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} processes")
         self.rows, self.B, self.seed, self.rank, self.world = rows, batch_size, seed, rank, world_size
-        self.n = len(rows["ids"])
+        self.n = len(next(iter(rows.values())))
         self._orders: dict[int, np.ndarray] = {}
 
     def _order(self, epoch: int) -> np.ndarray:

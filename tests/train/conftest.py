@@ -1,4 +1,5 @@
-"""Fixtures for the training tests: small token shards from the pydoc topics."""
+"""Fixtures for the training tests: small token shards from the pydoc topics, and a tiny
+random chat model wearing SmolLM2's tokenizer."""
 
 import pytest
 
@@ -15,3 +16,19 @@ def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     prepare_shards(out, tok, texts=docs, progress=False, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory, smollm2_tokenizer):
+    """A random tiny Llama wearing SmolLM2's tokenizer and ChatML template: an HF folder."""
+    import torch
+
+    from ember.model import ModelConfig, Transformer
+    from ember.model.convert.hf import save_hf
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(vocab_size=smollm2_tokenizer.vocab_size, max_seq_len=256, tie_embeddings=True)
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    save_hf(Transformer(cfg), folder)
+    smollm2_tokenizer.save(folder)
+    return folder

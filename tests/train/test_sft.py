@@ -15,20 +15,6 @@ CHATS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory, smollm2_tokenizer):
-    """A random tiny Llama wearing SmolLM2's tokenizer and ChatML template: an HF folder."""
-    from ember.model import ModelConfig, Transformer
-    from ember.model.convert.hf import save_hf
-
-    torch.manual_seed(0)
-    cfg = ModelConfig.tiny(vocab_size=smollm2_tokenizer.vocab_size, max_seq_len=256, tie_embeddings=True)
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    save_hf(Transformer(cfg), folder)
-    smollm2_tokenizer.save(folder)
-    return folder
-
-
 def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" if not isinstance(r, str) else r + "\n" for r in rows))
     return path

@@ -1,0 +1,38 @@
+"""`ember dpo` on a tiny chat model: the loss starts at log 2 (LoRA policy = reference),
+falls, and the held-out metrics and adapter are written."""
+
+import json
+import math
+
+import pytest
+
+from ember.cli import main
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "simpo"])
+def test_dpo_cli_on_style_pairs(tiny_chat_model, tmp_path, capsys, loss_type):
+    out = tmp_path / "run"
+    code = main(["dpo", "--model", str(tiny_chat_model), "--preset", "style", "--n_train", "16", "--n_eval", "8",
+                 "--loss_type", loss_type, "--lora.rank", "4", "--train.steps", "6", "--train.batch_size", "4",
+                 "--train.eval_every", "3", "--train.out", str(out), "--train.progress", "false",
+                 "--optim.lr", "1e-2", *(["--beta", "2.0"] if loss_type == "simpo" else [])])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if loss_type == "dpo":
+        assert recs[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 0
+    assert recs[-1]["loss"] < recs[0]["loss"]
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= summary["after"]["pref_accuracy"] <= 1 and "style_rate" in summary["before"]
+    assert (out / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_dpo_bad_pairs_are_skipped_and_counted(tiny_chat_model, tmp_path, capsys):
+    rows = [{"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Hmm, maybe"}] * 4
+    rows += [{"prompt": "x", "chosen": "same", "rejected": "same"}, {"prompt": "x", "chosen": "only"}]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["dpo", "--model", str(tiny_chat_model), "--data", str(data), "--train.steps", "1",
+                 "--train.batch_size", "2", "--train.out", str(tmp_path / "o"), "--train.progress", "false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "identical" in err and "missing_field" in err
