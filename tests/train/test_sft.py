@@ -4,7 +4,6 @@
 import json
 
 import pytest
-import torch
 
 from ember.cli import main
 from ember.data.sft import IGNORE, Example, encode_conversation, pack, read_chat_jsonl
