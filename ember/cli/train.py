@@ -115,6 +115,9 @@ def add_commands(sub) -> None:
     from ember.train.dpo import DPOConfig
 
     sub.add_subcommand("dpo", command(DPOConfig), help="preference optimisation (DPO, cDPO, IPO, SimPO, ORPO)")
+    from ember.train.grpo import GRPOConfig
+
+    sub.add_subcommand("grpo", command(GRPOConfig), help="GRPO with verifiable rewards")
     from ember.cli import evaluate
 
     evaluate.add_commands(sub, command)
@@ -127,10 +130,11 @@ def bool_fields() -> set[str]:
 
     names = set()
     from ember.train.dpo import DPOConfig
+    from ember.train.grpo import GRPOConfig
     from ember.train.sft import SFTConfig
 
     for c in (DataPrepareConfig, PretrainConfig, TrainConfig, DataConfig, ScalingSweepConfig, ScalingFitConfig, SFTConfig,
-              DPOConfig):
+              DPOConfig, GRPOConfig):
         names |= {f.name for f in dataclasses.fields(c) if f.type in (bool, "bool")}
     names |= {f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")}
     from ember.cli import evaluate
@@ -169,6 +173,11 @@ def run(args) -> bool:
 
         summary = main(_build(DPOConfig, _drop_config(args.dpo.as_dict())))
         print(json.dumps({k: summary[k] for k in ("before", "after") if k in summary}))
+    elif args.command == "grpo":
+        from ember.train.grpo import GRPOConfig, main
+
+        summary = main(_build(GRPOConfig, _drop_config(args.grpo.as_dict())))
+        print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict))}))
     elif args.command == "export":
         export(_build(ExportConfig, args.export.as_dict()))
     else:
