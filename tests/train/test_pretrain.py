@@ -49,6 +49,10 @@ def test_pretrain_cli_end_to_end_and_hf_export(shards, tmp_path, capsys):
         want = trained(ids)
         torch.testing.assert_close(back(ids), want)
     assert tok2.encode("def f(x):") == tok.encode("def f(x):")
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "hf2")]) == 0  # ember export
+    again, _ = ember.load(tmp_path / "hf2")
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), want)
     transformers = pytest.importorskip("transformers")  # the parity extra
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
     with torch.no_grad():
