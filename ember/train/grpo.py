@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import random
@@ -35,10 +34,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ember.core.io import atomic_write_bytes, atomic_write_json
+from ember.core.io import atomic_write_json
 from ember.data.tool_use import safe_eval
 from ember.parallel import init_distributed
 from ember.train.loop import TrainConfig, Trainer, split_micro
+from ember.train.metrics import plot_curves
 from ember.train.optim import OptimConfig
 from ember.train.rl import group_advantages, grpo_loss
 from ember.train.sft import LoraArgs, model_config_dict, model_ctx
@@ -315,31 +315,9 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
 
 
 def plot_reward_curve(records: list[dict], path: str | Path) -> Path | None:
-    """Mean reward per step (and held-out accuracy where evaluated) → PNG; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    train = [(r["step"], r["reward"]) for r in records if "reward" in r]
-    acc = [(r["step"], r["eval_accuracy"]) for r in records if "eval_accuracy" in r]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    if train:
-        ax.plot(*zip(*train), lw=1, label="mean reward (train samples)")
-    if acc:
-        ax.plot(*zip(*acc), "o-", ms=4, label="held-out accuracy (greedy)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward / accuracy")
-    ax.set_title("GRPO")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    """Mean reward per step (and held-out accuracy where evaluated) → PNG."""
+    series = [("reward", "mean reward (train samples)"), ("eval_accuracy", "held-out accuracy (greedy)")]
+    return plot_curves(records, path, series, "reward / accuracy", "GRPO")
 
 
 def main(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> dict:

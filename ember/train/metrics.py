@@ -76,8 +76,10 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def plot_loss_curve(records: list[dict], path: str | Path, title: str = "training") -> Path | None:
-    """Train loss (and val loss where recorded) against step → PNG. None without matplotlib."""
+def plot_curves(records: list[dict], path: str | Path, series: list[tuple[str, str]], ylabel: str,
+                title: str = "training") -> Path | None:
+    """Each (key, label) of `series` against step → one PNG; the first series as a line, the
+    rest (evaluations, logged now and then) with markers. None without matplotlib."""
     try:
         import matplotlib
 
@@ -85,15 +87,13 @@ def plot_loss_curve(records: list[dict], path: str | Path, title: str = "trainin
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    if train:
-        ax.plot(*zip(*train), lw=1, alpha=0.8, label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", ms=4, label="val loss")
+    for k, (key, label) in enumerate(series):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax.plot(*zip(*points), *(["o-"] if k else []), lw=1, ms=4, alpha=0.85, label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -102,6 +102,12 @@ def plot_loss_curve(records: list[dict], path: str | Path, title: str = "trainin
     fig.savefig(buf, format="png")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_loss_curve(records: list[dict], path: str | Path, title: str = "training") -> Path | None:
+    """Train loss (and val loss where recorded) against step → PNG."""
+    return plot_curves(records, path, [("loss", "train loss"), ("val_loss", "val loss")],
+                       "loss (nats/token)", title)  # fmt: skip
 
 
 # ---- MFU ------------------------------------------------------------------------------------
