@@ -118,6 +118,9 @@ def add_commands(sub) -> None:
     from ember.train.grpo import GRPOConfig
 
     sub.add_subcommand("grpo", command(GRPOConfig), help="GRPO with verifiable rewards")
+    from ember.train.reward import RewardConfig
+
+    sub.add_subcommand("reward", command(RewardConfig), help="Bradley-Terry reward model on preference pairs")
     from ember.cli import evaluate
 
     evaluate.add_commands(sub, command)
@@ -131,10 +134,11 @@ def bool_fields() -> set[str]:
     names = set()
     from ember.train.dpo import DPOConfig
     from ember.train.grpo import GRPOConfig
+    from ember.train.reward import RewardConfig
     from ember.train.sft import SFTConfig
 
     for c in (DataPrepareConfig, PretrainConfig, TrainConfig, DataConfig, ScalingSweepConfig, ScalingFitConfig, SFTConfig,
-              DPOConfig, GRPOConfig):
+              DPOConfig, GRPOConfig, RewardConfig):
         names |= {f.name for f in dataclasses.fields(c) if f.type in (bool, "bool")}
     names |= {f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")}
     from ember.cli import evaluate
@@ -178,6 +182,11 @@ def run(args) -> bool:
 
         summary = main(_build(GRPOConfig, _drop_config(args.grpo.as_dict())))
         print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict))}))
+    elif args.command == "reward":
+        from ember.train.reward import RewardConfig, main
+
+        summary = main(_build(RewardConfig, _drop_config(args.reward.as_dict())))
+        print(json.dumps({k: summary[k] for k in ("before", "after") if k in summary}))
     elif args.command == "export":
         export(_build(ExportConfig, args.export.as_dict()))
     else:

@@ -36,3 +36,16 @@ def test_dpo_bad_pairs_are_skipped_and_counted(tiny_chat_model, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 0, err
     assert "identical" in err and "missing_field" in err
+
+
+def test_reward_model_cli_learns_the_style_pairs(tiny_chat_model, tmp_path, capsys):
+    out = tmp_path / "rm"
+    code = main(["reward", "--model", str(tiny_chat_model), "--preset", "style", "--n_train", "16", "--n_eval", "8",
+                 "--lora.rank", "4", "--train.steps", "8", "--train.batch_size", "4", "--train.eval_every", "4",
+                 "--train.out", str(out), "--train.progress", "false", "--optim.lr", "1e-2"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["loss"] < recs[0]["loss"]
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= summary["after"]["rm_accuracy"] <= 1
+    assert (out / "head.safetensors").is_file() and (out / "adapter" / "adapter.safetensors").is_file()
