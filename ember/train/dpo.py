@@ -174,6 +174,7 @@ def build_dpo(cfg: DPOConfig) -> Trainer:
     import ember
     from ember.peft import LoraConfig, apply_lora
 
+    torch.manual_seed(cfg.train.seed)  # adapter init (LoRA A, heads): the same run every time
     info = init_distributed(cfg.train.device)
     train_rows, eval_rows = load_pairs(cfg)
     model, tok = ember.load(cfg.model)

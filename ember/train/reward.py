@@ -80,6 +80,7 @@ def build_reward(cfg: RewardConfig) -> Trainer:
     import ember
     from ember.peft import LoraConfig, apply_lora
 
+    torch.manual_seed(cfg.train.seed)  # adapter init (LoRA A, heads): the same run every time
     info = init_distributed(cfg.train.device)
     train_rows, eval_rows = load_pairs(cfg)
     body, tok = ember.load(cfg.model)
@@ -89,7 +90,6 @@ def build_reward(cfg: RewardConfig) -> Trainer:
     held = with_lengths(pad_pairs(encode_pairs(tok, eval_rows, max_len), pad))
     if cfg.peft == "lora":
         body = apply_lora(body, LoraConfig(**dataclasses.asdict(cfg.lora)))
-    torch.manual_seed(cfg.train.seed)
     rm = RewardModel(body)  # the head is new and always trains
     loader = RowLoader(train, cfg.train.batch_size, cfg.train.seed, info.rank, info.world_size)
     device = info.device

@@ -132,6 +132,7 @@ def build_sft(cfg: SFTConfig) -> Trainer:
     import ember
 
     cfg = apply_preset(cfg)
+    torch.manual_seed(cfg.train.seed)  # adapter init (LoRA A, heads): the same run every time
     info = init_distributed(cfg.train.device)
     conversations = load_conversations(cfg)
     model, tok = ember.load(cfg.model)
