@@ -147,7 +147,22 @@ def bool_fields() -> set[str]:
 
 
 def run(args) -> bool:
-    """Dispatch a parsed training command; False when `args.command` is not one of ours."""
+    """Dispatch a parsed training command; False when `args.command` is not one of ours.
+
+    A torchrun process group that a command opened is closed here, after every rank is done.
+    """
+    from ember.parallel import destroy_distributed
+
+    ok = False
+    try:
+        handled = _dispatch(args)
+        ok = True
+        return handled
+    finally:
+        destroy_distributed(sync=ok)
+
+
+def _dispatch(args) -> bool:
     from ember.cli import evaluate
 
     if evaluate.run(args, _build):

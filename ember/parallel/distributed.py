@@ -109,9 +109,17 @@ def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
     return DistInfo(rank, local_rank, world, dev, backend)
 
 
-def destroy_distributed() -> None:
-    """Tear the process group down (no-op without one); call once, at the end of a run."""
+def destroy_distributed(sync: bool = True) -> None:
+    """Tear the process group down (no-op without one); call once, at the end of a run.
+
+    sync: wait for every rank first (skip it on an error path, where a peer may never
+    arrive). Exiting with a live gloo group lets its worker threads be destroyed while
+    still joinable, which aborts the process ("terminate called without an active
+    exception") even though the run itself finished.
+    """
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 
