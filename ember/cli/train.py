@@ -121,6 +121,9 @@ def add_commands(sub) -> None:
     from ember.train.reward import RewardConfig
 
     sub.add_subcommand("reward", command(RewardConfig), help="Bradley-Terry reward model on preference pairs")
+    from ember.train.ppo import PPOConfig
+
+    sub.add_subcommand("ppo", command(PPOConfig), help="RLHF: PPO against an `ember reward` model, KL to the reference")
     from ember.cli import evaluate
 
     evaluate.add_commands(sub, command)
@@ -134,11 +137,12 @@ def bool_fields() -> set[str]:
     names = set()
     from ember.train.dpo import DPOConfig
     from ember.train.grpo import GRPOConfig
+    from ember.train.ppo import PPOConfig
     from ember.train.reward import RewardConfig
     from ember.train.sft import SFTConfig
 
     for c in (DataPrepareConfig, PretrainConfig, TrainConfig, DataConfig, ScalingSweepConfig, ScalingFitConfig, SFTConfig,
-              DPOConfig, GRPOConfig, RewardConfig):
+              DPOConfig, GRPOConfig, RewardConfig, PPOConfig):
         names |= {f.name for f in dataclasses.fields(c) if f.type in (bool, "bool")}
     names |= {f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")}
     from ember.cli import evaluate
@@ -202,6 +206,12 @@ def _dispatch(args) -> bool:
 
         summary = main(_build(RewardConfig, _drop_config(args.reward.as_dict())))
         print(json.dumps({k: summary[k] for k in ("before", "after") if k in summary}))
+    elif args.command == "ppo":
+        from ember.train.ppo import PPOConfig, main
+
+        summary = main(_build(PPOConfig, _drop_config(args.ppo.as_dict())))
+        keys = ("before", "after", "score_first", "score_last", "kl_first", "kl_last")
+        print(json.dumps({k: summary[k] for k in keys if k in summary}))
     elif args.command == "export":
         export(_build(ExportConfig, args.export.as_dict()))
     else:

@@ -115,6 +115,47 @@ def body_config(body) -> dict:
     return base_model(body).config.to_dict()
 
 
+def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") -> RewardModel:
+    """A trained reward model back from an `ember reward` output folder, frozen, in eval mode:
+    the base model named in config.json, plus adapter/ (LoRA runs) or the latest checkpoint's
+    full weights (peft none), plus head.safetensors.
+
+    >>> rm = load_reward_model("runs/reward")  # doctest: +SKIP
+    """
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    import ember
+    from ember.peft import load_adapter
+    from ember.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    folder = Path(folder)
+    try:
+        saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))["reward"]
+        name, peft = saved["model"], saved.get("peft", "lora")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{folder}: not an `ember reward` output folder (config.json: {e})") from None
+    body, _ = ember.load(name)
+    if peft == "lora":
+        body = load_adapter(body, folder / "adapter")
+    rm = RewardModel(body)
+    if peft == "lora":
+        try:
+            head = load((folder / "head.safetensors").read_bytes())
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{folder / 'head.safetensors'}: cannot read the reward head ({e})") from None
+        rm.head.load_state_dict(head)
+    else:  # a full fine-tune: body and head live in the checkpoint
+        ckpt = latest_checkpoint(folder)
+        if ckpt is None:
+            raise ValueError(f"{folder}: a full fine-tuned reward model needs its checkpoints/, none found")
+        rm.load_state_dict(load_checkpoint(ckpt)["model"])
+    rm.requires_grad_(False)
+    return rm.to(device).eval()
+
+
 def main(cfg: RewardConfig) -> dict:
     from safetensors.torch import save
 
