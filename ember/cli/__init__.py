@@ -255,6 +255,32 @@ def perplexity(cfg: PerplexityConfig) -> float:
     return ppl
 
 
+@dataclass
+class ServeConfig(ModelOptions):
+    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, tokenize, metrics)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 8  # engine slots: requests decoded together
+    ctx: int = 2048  # context per request (KV-cache length); capped at the model's context
+    max_queue: int = 64  # requests waiting or running before new ones get a 503
+
+
+def serve(cfg: ServeConfig) -> None:
+    import uvicorn
+
+    from ember.infer.engine import Engine
+    from ember.infer.server import create_app
+
+    model, tok = _load(cfg)
+    ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
+    engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile)
+    app = create_app(engine, cfg.model, max_queue=cfg.max_queue)
+    print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}) on http://{cfg.host}:{cfg.port}",
+          file=sys.stderr)  # fmt: skip
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+
+
 # ---- demo (`make run`) ---------------------------------------------------------------------
 DEMO_SENTENCE = "ember turns raw text into tokens: 12 apples, 3 naïve cafés and one 🚀!"
 
@@ -289,7 +315,7 @@ def _command(cfg_cls, doc: str | None = None, many: tuple[str, ...] = ()) -> Arg
 def _bool_flags() -> set[str]:
     from ember.cli.train import bool_fields
 
-    configs = (TokenizerTrainConfig, TokenizeConfig, GenerateConfig, ChatConfig, PerplexityConfig)
+    configs = (TokenizerTrainConfig, TokenizeConfig, GenerateConfig, ChatConfig, PerplexityConfig, ServeConfig)
     names = {f.name for c in configs for f in c.__dataclass_fields__.values() if f.type in (bool, "bool")}
     return names | bool_fields()
 
@@ -333,6 +359,7 @@ def build_parser() -> ArgumentParser:
     sub.add_subcommand("generate", _command(GenerateConfig, many=("stop",)), help="complete one prompt")
     sub.add_subcommand("chat", _command(ChatConfig), help="chat in the terminal")
     sub.add_subcommand("perplexity", _command(PerplexityConfig), help="perplexity on a text file")
+    sub.add_subcommand("serve", _command(ServeConfig), help="OpenAI-compatible HTTP server")
     sub.add_subcommand("demo", ArgumentParser(description=demo.__doc__), help="tokenizer demo")
     from ember.cli.train import add_commands
 
@@ -352,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv), {"tokenize": "text"})
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("generate", "chat", "perplexity"):
+    if args.command in ("generate", "chat", "perplexity", "serve"):
         # lower peak memory while loading models; not for training, where every step's
         # large activations would then cost an mmap + page faults each (3x the system time)
         release_freed_memory_eagerly()
@@ -367,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             chat(_dataclass_from(ChatConfig, args.chat))
         elif args.command == "perplexity":
             perplexity(_dataclass_from(PerplexityConfig, args.perplexity))
+        elif args.command == "serve":
+            serve(_dataclass_from(ServeConfig, args.serve))
         elif args.command == "demo":
             demo()
         elif train_commands.run(args):
