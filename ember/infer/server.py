@@ -19,17 +19,19 @@ import threading
 import time
 import uuid
 from collections import Counter
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import protocol as P
 from .engine import Engine, GenerationResult
+from .engine import Request as EngineRequest
 from .protocol import (
     APIError,
     ChatCompletionRequest,
@@ -129,6 +131,7 @@ class EngineWorker:
                 stopping = self._stopping
             for kind, job in inbox:
                 self._add(job) if kind == "add" else self._abort(job)
+            self._snapshot()
             if stopping:
                 for job in list(self._jobs):
                     self._abort(job, error="the server is shutting down", status=503)
@@ -170,6 +173,9 @@ class EngineWorker:
                 ev.prompt_logprobs = getattr(req, "prompt_logprobs", None)
                 self._jobs.remove(job)
             self._send(job, ev)
+        self._snapshot()
+
+    def _snapshot(self) -> None:
         eng = self.engine
         self.waiting = len(eng.waiting)
         self.running = sum(r is not None for r in eng.slots)
@@ -434,45 +440,60 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
     return Plan(prompts, specs, zero=asked == 0)
 
 
-async def _events(state: ServerState, plan: Plan, watch: Request | None = None):
-    """Submit every choice, yield their events as they come; abort what is left on exit
-    (the stream was closed, the client went away). `watch`: poll it for a disconnect (for
-    plain responses; a StreamingResponse notices one itself)."""
-    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-    jobs = [Job(i, ids, params, loop, queue) for i, ids, params in plan.specs]
-    pending = {j.index: j for j in jobs}
-    state.in_flight += len(jobs)
-    try:
+class Generation:
+    """The engine requests of one HTTP request: submitted at once (so the 503 check and the
+    submission happen with no await between them), their events read from one queue, and
+    `close()` aborting whatever has not finished (a closed stream, a client gone away)."""
+
+    def __init__(self, state: ServerState, plan: Plan):
+        self.state, self.plan, self.queue = state, plan, asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        jobs = [Job(i, ids, params, loop, self.queue) for i, ids, params in plan.specs]
+        self.pending = {j.index: j for j in jobs}
+        self.closed = False
+        state.in_flight += len(jobs)
         for j in jobs:
             state.worker.submit(j)
-        while pending:
+
+    async def events(self, watch: Request | None = None):
+        """Yield events until every choice has its last one. `watch`: poll it for a client
+        disconnect (plain responses; a StreamingResponse notices one itself)."""
+        while self.pending:
             if watch is None:
-                ev = await queue.get()
+                ev = await self.queue.get()
             else:
                 try:
-                    ev = await asyncio.wait_for(queue.get(), 0.25)
+                    ev = await asyncio.wait_for(self.queue.get(), 0.25)
                 except TimeoutError:
                     if await watch.is_disconnected():
                         raise APIError(499, "the client closed the request") from None
                     continue
             if ev.last:
-                pending.pop(ev.index, None)
+                self.pending.pop(ev.index, None)
             if ev.result is not None:
-                state.metrics.tokens(ev.result.prompt_tokens, 0 if plan.zero else ev.result.completion_tokens)
+                done = 0 if self.plan.zero else ev.result.completion_tokens
+                self.state.metrics.tokens(ev.result.prompt_tokens, done)
             yield ev
-    finally:
-        for j in pending.values():
-            state.worker.abort(j)
-        state.in_flight -= len(jobs)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for j in self.pending.values():
+            self.state.worker.abort(j)
+        self.state.in_flight -= len(self.plan.specs)
 
 
 async def _gather(state: ServerState, plan: Plan, request: Request) -> list[Choice]:
     choices = [Choice() for _ in plan.specs]
-    async with aclosing(_events(state, plan, watch=request)) as events:
-        async for ev in events:
+    gen = Generation(state, plan)
+    try:
+        async for ev in gen.events(watch=request):
             if ev.error:
                 raise APIError(ev.status, ev.error, type="invalid_request_error" if ev.status == 400 else "server_error")
             choices[ev.index].take(ev)
+    finally:
+        gen.close()
     return choices
 
 
@@ -501,7 +522,8 @@ async def handle_chat(state: ServerState, body: ChatCompletionRequest, request: 
         return {"content": chat_logprobs(tok, entries, k), "refusal": None} if body.logprobs else None
 
     if body.stream:
-        return _stream(_chat_chunks(state, body, plan, lps))
+        gen = Generation(state, plan)
+        return _stream(_chat_chunks(state, body, gen, lps), gen)
     choices = await _gather(state, plan, request)
     out = []
     for i, c in enumerate(choices):
@@ -512,16 +534,16 @@ async def handle_chat(state: ServerState, body: ChatCompletionRequest, request: 
     return {**_head("chat.completion", state), "choices": out, "usage": P.usage(plan.prompt_tokens, completion)}
 
 
-async def _chat_chunks(state, body, plan: Plan, lps):
-    head, completion = _head("chat.completion.chunk", state), 0
+async def _chat_chunks(state, body, gen: Generation, lps):
+    head, completion, plan = _head("chat.completion.chunk", state), 0, gen.plan
 
     def chunk(i, delta, reason=None, logprobs=None):
         return P.sse({**head, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]})
 
-    async with aclosing(_events(state, plan)) as events:
+    try:
         for i, _, _ in plan.specs:
             yield chunk(i, {"role": "assistant", "content": ""})
-        async for ev in events:
+        async for ev in gen.events():
             if ev.error:
                 yield P.sse(error_body(ev.error, type="server_error"))
                 break
@@ -530,6 +552,8 @@ async def _chat_chunks(state, body, plan: Plan, lps):
             if ev.result is not None:
                 completion += 0 if plan.zero else ev.result.completion_tokens
                 yield chunk(ev.index, {}, reason="length" if plan.zero else ev.result.finish_reason)
+    finally:
+        gen.close()
     if body.include_usage:
         yield P.sse({**head, "choices": [], "usage": P.usage(plan.prompt_tokens, completion)})
     yield P.sse("[DONE]")
@@ -555,7 +579,8 @@ async def handle_completion(state: ServerState, body: CompletionRequest, request
         return legacy_logprobs(tok, ids, entries, k, offset=0 if echo_lp else len(echo))
 
     if body.stream:
-        return _stream(_completion_chunks(state, body, plan, echoes, lps))
+        gen = Generation(state, plan)
+        return _stream(_completion_chunks(state, body, gen, echoes, lps), gen)
     choices = await _gather(state, plan, request)
     out = []
     for i, c in enumerate(choices):
@@ -567,18 +592,18 @@ async def handle_completion(state: ServerState, body: CompletionRequest, request
     return {**_head("text_completion", state), "choices": out, "usage": P.usage(plan.prompt_tokens, completion)}
 
 
-async def _completion_chunks(state, body, plan: Plan, echoes, lps):
-    head, completion = _head("text_completion", state), 0
+async def _completion_chunks(state, body, gen: Generation, echoes, lps):
+    head, completion, plan = _head("text_completion", state), 0, gen.plan
 
     def chunk(i, text, reason=None, logprobs=None):
         return P.sse({**head, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}]})
 
-    async with aclosing(_events(state, plan)) as events:
+    try:
         choices = [Choice() for _ in plan.specs]
         for i, _, _ in plan.specs:
             if echoes[i // body.n] and body.logprobs is None:
                 yield chunk(i, echoes[i // body.n])
-        async for ev in events:
+        async for ev in gen.events():
             if ev.error:
                 yield P.sse(error_body(ev.error, type="server_error"))
                 break
@@ -592,17 +617,22 @@ async def _completion_chunks(state, body, plan: Plan, echoes, lps):
                 if body.logprobs is not None:  # log-probs come whole, with the choice's text
                     yield chunk(ev.index, echoes[p] + text, logprobs=lps(c, plan.prompts[p], echoes[p]))
                 yield chunk(ev.index, "", reason=reason)
+    finally:
+        gen.close()
     if body.include_usage:
         yield P.sse({**head, "choices": [], "usage": P.usage(plan.prompt_tokens, completion)})
     yield P.sse("[DONE]")
 
 
-def _stream(chunks) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+def _stream(chunks, gen: Generation) -> StreamingResponse:
+    # The background task closes the generation even if the body never started (a client
+    # that hung up at once); closing twice is harmless.
+    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(gen.close))  # fmt: skip
 
 
 def _check_logprobs_support(asked: bool) -> None:
-    if asked and "logprobs" not in SamplingParams.__dataclass_fields__:
+    if asked and "logprobs" not in EngineRequest.__dataclass_fields__:
         raise APIError(400, "this engine does not return log-probs", param="logprobs")
 
 
