@@ -1,17 +1,34 @@
-"""The inference engine: prefill, decode, sample, detokenize, stop.
+"""The inference engine: continuous batching over a KV cache, sampling, detokenizing, stops.
 
-Each cache row is a *slot* holding one running request with its own position. A step is
-`schedule → run → postprocess`:
+The cache has `max_batch_size` rows; each row is a *slot* holding one running request at
+its own position. A step is `schedule → run → postprocess`:
 
-- schedule: if nothing runs, admit up to `max_batch_size` waiting requests (a *prefill*
-  step); otherwise advance the running ones by one token (a *decode* step). This version
-  admits whole waves; a continuous-batching scheduler only has to change `_schedule` to
-  fill free slots between decode steps (the model already takes per-row positions).
-- run: one forward pass. Prefill sends every prompt at once, right-padded, each row at
-  positions 0..len-1, and asks only for the logits of the last real token. Decode sends
-  one token per slot at that slot's position.
-- postprocess: sample one token per slot, stream-decode it to text (never half a UTF-8
-  character), cut at stop strings / stop tokens / EOS / max_tokens.
+- schedule: if a slot is free and requests wait, admit them into the free slots (a
+  *prefill* step); otherwise advance every running request by one token (a *decode* step).
+  So requests join between decode steps, and a finished or aborted one frees its slot at
+  once for the next waiting request.
+- run: prefill runs each new prompt alone, into its own cache row, at positions 0..len-1
+  (the running rows keep their K/V), and asks only for the last token's logits, or for
+  every token's when the request wants prompt log-probs. Decode feeds one token per slot
+  at that slot's position; free slots are parked at position 0.
+- postprocess: sample one token per request (a prefill step returns the new requests'
+  first tokens), record its log-probs if asked, stream-decode it to text (never half a
+  UTF-8 character), cut at stop strings / stop tokens / EOS / max_tokens, free the slot.
+
+Batch invariance: a request gets the same tokens whatever else runs beside it (same seed,
+same tokens, bit for bit on CPU). Float results depend on op shapes, not only values: on
+CPU the matmul kernels pick their reduction order by the number of rows (1-2 rows round
+differently from 3+ at d_model 64; below ~16 rows from more at d_model 576), and SDPA's
+vectorised softmax sums a key span that is not a multiple of its vector width differently,
+even when the extra keys are masked. Right-padding a prompt beside a longer one changed
+its logits by ~1e-7. So no shape depends on the neighbours: each prompt is prefilled
+alone, every decode step runs all `max_batch_size` rows, and it attends over a key span
+rounded up to 64 (extra masked keys add exact zeros). The price is that an underfull batch
+still computes its parked rows: size max_batch_size to the load. On GPUs, cuBLAS and
+attention kernels give no such promise; there the tokens match only up to float ties.
+
+For a server's /metrics: `engine.num_running` (requests holding a slot),
+`engine.num_waiting` (queued, not yet admitted) and `engine.max_batch_size` (slots).
 
     >>> engine = Engine(model, tok)                                    # doctest: +SKIP
     >>> engine.generate([tok.encode("Hi")], SamplingParams(temperature=0))[0].text  # doctest: +SKIP
@@ -29,14 +46,21 @@ from torch import Tensor
 
 from ember.model.kv_cache import KVCache
 
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprobs
+
+__all__ = ["Engine", "GenerationResult", "Request", "StreamChunk", "TokenLogprob"]
+
+# Decode attends over a key span rounded up to this (and the cache is sized in multiples
+# of it), so the span, and with it the float rounding, never depends on the neighbours.
+SPAN_STEP = 64
 
 
 @dataclass
 class GenerationResult:
     """What one request produced. token_ids include a final EOS/stop token if one ended it
     (the text never does); finish_reason is "stop" (EOS, stop token or stop string) or
-    "length" (max_tokens)."""
+    "length" (max_tokens). logprobs (aligned with token_ids) and prompt_logprobs (aligned
+    with the prompt, first entry None) are None unless the request asked for them."""
 
     text: str
     token_ids: list[int]
@@ -45,6 +69,8 @@ class GenerationResult:
     completion_tokens: int
     ttft_ms: float  # request added → first token sampled (queue wait included)
     decode_tok_s: float  # tokens after the first / time after the first (0 if only one)
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
@@ -133,6 +159,8 @@ class Request:
     token_ids: list[int] = field(default_factory=list)
     text_parts: list[str] = field(default_factory=list)
     delta: str = ""  # text produced since the last `take_delta()`
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token_ids entry, if asked
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)  # one per prompt token
     finish_reason: str | None = None
     t_arrival: float = 0.0  # add_request time: TTFT includes any wait in the queue
     t_first: float = 0.0
@@ -184,6 +212,8 @@ class Request:
             completion_tokens=n,
             ttft_ms=1000.0 * (self.t_first - self.t_arrival) if n else 0.0,
             decode_tok_s=(n - 1) / span if n > 1 and span > 0 else 0.0,
+            logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
+            prompt_logprobs=list(self.prompt_logprobs) if self.params.prompt_logprobs else None,
         )
 
 
@@ -191,17 +221,18 @@ class Request:
 
 
 class Engine:
-    """Generation over a `Transformer` and a `Tokenizer` with a preallocated KV cache.
+    """Generation over a `Transformer` and a `Tokenizer` with continuous batching.
 
     max_seq_len caps prompt + max_tokens (default and upper bound: the model's context).
-    The cache is sized per wave: rows = requests in the wave, length = the longest
-    prompt + max_tokens among them (rounded up to 64), so short chats don't allocate
-    the full context.
+    The KV cache is allocated at the first admission: max_batch_size rows, as many
+    positions as the running requests need (longest prompt + max_tokens, rounded up to 64),
+    so short chats don't allocate the full context. Admitting a longer request grows it
+    (the running rows are copied over); admitting into an idle engine may shrink it.
 
     compile=True runs decode steps through `torch.compile(model, dynamic=True)`: one graph
-    for every batch size and cache length, so Python and dispatch overhead per token
-    shrinks (the first step pays a one-off compile of ~30 s on 2 cores; Inductor caches it
-    on disk for the next process). Prefill stays eager: it is one big forward.
+    for every cache length, so Python and dispatch overhead per token shrinks (the first
+    step pays a one-off compile of ~30 s on 2 cores; Inductor caches it on disk for the
+    next process). Prefill stays eager: it is one big forward.
     """
 
     def __init__(
@@ -215,7 +246,6 @@ class Engine:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model.eval()
         self._decode_model = torch.compile(self.model, dynamic=True) if compile else self.model
-        self._kv_len = 0  # max position fed in the next decode step + 1 (tracked in Python)
         self.tokenizer = tokenizer
         self.config = model.config
         p = next(model.parameters())
@@ -229,8 +259,9 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.eos_ids = frozenset(tokenizer.eos_token_ids)
         self.waiting: deque[Request] = deque()
-        self.slots: list[Request | None] = []
+        self.slots: list[Request | None] = [None] * max_batch_size
         self.cache: KVCache | None = None
+        # Per-slot state, made at the first admission (inside inference mode, like the cache).
         self.sampler: Sampler | None = None
         self._tokens: Tensor | None = None  # [B] last sampled token per slot
         self._positions: Tensor | None = None  # [B] position the next fed token sits at
@@ -267,12 +298,22 @@ class Engine:
         self.waiting.append(req)
         return req
 
+    @property
+    def num_running(self) -> int:
+        """Requests holding a slot (admitted, not finished)."""
+        return sum(r is not None for r in self.slots)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued for a free slot."""
+        return len(self.waiting)
+
     def has_unfinished(self) -> bool:
-        return bool(self.waiting) or any(r is not None for r in self.slots)
+        return bool(self.waiting) or self.num_running > 0
 
     @torch.inference_mode()  # slot tensors are inference tensors (made inside step())
     def abort(self, req: Request) -> None:
-        """Drop a request (e.g. a client hung up on its stream)."""
+        """Drop a request (e.g. a client hung up on its stream); its slot is free at once."""
         if req in self.waiting:
             self.waiting.remove(req)
         if 0 <= req.slot < len(self.slots) and self.slots[req.slot] is req:
@@ -282,97 +323,125 @@ class Engine:
     # ---- the step ---------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[Request]:
-        """Advance every request by one token; returns the requests that were in the step."""
+        """Admit waiting requests (prefill) or advance the running ones by one token
+        (decode); returns the requests that got a token in this step."""
         kind, reqs = self._schedule()
-        logits = self._run(kind, reqs)
-        self._postprocess(logits)
+        logits = self._run(kind, reqs)  # [N, V], row j for reqs[j]
+        self._postprocess(reqs, logits)
         return reqs
 
     def _schedule(self) -> tuple[str, list[Request]]:
+        free = [i for i, r in enumerate(self.slots) if r is None]
+        if self.waiting and free:
+            new = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
+            self._admit(new, free)
+            return "prefill", new
         running = [r for r in self.slots if r is not None]
-        if running:
-            return "decode", running
-        wave = [self.waiting.popleft() for _ in range(min(self.max_batch_size, len(self.waiting)))]
-        if not wave:
+        if not running:
             raise RuntimeError("step() called with nothing to do")
-        self._admit(wave)
-        return "prefill", wave
+        return "decode", running
 
     def _run(self, kind: str, reqs: list[Request]) -> Tensor:
         if kind == "prefill":
-            return self.prefill([r.prompt_ids for r in reqs])
-        logits = self.decode(self._tokens, self._positions, kv_len=self._kv_len)
+            return torch.cat([self._prefill_request(r) for r in reqs])  # [N, V]
+        span = max(len(r.prompt_ids) + len(r.token_ids) for r in reqs)  # largest position fed + 1
+        logits = self.decode(self._tokens, self._positions, kv_len=_round_up(span))  # [B, V]
         self._positions += self._active  # free slots stay parked at position 0
-        self._kv_len += 1
-        return logits
+        return logits[[r.slot for r in reqs]]  # [N, V]
 
-    def _postprocess(self, logits: Tensor) -> None:
-        next_ids = self.sampler(logits)  # [B]
-        self.sampler.update(next_ids)
-        self._tokens.copy_(next_ids)
+    def _postprocess(self, reqs: list[Request], logits: Tensor) -> None:
+        rows = [r.slot for r in reqs]
+        next_ids = self.sampler(logits, rows)  # [N]
+        self.sampler.update(next_ids, rows)
+        self._tokens[rows] = next_ids
+        asked = [j for j, r in enumerate(reqs) if r.params.logprobs is not None]
+        if asked:  # one log_softmax and top-k for every row that asked
+            k = max(reqs[j].params.logprobs for j in asked)
+            for j, lp in zip(asked, token_logprobs(logits[asked], next_ids[asked], k)):
+                lp.top = lp.top[: reqs[j].params.logprobs]
+                reqs[j].logprobs.append(lp)
         now = time.perf_counter()
-        for i, tok in enumerate(next_ids.tolist()):  # one sync for the whole batch
-            req = self.slots[i]
-            if req is None:
-                continue
+        for req, tok in zip(reqs, next_ids.tolist()):  # one sync for the whole batch
             req.append(tok, now)
             if req.finished:
-                self._free(i)
+                self._free(req.slot)
 
     # ---- slots and cache --------------------------------------------------------------
-    def _admit(self, wave: list[Request]) -> None:
-        """Give each request of a wave a slot (cache row) and fresh sampling state."""
-        B = len(wave)
-        need = max(len(r.prompt_ids) + r.params.max_tokens for r in wave)
-        self._ensure_cache(B, min(-(-need // 64) * 64, self.max_seq_len))
-        self.sampler = Sampler(B, self.config.vocab_size, self.device)
-        self.slots = list(wave)
-        for i, r in enumerate(wave):
-            r.slot = i
+    def _admit(self, new: list[Request], free: list[int]) -> None:
+        """Give each new request a free slot (cache row) and fresh sampling state; the
+        running slots keep theirs."""
+        running = [r for r in self.slots if r is not None]
+        need = max(len(r.prompt_ids) + r.params.max_tokens for r in new + running)
+        self._ensure_cache(_round_up(need), shrink=not running)
+        for r, i in zip(new, free):
+            self.slots[i], r.slot = r, i
             self.sampler.set_row(i, r.params, r.prompt_ids)
-        lens = torch.tensor([len(r.prompt_ids) for r in wave], device=self.device)
-        self._positions = lens  # after prefill, the sampled token goes at position len
-        self._kv_len = max(len(r.prompt_ids) for r in wave) + 1
-        self._tokens = torch.zeros(B, dtype=torch.long, device=self.device)
-        self._active = torch.ones(B, dtype=torch.long, device=self.device)
+            self._positions[i] = len(r.prompt_ids)  # the first sampled token goes there
+            self._active[i] = 1
 
     def _free(self, i: int) -> None:
-        # A free slot still rides along in decode steps (the cache has a fixed batch), fed
-        # at position 0 so it neither widens the attention span nor runs off the cache.
+        # A free slot still rides along in decode steps (the batch shape is fixed), fed at
+        # position 0 so it neither widens the attention span nor runs off the cache. Its
+        # stale K/V is overwritten by the next prompt prefilled into it.
         self.slots[i] = None
         self._active[i] = 0
         self._positions[i] = 0
+        self.sampler.clear_row(i)
 
-    def _ensure_cache(self, batch_size: int, seq_len: int) -> None:
-        c = self.cache
-        if c is None or c.batch_size != batch_size or c.max_seq_len < seq_len:
-            self.cache = None  # free the old buffers before allocating new ones
-            self.cache = KVCache.for_model(self.model, batch_size, seq_len)
-            if self._decode_model is not self.model:  # one compiled graph for every cache shape
-                for buf in (*self.cache.k, *self.cache.v):  # (B, Hkv, Tmax, Dh)
-                    torch._dynamo.mark_dynamic(buf, 0)
-                    torch._dynamo.mark_dynamic(buf, 2)
+    def _ensure_cache(self, seq_len: int, shrink: bool) -> None:
+        """A cache of max_batch_size rows and at least seq_len positions. Growing copies
+        what the rows hold; with nothing running (shrink) a much larger cache is dropped."""
+        B, c = self.max_batch_size, self.cache
+        if self.sampler is None:
+            self.sampler = Sampler(B, self.config.vocab_size, self.device)
+            self._tokens = torch.zeros(B, dtype=torch.long, device=self.device)
+            self._positions = torch.zeros(B, dtype=torch.long, device=self.device)
+            self._active = torch.zeros(B, dtype=torch.long, device=self.device)
+        fits = c is not None and c.batch_size == B and c.max_seq_len >= seq_len
+        if fits and not (shrink and c.max_seq_len > 2 * seq_len):
+            return
+        keep = c if (c is not None and c.batch_size == B and not shrink) else None
+        self.cache = None  # free the old buffers first when nothing has to be copied
+        self.cache = KVCache.for_model(self.model, B, seq_len)
+        if keep is not None:  # running rows: their K/V moves into the larger buffers
+            n = keep.max_seq_len
+            for new, old in zip(self.cache.k + self.cache.v, keep.k + keep.v):
+                new[:, :, :n].copy_(old)
+        if self._decode_model is not self.model:  # one compiled graph for every cache length
+            for buf in (*self.cache.k, *self.cache.v):  # (B, Hkv, Tmax, Dh)
+                torch._dynamo.mark_dynamic(buf, 2)
 
     # ---- the two forward passes ---------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]]) -> Tensor:
-        """Run all prompts in one forward (right-padded) into cache rows 0..B-1; returns
-        the logits [B, V] of each prompt's last token. The cache must have B rows."""
-        B, T = len(prompts), max(len(p) for p in prompts)
-        ids = torch.zeros(B, T, dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, : len(p)] = torch.tensor(p, dtype=torch.long)
-        ids = ids.to(self.device)
-        # Pads sit at positions past their row's end: causality hides them from real tokens,
-        # and the row's decode steps overwrite them before any query can see them.
-        input_pos = torch.arange(T, device=self.device).expand(B, T)  # [B, T]
-        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)  # [B]
-        return self.model(ids, self.cache, input_pos, logits_index=last)[:, 0]  # [B, V]
+    def prefill(self, prompts: list[list[int]], rows: Sequence[int] | None = None) -> Tensor:
+        """Run each prompt alone into its cache row (rows[b], default b) at positions
+        0..len-1; returns the logits [B, V] of each prompt's last token. One forward per
+        prompt, not one padded batch: padding changes the shapes and so the rounding."""
+        rows = range(len(prompts)) if rows is None else rows
+        return torch.cat([self._prefill_row(p, i) for p, i in zip(prompts, rows)])  # [B, V]
+
+    def _prefill_row(self, prompt: list[int], row: int, every_position: bool = False) -> Tensor:
+        """One prompt into cache row `row`: logits [T, V] (every_position) or [1, V] (last)."""
+        T = len(prompt)
+        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)  # [1, T]
+        input_pos = torch.arange(T, device=self.device)[None]  # [1, T]
+        last = None if every_position else torch.tensor([T - 1], device=self.device)
+        return self.model(ids, self.cache.row(row), input_pos, logits_index=last)[0]
+
+    def _prefill_request(self, req: Request) -> Tensor:
+        """Prefill an admitted request; fill its prompt log-probs if asked. → [1, V]."""
+        if not req.params.prompt_logprobs:
+            return self._prefill_row(req.prompt_ids, req.slot)
+        logits = self._prefill_row(req.prompt_ids, req.slot, every_position=True)  # [T, V]
+        k = req.params.logprobs or 0
+        # Nothing predicts the first prompt token; logits at t predict token t + 1.
+        req.prompt_logprobs = [None, *token_logprobs(logits[:-1], req.prompt_ids[1:], k)]
+        return logits[-1:]
 
     @torch.inference_mode()
     def decode(self, tokens: Tensor, positions: Tensor, kv_len: int | None = None) -> Tensor:
         """Feed one token per cache row: tokens [B] at positions [B] → logits [B, V].
-        kv_len = max(positions) + 1 when the caller knows it (no read-back from the tensor)."""
+        kv_len ≥ max(positions) + 1 when the caller knows it (no read-back from the tensor)."""
         model = self._decode_model if kv_len is not None else self.model
         return model(tokens[:, None], self.cache, positions[:, None], kv_len=kv_len)[:, 0]  # [B, V]
 
@@ -422,3 +491,8 @@ class Engine:
         finally:  # the consumer stopped early (or an error): free the slot
             if not req.finished:
                 self.abort(req)
+
+
+def _round_up(n: int, step: int = SPAN_STEP) -> int:
+    """n rounded up to a multiple of step: `_round_up(65)` is 128."""
+    return -(-n // step) * step

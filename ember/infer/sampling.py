@@ -11,18 +11,22 @@ them in is the usual one (HF/vLLM): penalties → temperature → top-k → top-
 Temperature 0 means greedy (argmax of the penalised logits). Each row draws with its own
 `torch.Generator`, seeded from its request's `seed`, so a seeded request samples the same
 tokens whether it runs alone or inside a batch.
+
+Log-probs (`token_logprobs`) are read from the model's raw logits, before any of the
+transforms above: they say what the model thinks, not what the sampler drew from.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 NEG_INF = float("-inf")
+MAX_LOGPROBS = 20  # the most alternatives a request may ask for (OpenAI's limit)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: the chosen token's log-prob + top-k alternatives
+    prompt_logprobs: bool = False  # log-prob of every prompt token given the ones before it
 
     def __post_init__(self):
         # Accept a bare string / list for the tuple fields (as JSON gives them), store tuples.
@@ -68,6 +74,11 @@ class SamplingParams:
             _check_int("stop_token_ids", t, lo=0)
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        lp = self.logprobs
+        if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be None or an int in 0..{MAX_LOGPROBS}, got {lp!r}")
+        if not isinstance(self.prompt_logprobs, bool):
+            raise ValueError(f"prompt_logprobs must be a bool, got {self.prompt_logprobs!r}")
 
     @property
     def greedy(self) -> bool:
@@ -194,6 +205,39 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return g
 
 
+# ---- log-probs --------------------------------------------------------------------------
+
+
+@dataclass
+class TokenLogprob:
+    """One token's log-probability under the model, and the k most likely tokens at that
+    position (`top`, by log-prob descending; the token itself is among them when it ranks).
+
+    >>> token_logprobs(torch.tensor([[0.0, 2.0, 1.0]]), [2], k=1)[0].top[0][0]
+    1
+    """
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+def token_logprobs(logits: Tensor, token_ids: Sequence[int] | Tensor, k: int) -> list[TokenLogprob]:
+    """log_softmax of raw logits [N, V] in fp32, read at token_ids [N], with the top k of each
+    row: one TokenLogprob per row. Two host copies for the whole batch, not two per row."""
+    if logits.shape[0] == 0:
+        return []
+    lp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+    ids = torch.as_tensor(token_ids, device=lp.device).long().reshape(-1, 1)  # [N, 1]
+    chosen = lp.gather(1, ids)[:, 0].tolist()
+    k = min(k, lp.shape[-1])
+    top_v, top_i = lp.topk(k, dim=-1) if k > 0 else (lp[:, :0], ids[:, :0])  # [N, k]
+    return [
+        TokenLogprob(t, c, list(zip(ti, tv)))
+        for t, c, ti, tv in zip(ids[:, 0].tolist(), chosen, top_i.tolist(), top_v.tolist())
+    ]
+
+
 # ---- the batched sampler the engine uses -------------------------------------------------
 
 
@@ -201,8 +245,10 @@ class Sampler:
     """Per-row sampling state for a batch of `B` slots: knobs as [B] tensors, one generator
     per row, and (only if some row uses penalties) token counts [B, V].
 
-    Rows are filled with `set_row(i, params, prompt_ids)` when a request enters slot i, so a
-    later continuous-batching scheduler can swap requests in and out of slots.
+    Rows are filled with `set_row(i, params, prompt_ids)` when a request enters slot i and
+    emptied with `clear_row(i)` when it leaves; neither touches another row's state, so a
+    continuous-batching scheduler can swap requests in and out of slots. A call samples only
+    the rows it is given (`rows`), so only those rows' generators advance.
 
     >>> s = Sampler(1, vocab_size=4); s.set_row(0, SamplingParams(temperature=0))
     >>> s(torch.tensor([[0.1, 3.0, 0.2, 0.0]])).tolist()
@@ -215,7 +261,6 @@ class Sampler:
         self.generators: list[torch.Generator | None] = [None] * B
         f32 = dict(dtype=torch.float32, device=self.device)
         self.temperature = torch.ones(B, **f32)  # greedy rows hold 1.0 (never divide by 0)
-        self.is_greedy = torch.ones(B, dtype=torch.bool, device=self.device)
         self.top_k = torch.zeros(B, dtype=torch.long, device=self.device)
         self.top_p = torch.ones(B, **f32)
         self.min_p = torch.zeros(B, **f32)
@@ -230,7 +275,6 @@ class Sampler:
         self.params[i] = params
         self.generators[i] = None if params.greedy else make_generator(params.seed, self.device)
         self.temperature[i] = 1.0 if params.greedy else params.temperature
-        self.is_greedy[i] = params.greedy
         self.top_k[i] = params.top_k
         self.top_p[i] = params.top_p
         self.min_p[i] = params.min_p
@@ -238,6 +282,7 @@ class Sampler:
         self.frequency[i] = params.frequency_penalty
         self.presence[i] = params.presence_penalty
         if params.uses_penalties and self.counts is None:
+            # Rows admitted before use no penalties: their zero counts change nothing.
             B, V = len(self.params), self.vocab_size
             self.counts = torch.zeros(B, V, dtype=torch.int32, device=self.device)
             self.seen = torch.zeros(B, V, dtype=torch.bool, device=self.device)
@@ -246,7 +291,18 @@ class Sampler:
             self.seen[i].zero_()
             ids = torch.tensor([t for t in prompt_ids if t < self.vocab_size], dtype=torch.long)
             self.seen[i, ids.to(self.device)] = True
-        # Decided once per admission, not per token: skip the sorts nobody asked for.
+        self._update_filters()
+
+    def clear_row(self, i: int) -> None:
+        """Forget slot i's request: its row samples greedily with no filters until reused."""
+        self.params[i], self.generators[i] = None, None
+        self.temperature[i], self.top_k[i], self.top_p[i], self.min_p[i] = 1.0, 0, 1.0, 0.0
+        self.repetition[i], self.frequency[i], self.presence[i] = 1.0, 0.0, 0.0
+        self._update_filters()
+
+    def _update_filters(self) -> None:
+        # Decided once per admission, not per token: skip the sorts nobody asked for. A row
+        # that does not filter passes through a filter unchanged (k=0, p=1, min_p=0).
         ps = [p for p in self.params if p is not None]
         self._filters = (
             any(p.top_k > 0 for p in ps),
@@ -254,36 +310,42 @@ class Sampler:
             any(p.min_p > 0.0 for p in ps),
         )
 
-    def __call__(self, logits: Tensor) -> Tensor:
-        """logits [B, V] → next token ids [B] (long). Rows never set come out greedy."""
+    def __call__(self, logits: Tensor, rows: Sequence[int] | None = None) -> Tensor:
+        """logits [N, V] of slots `rows` (default: all B rows, in order) → next token ids [N]
+        (long). Rows never set come out greedy. Every transform is row-wise, so a row's
+        token does not depend on which other rows are in the call."""
+        rows = list(range(len(self.params))) if rows is None else list(rows)
+        r = torch.tensor(rows, dtype=torch.long, device=self.device)
         logits = logits.float()
         if self.counts is not None:
-            logits = apply_repetition_penalty(logits, self.seen, self.repetition)
+            logits = apply_repetition_penalty(logits, self.seen[r], self.repetition[r])
             logits = apply_frequency_presence_penalties(
-                logits, self.counts, self.frequency, self.presence
+                logits, self.counts[r], self.frequency[r], self.presence[r]
             )
-        next_ids = greedy(logits)  # [B]
-        sampled_rows = [i for i, g in enumerate(self.generators) if g is not None]
-        if sampled_rows:
-            logits = apply_temperature(logits, self.temperature)
+        next_ids = greedy(logits)  # [N]
+        sampled = [(j, self.generators[i]) for j, i in enumerate(rows) if self.generators[i] is not None]
+        if sampled:
+            logits = apply_temperature(logits, self.temperature[r])
             use_top_k, use_top_p, use_min_p = self._filters
             if use_top_k:
-                logits = apply_top_k(logits, self.top_k)
+                logits = apply_top_k(logits, self.top_k[r])
             if use_top_p:
-                logits = apply_top_p(logits, self.top_p)
+                logits = apply_top_p(logits, self.top_p[r])
             if use_min_p:
-                logits = apply_min_p(logits, self.min_p)
-            probs = torch.softmax(logits, dim=-1)  # [B, V]
-            for i in sampled_rows:  # one draw per row from its own generator
-                next_ids[i] = torch.multinomial(probs[i], 1, generator=self.generators[i])[0]
+                logits = apply_min_p(logits, self.min_p[r])
+            probs = torch.softmax(logits, dim=-1)  # [N, V]
+            for j, g in sampled:  # one draw per row from its own generator
+                next_ids[j] = torch.multinomial(probs[j], 1, generator=g)[0]
         return next_ids
 
-    def update(self, next_ids: Tensor) -> None:
-        """Record the tokens just generated (for the penalties). next_ids [B]."""
+    def update(self, next_ids: Tensor, rows: Sequence[int] | None = None) -> None:
+        """Record the tokens just generated in slots `rows` (for the penalties). next_ids [N]."""
         if self.counts is not None:
-            rows = torch.arange(len(next_ids), device=self.device)
-            self.counts[rows, next_ids] += 1
-            self.seen[rows, next_ids] = True
+            if rows is None:
+                rows = range(len(next_ids))
+            r = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+            self.counts[r, next_ids] += 1
+            self.seen[r, next_ids] = True
 
 
 def sample(

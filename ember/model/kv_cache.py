@@ -46,6 +46,21 @@ class KVCache:
             dtype=dtype or p.dtype, device=p.device,
         )  # fmt: skip
 
+    def row(self, i: int) -> KVCache:
+        """Row i as a one-row cache over the same buffers: a forward on it writes into row i
+        and leaves the other rows alone (the engine prefills a new sequence this way while
+        the other rows hold running ones).
+
+        >>> c = KVCache(n_layers=1, batch_size=3, max_seq_len=8, n_kv_heads=2, head_dim=4)
+        >>> c.row(2).k[0].shape, c.row(2).k[0].data_ptr() == c.k[0][2].data_ptr()
+        (torch.Size([1, 2, 8, 4]), True)
+        """
+        view = object.__new__(KVCache)
+        view.k = [k[i : i + 1] for k in self.k]
+        view.v = [v[i : i + 1] for v in self.v]
+        view.batch_size, view.max_seq_len = 1, self.max_seq_len
+        return view
+
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, Hkv, T, Dh) at row b, index input_pos[b, t]; return the layer's buffers."""
         rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1), broadcasts with (B, T)
