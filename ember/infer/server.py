@@ -227,6 +227,7 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64) -> FastAPI:
 
     app = FastAPI(title="ember", summary="OpenAI-compatible API over the ember engine", lifespan=lifespan)
     app.state.ember = state
+    app.openapi = lambda: _openapi(app, model_id)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     _install_error_handlers(app)
 
@@ -293,6 +294,20 @@ def encode_prompt(tok, text: str) -> list[int]:
     if tok.add_bos and tok.bos_token_id is not None:
         ids = [tok.bos_token_id, *ids]
     return ids
+
+
+def _openapi(app: FastAPI, model_id: str) -> dict:
+    """FastAPI's schema, with `model` narrowed to the one name this server answers to (so
+    generated clients and schema-driven tests send requests that can succeed)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        for schema in spec.get("components", {}).get("schemas", {}).values():
+            if "model" in schema.get("properties", {}):
+                schema["properties"]["model"] = {"type": "string", "enum": [model_id], "title": "Model"}
+        app.openapi_schema = spec
+    return app.openapi_schema
 
 
 def _model_card(state: ServerState) -> dict:
@@ -427,7 +442,11 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
             if prompt_logprobs:
                 lp["prompt_logprobs"] = True
             params = SamplingParams(
-                temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0),
+                # As vLLM does, a temperature too small to divide by safely means greedy; a
+                # top_p below 1e-6 keeps only the top token either way (its probability is
+                # >= 1/V), but a float32 zero would keep none.
+                temperature=0.0 if body.temperature < 1e-5 else body.temperature,
+                top_p=max(body.top_p, 1e-6), top_k=max(body.top_k, 0),
                 min_p=body.min_p, frequency_penalty=body.frequency_penalty,
                 presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
                 seed=None if body.seed is None else (body.seed + j) % (P.MAX_SEED + 1),
