@@ -31,7 +31,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import protocol as P
 from .engine import Engine, GenerationResult
-from .engine import Request as EngineRequest
 from .protocol import (
     APIError,
     ChatCompletionRequest,
@@ -165,20 +164,17 @@ class EngineWorker:
             text, new = req.take_delta(), req.token_ids[job.sent :]
             if not (text or new or req.finished):
                 continue
-            lps = getattr(req, "logprobs", None) or []
-            ev = Event(job.index, text, list(new), list(lps[job.sent : len(req.token_ids)]))
+            ev = Event(job.index, text, list(new), req.logprobs[job.sent : len(req.token_ids)])
             job.sent = len(req.token_ids)
             if req.finished:
                 ev.result = req.result()
-                ev.prompt_logprobs = getattr(req, "prompt_logprobs", None)
+                ev.prompt_logprobs = req.prompt_logprobs
                 self._jobs.remove(job)
             self._send(job, ev)
         self._snapshot()
 
     def _snapshot(self) -> None:
-        eng = self.engine
-        self.waiting = len(eng.waiting)
-        self.running = sum(r is not None for r in eng.slots)
+        self.waiting, self.running = self.engine.num_waiting, self.engine.num_running
 
     @staticmethod
     def _send(job: Job, ev: Event) -> None:
@@ -421,7 +417,7 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
     _check_model(state, body.model)
     where = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     ctx, asked = state.ctx, body.max_new_tokens
-    V = state.engine.config.vocab_size
+    V = min(state.engine.config.vocab_size, state.tokenizer.vocab_size)  # ids both know
     specs = []
     for p, ids in enumerate(prompts):
         if not ids:
@@ -438,9 +434,6 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
                                 f"max_tokens). Please reduce the {where} or max_tokens.",
                            param="max_tokens", code="context_length_exceeded")  # fmt: skip
         for j in range(body.n):
-            lp = {} if n_logprobs is None else {"logprobs": n_logprobs}
-            if prompt_logprobs:
-                lp["prompt_logprobs"] = True
             params = SamplingParams(
                 # As vLLM does, a temperature too small to divide by safely means greedy; a
                 # top_p below 1e-6 keeps only the top token either way (its probability is
@@ -450,7 +443,8 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
                 min_p=body.min_p, frequency_penalty=body.frequency_penalty,
                 presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
                 seed=None if body.seed is None else (body.seed + j) % (P.MAX_SEED + 1),
-                max_tokens=max(m, 1), stop=tuple(body.stop_list()), **lp,
+                max_tokens=max(m, 1), stop=tuple(body.stop_list()), logprobs=n_logprobs,
+                prompt_logprobs=prompt_logprobs,
             )  # fmt: skip
             specs.append((p * body.n + j, ids, params))
     if state.in_flight + len(specs) > state.max_queue:
@@ -527,7 +521,6 @@ def _head(kind: str, state: ServerState) -> dict:
 
 
 async def handle_chat(state: ServerState, body: ChatCompletionRequest, request: Request):
-    _check_logprobs_support(body.logprobs)
     msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
     try:
         ids, _ = state.tokenizer.render_chat(msgs, add_generation_prompt=True)
@@ -580,14 +573,11 @@ async def _chat_chunks(state, body, gen: Generation, lps):
 
 async def handle_completion(state: ServerState, body: CompletionRequest, request: Request):
     tok = state.tokenizer
-    _check_logprobs_support(body.logprobs is not None)
     prompts = [encode_prompt(tok, p) if isinstance(p, str) else list(p) for p in body.prompts()]
     echo_lp = body.echo and body.logprobs is not None
     plan = _plan(state, body, prompts, body.logprobs, prompt_logprobs=echo_lp)
     k = body.logprobs or 0
-    V = tok.vocab_size  # the tokenizer may cover fewer ids than the model's embedding rows
-    echoes = [(p if isinstance(p, str) else tok.decode([t for t in p if t < V])) if body.echo else ""
-              for p in body.prompts()]  # fmt: skip
+    echoes = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in body.prompts()]
 
     def lps(c: Choice, prompt_ids, echo: str):
         if body.logprobs is None:
@@ -648,11 +638,6 @@ def _stream(chunks, gen: Generation) -> StreamingResponse:
     # that hung up at once); closing twice is harmless.
     return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
                              background=BackgroundTask(gen.close))  # fmt: skip
-
-
-def _check_logprobs_support(asked: bool) -> None:
-    if asked and "logprobs" not in EngineRequest.__dataclass_fields__:
-        raise APIError(400, "this engine does not return log-probs", param="logprobs")
 
 
 # ---- metrics (Prometheus text format) ---------------------------------------------------

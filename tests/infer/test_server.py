@@ -98,13 +98,6 @@ def _log_softmax(tiny, ids):
         return torch.log_softmax(model(torch.tensor([ids])).float(), dim=-1)[0]  # [T, V]
 
 
-def _needs_engine_logprobs():
-    from ember.infer.engine import Request
-
-    if "logprobs" not in Request.__dataclass_fields__:
-        pytest.skip("the engine does not return log-probs yet")
-
-
 # ---- generation --------------------------------------------------------------------------
 
 
@@ -194,7 +187,6 @@ def test_max_tokens_omitted_uses_the_rest_of_the_context(live):
 
 
 def test_chat_logprobs_match_a_direct_forward(live, tiny):
-    _needs_engine_logprobs()
     _, tok = tiny
     r = _chat(live, max_tokens=6, logprobs=True, top_logprobs=3)
     ids, _ = tok.render_chat([{"role": "user", "content": "Hi there"}], add_generation_prompt=True)
@@ -212,7 +204,6 @@ def test_chat_logprobs_match_a_direct_forward(live, tiny):
 
 
 def test_completions_echo_scores_the_prompt_like_lm_eval(live, tiny):
-    _needs_engine_logprobs()
     _, tok = tiny
     ids = tok.encode("The quick brown fox jumps")
     r = live.http.post("/v1/completions", json={"model": MODEL, "prompt": ids, "max_tokens": 0, "echo": True,
