@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/tokenizer.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/serve.py
 
 lint: setup
 	$(BIN)/ruff check ember tests bench
