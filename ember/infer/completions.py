@@ -38,6 +38,8 @@ from .worker import Event, Job
 if TYPE_CHECKING:
     from .server import ServerState
 
+DISCONNECT_POLL_S = 0.25  # how often a plain (non-streaming) request checks for a hang-up
+
 
 def encode_prompt(tok, text: str) -> list[int]:
     """A raw prompt's ids, as `ember generate` encodes them (BOS first if the model wants it;
@@ -149,15 +151,21 @@ class Generation:
     async def events(self, watch: Request | None = None):
         """Yield events until every choice has its last one. `watch`: poll it for a client
         disconnect (plain responses; a StreamingResponse notices one itself)."""
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + DISCONNECT_POLL_S
         while self.pending:
             if watch is None:
                 ev = await self.queue.get()
-            else:
+            else:  # tokens may arrive faster than the poll: check by the clock, not on idle
                 try:
-                    ev = await asyncio.wait_for(self.queue.get(), 0.25)
+                    ev = await asyncio.wait_for(self.queue.get(), max(0.0, next_check - loop.time()))
                 except TimeoutError:
+                    ev = None
+                if loop.time() >= next_check:
+                    next_check = loop.time() + DISCONNECT_POLL_S
                     if await watch.is_disconnected():
-                        raise APIError(499, "the client closed the request") from None
+                        raise APIError(499, "the client closed the request")
+                if ev is None:
                     continue
             if ev.last:
                 self.pending.pop(ev.index, None)

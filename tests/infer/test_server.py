@@ -245,6 +245,9 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_to
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"stop": 3}, "stop"),
         ({"seed": -1}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"max_tokens": 2.5}, "max_tokens"),
+        ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
     ],
 )
 def test_bad_chat_requests_are_400_naming_the_field(live, patch, param):
@@ -281,8 +284,18 @@ def test_malformed_json_unknown_model_wrong_method_unknown_path(live):
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     r = live.http.get("/v1/nothing-here")
     assert r.status_code == 404 and "error" in r.json()
+
+
+def test_the_web_page_is_served_when_installed(live, tmp_path, monkeypatch):
+    import ember.infer.server as server
+
+    (tmp_path / "index.html").write_text("<!doctype html><title>chat</title>")
+    monkeypatch.setattr(server, "STATIC", tmp_path)
     r = live.http.get("/")
-    assert r.status_code == 200 and "html" in r.headers["content-type"] or r.json()["error"]["message"]
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"] and "chat" in r.text
+    monkeypatch.setattr(server, "STATIC", tmp_path / "missing")
+    r = live.http.get("/")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
 def test_special_token_text_in_a_message_stays_plain_text(live, tiny):
@@ -318,6 +331,26 @@ def test_a_full_queue_answers_503_then_recovers(tiny):
         assert srv.http.post("/v1/chat/completions", json=CHAT).status_code == 200
     finally:
         srv.close()
+    assert not srv.state.worker._thread.is_alive()  # the lifespan's end stopped the engine thread
+
+
+def _wait_idle(live, seconds=5.0):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        h = live.http.get("/health").json()
+        if not (h["running"] or h["waiting"] or live.state.in_flight or live.state.engine.has_unfinished()):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_client_that_hangs_up_on_a_plain_request_frees_its_slot(live):
+    import httpx
+
+    with pytest.raises(httpx.ReadTimeout):
+        live.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 220, "temperature": 1.0}, timeout=0.3)
+    assert _wait_idle(live)
+    assert 'status="499"' in live.http.get("/metrics").text
 
 
 def test_closing_a_stream_early_frees_the_engine_slot(live):
@@ -325,14 +358,7 @@ def test_closing_a_stream_early_frees_the_engine_slot(live):
     with live.http.stream("POST", "/v1/chat/completions", json=body) as resp:
         lines = resp.iter_lines()
         next(lines), next(lines)
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        h = live.http.get("/health").json()
-        if not (h["running"] or h["waiting"] or live.state.in_flight or live.state.engine.has_unfinished()):
-            break
-        time.sleep(0.02)
-    assert (h["running"], h["waiting"], live.state.in_flight) == (0, 0, 0)
-    assert not live.state.engine.has_unfinished()
+    assert _wait_idle(live)
 
 
 # ---- the small endpoints -----------------------------------------------------------------
