@@ -223,6 +223,58 @@ def encode_pairs(tok, rows: list[dict], max_len: int) -> list[dict]:
     return out
 
 
+def file_kind(path: str | Path) -> str:
+    """"unpaired" when the first JSON object in the file has a "completion" key, else "pair"."""
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                return "unpaired" if "completion" in row else "pair"
+    return "pair"
+
+
+def unpair(rows: list[dict]) -> list[dict]:
+    """Pairs → unpaired KTO rows: each chosen reply desirable, each rejected one not (as
+    TRL's unpair_preference_dataset). Unpaired rows pass through unchanged.
+
+    >>> unpair([{"prompt": [], "chosen": "a", "rejected": "b"}])[1]["label"]
+    False
+    """
+    out = []
+    for r in rows:
+        if "completion" in r:
+            out.append(r)
+            continue
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return out
+
+
+def encode_unpaired(tok, rows: list[dict], max_len: int) -> list[dict]:
+    """Unpaired rows → {"ids", "labels", "kl_ids", "kl_labels", "desirable"}. The kl_ sequence
+    is this row's prompt with the *next* row's completion: the mismatched (x, y') pairs from
+    which KTO estimates its reference point z0 = KL(π‖ref) (Ethayarajh et al. 2024, §4.1).
+    Rows whose reply (or mismatched reply) does not fit are dropped, with one warning."""
+    if len(rows) < 2:
+        raise ValueError(f"KTO needs at least 2 rows (z0 pairs each prompt with another's reply), got {len(rows)}")
+    out = []
+    for i, r in enumerate(rows):
+        e = encode_completion(tok, r["prompt"], r["completion"], max_len)
+        k = encode_completion(tok, r["prompt"], rows[(i + 1) % len(rows)]["completion"], max_len)
+        if e and k:
+            out.append({"ids": e["ids"], "labels": e["labels"], "kl_ids": k["ids"], "kl_labels": k["labels"],
+                        "desirable": bool(r["label"])})  # fmt: skip
+    if len(out) < len(rows):
+        print(f"warning: dropped {len(rows) - len(out)} of {len(rows)} rows whose reply does not fit in "
+              f"{max_len} tokens", file=sys.stderr)  # fmt: skip
+    if not out:
+        raise ValueError(f"no row fits in {max_len} tokens")
+    return out
+
+
 def collate_completions(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """[{"ids", "labels"}] → {"ids", "labels", "attention_mask"} (B, T), right-padded.
 

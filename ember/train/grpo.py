@@ -19,7 +19,6 @@ non-finite value scores 0 and is counted in the metric `reward_errors`; the run 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -247,18 +246,10 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
     exclude = {r["expression"] for r in eval_rows}
     run: dict = {}  # the Trainer, once built: its micro-batch size and autocast
 
-    def autocast():
-        dtype = run["trainer"].autocast_dtype
-        return (
-            contextlib.nullcontext()
-            if dtype is None
-            else torch.autocast(info.device.type, dtype=dtype)
-        )
-
     @torch.no_grad()
     def per_micro(fn, batch) -> torch.Tensor:
         # the loss's own micro-batches and autocast, so old_logp is bit-identical to its logp
-        with autocast():
+        with run["trainer"].autocast():
             return torch.cat([fn(mb) for mb in split_micro(batch, run["trainer"].micro)])
 
     def batches(step: int) -> dict:

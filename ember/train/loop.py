@@ -198,7 +198,9 @@ class Trainer:
         return True
 
     # ---- one step -----------------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context of the loss (a no-op in fp32): use it for anything that must
+        match the loss bit for bit, such as precomputed reference log-probs."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.info.device.type, dtype=self.autocast_dtype)
@@ -214,7 +216,7 @@ class Trainer:
             last = i == len(micro_batches) - 1
             # DDP/FSDP reduce gradients only in the last micro-batch's backward
             sync = contextlib.nullcontext() if last or not self.info.distributed else no_sync(self.model)
-            with sync, self._autocast():
+            with sync, self.autocast():
                 loss, metrics = self.loss_fn(self.forward_model, mb)
             (loss / self.accum).backward()
             total += loss.item() / self.accum
@@ -233,7 +235,7 @@ class Trainer:
             return {}
         self.plain.eval()
         try:
-            with self._autocast():
+            with self.autocast():
                 out = self.eval_fn(self.model if self.cfg.parallel == "fsdp" else self.plain)
         finally:
             self.plain.train()

@@ -32,7 +32,11 @@ def test_reward_model_reloads_with_the_scores_it_trained_to(reward_run):
     again = load_reward_model(reward_run)
     ids = torch.randint(0, rm.config.vocab_size, (2, 7))
     torch.testing.assert_close(rm(ids), again(ids))
-    assert rm.head.linear.bias.abs().sum() > 0  # the trained head, not a fresh zero-bias one
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(rm.head.state_dict(), load_file(reward_run / "head.safetensors"))
+    trained_b = [p for n, p in rm.body.named_parameters() if n.endswith("lora_B")]
+    assert trained_b and any(p.abs().sum() > 0 for p in trained_b)  # the trained adapter (B starts at 0)
 
 
 def test_score_replies_reads_at_the_end_token_appending_it_when_cut():
