@@ -265,13 +265,15 @@ async def handle_completion(state: ServerState, body: CompletionRequest, request
     k = body.logprobs or 0
     echoes = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in body.prompts()]
 
-    def lps(c: Choice, prompt_ids, echo: str):
+    def lps(c: Choice, prompt_ids, echo: str, offset: int = 0):
+        """Legacy log-probs of c's tokens, after the prompt's when echoing (offsets from
+        `offset`, the characters before this piece of the text)."""
         if body.logprobs is None:
             return None
         ids, entries = ([] if plan.zero else c.token_ids), ([] if plan.zero else c.logprobs)
-        if echo_lp:
+        if echo_lp and prompt_ids:
             ids, entries = prompt_ids + ids, list(c.prompt_logprobs or [None] * len(prompt_ids)) + entries
-        return legacy_logprobs(tok, ids, entries, k, offset=0 if echo_lp else len(echo))
+        return legacy_logprobs(tok, ids, entries, k, offset=offset if echo_lp else offset + len(echo))
 
     if body.stream:
         gen = Generation(state, plan)
@@ -294,24 +296,24 @@ async def _completion_chunks(state, body, gen: Generation, echoes, lps):
         return P.sse({**head, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}]})
 
     try:
-        choices = [Choice() for _ in plan.specs]
-        for i, _, _ in plan.specs:
-            if echoes[i // body.n] and body.logprobs is None:
-                yield chunk(i, echoes[i // body.n])
+        sent = [None] * len(plan.specs)  # characters streamed per choice, echo included
         async for ev in gen.events():
             if ev.error:
                 yield P.sse(error_body(ev.error, type="server_error"))
                 break
-            c, p = choices[ev.index], ev.index // body.n
-            c.take(ev)
-            if body.logprobs is None and not plan.zero and ev.text:
-                yield chunk(ev.index, ev.text)
+            i, p = ev.index, ev.index // body.n
+            first = sent[i] is None
+            echo, offset = (echoes[p], 0) if first else ("", sent[i])
+            part = Choice(prompt_logprobs=ev.prompt_logprobs)  # this event's tokens, as a choice
+            if not plan.zero:
+                part.take(ev)
+            if first or part.text or (body.logprobs is not None and part.token_ids):
+                logprobs = lps(part, plan.prompts[p] if first else [], echo, offset=offset)
+                yield chunk(i, echo + part.text, logprobs=logprobs)
+            sent[i] = offset + len(echo + part.text)
             if ev.result is not None:
                 completion += 0 if plan.zero else ev.result.completion_tokens
-                reason, text = _finish(c, plan.zero)
-                if body.logprobs is not None:  # log-probs come whole, with the choice's text
-                    yield chunk(ev.index, echoes[p] + text, logprobs=lps(c, plan.prompts[p], echoes[p]))
-                yield chunk(ev.index, "", reason=reason)
+                yield chunk(i, "", reason="length" if plan.zero else ev.result.finish_reason)
     finally:
         gen.close()
     if body.include_usage:

@@ -32,7 +32,7 @@ class Event:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list = field(default_factory=list)  # TokenLogprob per new token (if asked)
     result: GenerationResult | None = None
-    prompt_logprobs: list | None = None
+    prompt_logprobs: list | None = None  # on the first event, if asked
     error: str | None = None
     status: int = 400  # of the error: 400 the engine refused the request, 500 it failed
 
@@ -137,10 +137,11 @@ class EngineWorker:
             if not (text or new or req.finished):
                 continue
             ev = Event(job.index, text, list(new), req.logprobs[job.sent : len(req.token_ids)])
+            if job.sent == 0 and req.params.prompt_logprobs:  # scored at prefill: send them first
+                ev.prompt_logprobs = list(req.prompt_logprobs)
             job.sent = len(req.token_ids)
             if req.finished:
                 ev.result = req.result()
-                ev.prompt_logprobs = req.prompt_logprobs
                 self._jobs.remove(job)
             self._send(job, ev)
         self._snapshot()

@@ -223,6 +223,18 @@ def test_completions_echo_scores_the_prompt_like_lm_eval(live, tiny):
     assert len(r.choices[0].logprobs.tokens) == len(ids) + 1
 
 
+def test_streamed_completion_logprobs_add_up_to_the_plain_ones(live, tiny):
+    _, tok = tiny
+    kw = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "echo": True, "logprobs": 2, "temperature": 0}
+    plain = live.client.completions.create(**kw).choices[0]
+    chunks = [c.choices[0] for c in live.client.completions.create(stream=True, **kw) if c.choices]
+    assert "".join(c.text for c in chunks) == plain.text
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        streamed = [x for c in chunks if c.logprobs for x in getattr(c.logprobs, key)]
+        assert streamed == getattr(plain.logprobs, key), key
+    assert plain.logprobs.text_offset[:2] == [0, len(tok.decode(tok.encode("Once")[:1]))]
+
+
 # ---- errors: OpenAI's shape, never a 500 -------------------------------------------------
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
