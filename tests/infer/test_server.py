@@ -223,6 +223,29 @@ def test_completions_echo_scores_the_prompt_like_lm_eval(live, tiny):
     assert len(r.choices[0].logprobs.tokens) == len(ids) + 1
 
 
+def test_lm_eval_local_completions_scoring(live, tiny):
+    """The request `lm_eval --model local-completions` sends for log-likelihood (token ids
+    of context + continuation, echo, max_tokens 1, logprobs 1) and the way it reads the
+    answer: sum token_logprobs[ctxlen:-1], greedy if each equals its top alternative."""
+    _, tok = tiny
+    ctx_ids = tok.encode("The weather today is")
+    cont = _greedy(tiny, ctx_ids, 3).token_ids  # a continuation the model itself prefers
+    other = tok.encode(" purple")
+    payload = {"model": MODEL, "prompt": [ctx_ids + cont, ctx_ids + other], "temperature": 0, "max_tokens": 1,
+               "logprobs": 1, "seed": 1234, "echo": True}  # fmt: skip
+    out = live.http.post("/v1/completions", json=payload).json()
+    ref = _log_softmax(tiny, ctx_ids + cont)
+    results = []
+    for choice, n in zip(sorted(out["choices"], key=lambda c: c["index"]), (len(cont), len(other))):
+        lps = choice["logprobs"]
+        token_lps, tops = lps["token_logprobs"][len(ctx_ids) : -1], lps["top_logprobs"][len(ctx_ids) : -1]
+        assert len(token_lps) == n
+        results.append((sum(token_lps), all(t == max(top.values()) for t, top in zip(token_lps, tops))))
+    want = sum(ref[len(ctx_ids) - 1 + k, t].item() for k, t in enumerate(cont))
+    assert results[0][0] == pytest.approx(want, abs=1e-3) and results[0][1] is True
+    assert results[1][1] is False
+
+
 def test_streamed_completion_logprobs_add_up_to_the_plain_ones(live, tiny):
     _, tok = tiny
     kw = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "echo": True, "logprobs": 2, "temperature": 0}
