@@ -46,19 +46,19 @@ class KVCache:
             dtype=dtype or p.dtype, device=p.device,
         )  # fmt: skip
 
-    def row(self, i: int) -> KVCache:
-        """Row i as a one-row cache over the same buffers: a forward on it writes into row i
-        and leaves the other rows alone (the engine prefills a new sequence this way while
-        the other rows hold running ones).
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Rows start..stop-1 as a cache over the same buffers: a forward on it writes into
+        those rows and leaves the others alone (the engine prefills a new sequence into its
+        own row while the other rows hold running ones).
 
         >>> c = KVCache(n_layers=1, batch_size=3, max_seq_len=8, n_kv_heads=2, head_dim=4)
-        >>> c.row(2).k[0].shape, c.row(2).k[0].data_ptr() == c.k[0][2].data_ptr()
+        >>> c.rows(2, 3).k[0].shape, c.rows(2, 3).k[0].data_ptr() == c.k[0][2].data_ptr()
         (torch.Size([1, 2, 8, 4]), True)
         """
         view = object.__new__(KVCache)
-        view.k = [k[i : i + 1] for k in self.k]
-        view.v = [v[i : i + 1] for v in self.v]
-        view.batch_size, view.max_seq_len = 1, self.max_seq_len
+        view.k = [k[start:stop] for k in self.k]
+        view.v = [v[start:stop] for v in self.v]
+        view.batch_size, view.max_seq_len = view.k[0].shape[0], self.max_seq_len
         return view
 
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

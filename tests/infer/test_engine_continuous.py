@@ -61,6 +61,22 @@ def test_staggered_arrivals_give_each_request_what_it_gets_alone():
     assert [r.token_ids for r in again] == [r.token_ids for r in alone]
 
 
+def test_without_batch_invariance_decode_runs_only_the_busy_rows():
+    model, tok = make_model(dtype=torch.float64), make_tokenizer()  # fp64: no float ties
+    ps, params = prompts(), mixed_params()
+    alone = [Engine(model, tok, max_batch_size=1).generate([p], sp)[0] for p, sp in zip(ps, params)]
+    engine = Engine(model, tok, max_batch_size=4, batch_invariant=False)
+    rows_fed = []
+    decode = engine.decode
+    engine.decode = lambda tokens, *a, **kw: rows_fed.append(len(tokens)) or decode(tokens, *a, **kw)
+    together = run_staggered(engine, {0: [0], 2: [1, 2], 4: [3], 5: [4], 9: [5]}, ps, params)
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    for a, t in zip(alone, together):
+        if a.logprobs:
+            torch.testing.assert_close([e.logprob for e in t.logprobs], [e.logprob for e in a.logprobs])
+    assert rows_fed[0] == 1 and max(rows_fed) == 4 and rows_fed[-1] < 4
+
+
 def test_greedy_equals_a_full_forward_argmax_loop():
     model, tok = make_model(1, dtype=torch.float64), make_tokenizer()  # fp64: no argmax ties
     ps = prompts()[:4]
