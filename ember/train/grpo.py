@@ -99,6 +99,7 @@ class GRPOConfig:
     model: str = "smollm2"  # known name, GGUF, HF folder (needs a chat template)
     task: Literal["arithmetic"] = "arithmetic"  # "What is 23 + 58? Answer with just the number."
     ops: list[str] = field(default_factory=lambda: ["+", "-"])
+    digits: int = 2  # operand digits; SmolLM2-135M greedy: 12% at 2 digits, 0% at 3
     rewards: list[str] = field(default_factory=lambda: ["exact_match", "format"])
     group_size: int = 8  # completions per prompt (G)
     prompts_per_step: int = 4
@@ -124,6 +125,8 @@ class GRPOConfig:
             raise ValueError(
                 f"group_size must be >= 2 (advantages compare answers within a group), got {self.group_size}"
             )
+        if not 1 <= self.digits <= 6:
+            raise ValueError(f"digits must be in 1..6, got {self.digits}")
         for name in ("prompts_per_step", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -138,14 +141,15 @@ class GRPOConfig:
 
 
 # ---- prompts ------------------------------------------------------------------------------
-def arithmetic_row(rng: random.Random, ops: list[str]) -> dict:
-    """One question on 2–3 digit operands, answered without tools.
+def arithmetic_row(rng: random.Random, ops: list[str], digits: int = 2) -> dict:
+    """One question on two `digits`-digit operands, answered without tools.
 
-    >>> arithmetic_row(random.Random(0), ["+"])["question"]
-    'What is 786 + 921? Answer with just the number.'
+    >>> arithmetic_row(random.Random(0), ["+"], digits=3)["question"]
+    'What is 876 + 530? Answer with just the number.'
     """
     op = rng.choice(ops)
-    a, b = rng.randint(10, 999), rng.randint(10, 999)
+    lo, hi = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
     expression = f"{a} {op} {b}"
     question = f"What is {expression}? Answer with just the number."
     return {"question": question, "expression": expression, "answer": safe_eval(expression)}
@@ -155,7 +159,7 @@ def heldout_rows(cfg: GRPOConfig) -> list[dict]:
     rng = random.Random(f"grpo-eval-{cfg.train.seed}")
     rows, seen = [], set()
     while len(rows) < cfg.n_eval:
-        row = arithmetic_row(rng, cfg.ops)
+        row = arithmetic_row(rng, cfg.ops, cfg.digits)
         if row["expression"] not in seen:
             seen.add(row["expression"])
             rows.append(row)
@@ -167,7 +171,7 @@ def step_rows(cfg: GRPOConfig, step: int, exclude: set[str]) -> list[dict]:
     rng = random.Random(f"grpo-train-{cfg.train.seed}-{step}")
     rows = []
     while len(rows) < cfg.prompts_per_step:
-        row = arithmetic_row(rng, cfg.ops)
+        row = arithmetic_row(rng, cfg.ops, cfg.digits)
         if row["expression"] not in exclude:
             rows.append(row)
     return rows
@@ -198,7 +202,8 @@ def grpo_step_loss(cfg: GRPOConfig):
             batch.get("ref_logp"), cfg.beta, cfg.token_norm,
         )  # fmt: skip
         # per-step constants are stored on every row, so the mean over micro-batches is exact
-        for k in ("reward", "reward_std", "reward_errors", "zero_std_groups", "completion_len"):
+        for k in ("reward", "accuracy", "reward_std", "reward_errors", "zero_std_groups", "completion_len",
+                  "step_tokens"):
             m[k] = batch[k].float().mean()
         return loss, m
 
@@ -261,6 +266,7 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
         outs = generate(model, tok, prompts, params)
         scored = [score(fns, rows[i // cfg.group_size], o.text) for i, o in enumerate(outs)]
         rewards = torch.tensor([s for s, _ in scored])  # (B·G,)
+        hits = torch.tensor([score([exact_match_reward], rows[i // cfg.group_size], o.text)[0] for i, o in enumerate(outs)])
         adv = group_advantages(rewards, cfg.group_size, scale=cfg.scale_advantages)
         T = max(len(p) + len(o.token_ids) for p, o in zip(prompts, outs))
         ids = torch.full((len(prompts), T), pad, dtype=torch.long)
@@ -277,7 +283,9 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
             "reward_std": torch.full((N,), rewards.std().item() if N > 1 else 0.0, device=dev),
             "reward_errors": torch.full((N,), float(sum(e for _, e in scored)), device=dev),
             "zero_std_groups": torch.full((N,), (groups.max(-1).values == groups.min(-1).values).float().mean().item(), device=dev),
-            "completion_len": mask.sum(-1).float().to(dev),
+            "completion_len": mask.sum(-1).float().to(dev), "accuracy": hits.to(dev),
+            # every token the step's forwards touch (the compute axis of the RL curve)
+            "step_tokens": torch.full((N,), float(sum(len(p) + len(o.token_ids) for p, o in zip(prompts, outs))), device=dev),
         }  # fmt: skip
         batch["old_logp"] = per_micro(
             lambda mb: completion_logprobs(model, mb["ids"], mb["mask"]), batch
@@ -307,8 +315,62 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
 
 def plot_reward_curve(records: list[dict], path: str | Path) -> Path | None:
     """Mean reward per step (and held-out accuracy where evaluated) → PNG."""
-    series = [("reward", "mean reward (train samples)"), ("eval_accuracy", "held-out accuracy (greedy)")]
+    series = [("reward", "mean reward (train samples)"), ("accuracy", "accuracy (train samples)"),
+              ("eval_accuracy", "held-out accuracy (greedy)")]
     return plot_curves(records, path, series, "reward / accuracy", "GRPO")
+
+
+def rl_curve_report(records: list[dict], path: str | Path, frac: float = 0.5, window: int = 5) -> dict | None:
+    """The ScaleRL check on this run: fit R(C) to the first `frac` of the steps' training
+    accuracy against cumulative tokens (compute ∝ tokens for a fixed model), extrapolate to
+    the last step, and compare with the accuracy reached (both as means over the last
+    `window` steps: one step's accuracy over a few dozen samples is noisy). Writes the points
+    and both curves to a PNG. None with fewer than 8 steps (too few to fit 4 parameters)."""
+    import numpy as np
+
+    from ember.eval.rl_curve import fit_rl_curve
+
+    rows = [r for r in records if "accuracy" in r and "step_tokens" in r]
+    if len(rows) < 8:
+        return None
+    compute = np.cumsum([r["step_tokens"] for r in rows])
+    acc = np.array([r["accuracy"] for r in rows])
+    n = max(int(round(frac * len(rows))), 4)
+    fit = fit_rl_curve(compute[:n], acc[:n])
+    w = min(window, len(rows) - n)
+    predicted = float(np.mean(fit.predict(compute[-w:])))
+    reached = float(np.mean(acc[-w:]))
+    report = {"fit": fit.to_dict(), "n_fit": n, "n_steps": len(rows), "predicted_final": predicted,
+              "reached_final": reached, "abs_error": abs(predicted - reached)}  # fmt: skip
+    full = fit_rl_curve(compute, acc)  # on every step: the run's own A and B
+    report["fit_all"] = full.to_dict()
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return report
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter(compute[:n], acc[:n], s=14, color="C0", label=f"steps fitted ({n})")
+    ax.scatter(compute[n:], acc[n:], s=14, color="C0", alpha=0.35, label="later steps (held out)")
+    grid = np.geomspace(compute[0], compute[-1], 200)
+    ax.plot(grid, fit.predict(grid), color="C1", label=f"fit on the first {n}: A={fit.A:.2f}, B={fit.B:.2f}")
+    ax.plot(grid, full.predict(grid), color="C2", ls="--", label=f"fit on all: A={full.A:.2f}, B={full.B:.2f}")
+    ax.set_xscale("log")
+    ax.set(xlabel="compute (cumulative tokens)", ylabel="training accuracy", title="GRPO: ScaleRL sigmoid fit")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    import io
+
+    from ember.core.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    report["plot"] = str(path)
+    return report
 
 
 def main(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> dict:
@@ -329,6 +391,7 @@ def main(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> dict:
         summary["reward_last"] = records[-1].get("reward") if records else None
         plot = plot_reward_curve(records, out / "reward_curve.png")
         summary["reward_curve"] = str(plot) if plot else None
+        summary["rl_curve"] = rl_curve_report(records, out / "rl_curve.png")
         lora = LoraConfig(**dataclasses.asdict(cfg.lora))
         summary["adapter"] = str(save_adapter(trainer.plain, out / "adapter", lora))
         atomic_write_json(out / "adapter" / "base_model.json", {"model": cfg.model})

@@ -106,3 +106,24 @@ def test_two_steps_ratio_one_errors_counted_adapter_saved(tiny_chat_model, tmp_p
     assert (out / "reward_curve.png").is_file()
     assert summary["eval_accuracy_before"] is not None and "eval_accuracy_after" in summary
     assert "eval_accuracy" in recs[-1]
+
+
+def test_rl_curve_report_extrapolates_a_sigmoid_run(tmp_path):
+    """Accuracy that follows a ScaleRL sigmoid in cumulative tokens: a fit on the first half
+    predicts the last steps' mean accuracy."""
+    from ember.eval.rl_curve import RLCurveFit
+    from ember.train.grpo import rl_curve_report
+
+    true = RLCurveFit(R0=0.1, A=0.6, C_mid=20_000.0, B=1.5)
+    rng = random.Random(0)
+    records, c = [], 0.0
+    for step in range(1, 41):
+        c += 2000.0
+        acc = float(true.predict(c)) + rng.uniform(-0.01, 0.01)
+        records.append({"step": step, "accuracy": acc, "step_tokens": 2000.0})
+    report = rl_curve_report(records, tmp_path / "rl.png")
+    assert report["n_fit"] == 20 and report["n_steps"] == 40
+    assert report["abs_error"] < 0.03
+    assert report["reached_final"] == pytest.approx(float(true.predict(40 * 2000.0)), abs=0.02)
+    assert (tmp_path / "rl.png").stat().st_size > 0
+    assert rl_curve_report(records[:5], tmp_path / "x.png") is None  # too few steps to fit
