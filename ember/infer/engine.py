@@ -252,6 +252,8 @@ class Engine:
             or max_batch_size < 1
         ):
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if not isinstance(batch_invariant, bool):
+            raise ValueError(f"batch_invariant must be a bool, got {batch_invariant!r}")
         self.model = model.eval()
         self._decode_model = torch.compile(self.model, dynamic=True) if compile else self.model
         self.tokenizer = tokenizer

@@ -56,7 +56,7 @@ def test_greedy_batched_equals_one_by_one():
         assert r.prompt_tokens == len(p)
 
 
-def test_more_prompts_than_slots_run_in_waves():
+def test_more_prompts_than_slots_wait_for_free_slots():
     model, tok = make_model(), make_tokenizer()
     big = Engine(model, tok, max_batch_size=8).generate(prompts(), GREEDY)
     small = Engine(model, tok, max_batch_size=2).generate(prompts(), GREEDY)

@@ -129,10 +129,12 @@ def test_abort_frees_the_slot_for_a_waiting_request():
     assert second.finish_reason == "length" and not engine.has_unfinished()
 
 
-def test_step_with_nothing_to_do_is_an_error():
+def test_step_with_nothing_to_do_and_bad_switches_are_errors():
     engine = Engine(make_model(), make_tokenizer())
     with pytest.raises(RuntimeError, match="nothing to do"):
         engine.step()
+    with pytest.raises(ValueError, match="batch_invariant must be a bool, got 'no'"):
+        Engine(make_model(), make_tokenizer(), batch_invariant="no")
 
 
 def test_sampler_rows_are_independent():
