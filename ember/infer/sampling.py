@@ -222,20 +222,25 @@ class TokenLogprob:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
-def token_logprobs(logits: Tensor, token_ids: Sequence[int] | Tensor, k: int) -> list[TokenLogprob]:
+def token_logprobs(
+    logits: Tensor, token_ids: Sequence[int] | Tensor, k: int, chunk: int = 512
+) -> list[TokenLogprob]:
     """log_softmax of raw logits [N, V] in fp32, read at token_ids [N], with the top k of each
-    row: one TokenLogprob per row. Two host copies for the whole batch, not two per row."""
-    if logits.shape[0] == 0:
-        return []
-    lp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
-    ids = torch.as_tensor(token_ids, device=lp.device).long().reshape(-1, 1)  # [N, 1]
-    chosen = lp.gather(1, ids)[:, 0].tolist()
-    k = min(k, lp.shape[-1])
-    top_v, top_i = lp.topk(k, dim=-1) if k > 0 else (lp[:, :0], ids[:, :0])  # [N, k]
-    return [
-        TokenLogprob(t, c, list(zip(ti, tv)))
-        for t, c, ti, tv in zip(ids[:, 0].tolist(), chosen, top_i.tolist(), top_v.tolist())
-    ]
+    row: one TokenLogprob per row. Rows go `chunk` at a time, so a long prompt's log-probs
+    need one [chunk, V] fp32 buffer beside its logits, not a second [N, V] copy."""
+    ids = torch.as_tensor(token_ids, device=logits.device).long().reshape(-1, 1)  # [N, 1]
+    k = min(k, logits.shape[-1])
+    out = []
+    for s in range(0, logits.shape[0], chunk):
+        lp = torch.log_softmax(logits[s : s + chunk].float(), dim=-1)  # [n, V]
+        ids_c = ids[s : s + chunk]
+        chosen = lp.gather(1, ids_c)[:, 0].tolist()
+        top_v, top_i = lp.topk(k, dim=-1) if k > 0 else (lp[:, :0], ids_c[:, :0])  # [n, k]
+        out += [
+            TokenLogprob(t, c, list(zip(ti, tv)))
+            for t, c, ti, tv in zip(ids_c[:, 0].tolist(), chosen, top_i.tolist(), top_v.tolist())
+        ]
+    return out
 
 
 # ---- the batched sampler the engine uses -------------------------------------------------
