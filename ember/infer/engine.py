@@ -395,9 +395,9 @@ class Engine:
             self._active[i] = 1
 
     def _free(self, i: int) -> None:
-        # A free slot still rides along in decode steps (the batch shape is fixed), fed at
-        # position 0 so it neither widens the attention span nor runs off the cache. Its
-        # stale K/V is overwritten by the next prompt prefilled into it.
+        # A free slot may still ride along in decode steps (every row does when
+        # batch_invariant), fed at position 0 so it neither widens the attention span nor
+        # runs off the cache. The next prompt prefilled into it overwrites its stale K/V.
         self.slots[i] = None
         self._active[i] = 0
         self._positions[i] = 0
