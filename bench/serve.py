@@ -52,8 +52,9 @@ def free_port() -> int:
 
 
 def prompt(i: int) -> list[dict]:
-    """Client i's conversation: distinct per client, and long-winded enough to fill 128 tokens."""
-    return [{"role": "user", "content": f"Write a long story about {SUBJECTS[i % len(SUBJECTS)]}."}]
+    """Client i's conversation: distinct for every client of every round (so no server can
+    reuse a previous request's whole prompt), and long-winded enough to fill 128 tokens."""
+    return [{"role": "user", "content": f"Story {i + 1}: write a long story about {SUBJECTS[i % len(SUBJECTS)]}."}]
 
 
 # ---- servers ------------------------------------------------------------------------------
