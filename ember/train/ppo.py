@@ -283,6 +283,14 @@ def greedy_report(policy, rm, tok, rows: list[dict], max_new_tokens: int, end_id
     return report
 
 
+def plot_ppo_curve(records: list[dict], before: dict, path: str | Path) -> str | None:
+    """Rollout score, per-reply KL and the held-out greedy score (from step 0) → PNG."""
+    series = [("score", "reward-model score (rollouts)"), ("kl", "KL(π‖ref) per reply"),
+              ("eval_score", "held-out score (greedy)")]  # fmt: skip
+    plot = plot_curves([{"step": 0, **before}, *records], path, series, "score / KL", "PPO")
+    return str(plot) if plot else None
+
+
 def main(cfg: PPOConfig) -> dict:
     """Train; write out/adapter (the policy's), out/reward_curve.png and out/summary.json with
     the held-out greedy score (and style rate) before and after."""
@@ -302,10 +310,7 @@ def main(cfg: PPOConfig) -> dict:
         for name, rs in (("first", first), ("last", last)):  # means over 3 rollouts each end
             for k in ("score", "kl"):
                 summary[f"{k}_{name}"] = sum(r[k] for r in rs) / len(rs) if rs else None
-        plot = plot_curves(records, out / "reward_curve.png", [("score", "reward-model score (rollouts)"),
-                           ("kl", "KL(π‖ref) per reply"), ("eval_score", "held-out score (greedy)")],
-                           "score / KL", "PPO")  # fmt: skip
-        summary["reward_curve"] = str(plot) if plot else None
+        summary["reward_curve"] = plot_ppo_curve(records, before, out / "reward_curve.png")
         lora = LoraConfig(**dataclasses.asdict(cfg.lora))
         summary["adapter"] = str(save_adapter(trainer.plain.policy, out / "adapter", lora))
         atomic_write_json(out / "adapter" / "base_model.json", {"model": cfg.model})
