@@ -320,27 +320,29 @@ def plot_reward_curve(records: list[dict], path: str | Path) -> Path | None:
     return plot_curves(records, path, series, "reward / accuracy", "GRPO")
 
 
-def rl_curve_report(records: list[dict], path: str | Path, frac: float = 0.5, window: int = 5) -> dict | None:
-    """The ScaleRL check on this run: fit R(C) to the first `frac` of the steps' training
-    accuracy against cumulative tokens (compute ∝ tokens for a fixed model), extrapolate to
-    the last step, and compare with the accuracy reached (both as means over the last
-    `window` steps: one step's accuracy over a few dozen samples is noisy). Writes the points
-    and both curves to a PNG. None with fewer than 8 steps (too few to fit 4 parameters)."""
+def rl_curve_report(records: list[dict], path: str | Path, frac: float = 0.5, window: int = 5,
+                    key: str = "reward") -> dict | None:  # fmt: skip
+    """The ScaleRL check on this run: fit R(C) to the first `frac` of the steps' mean `key`
+    ("reward", the objective, or "accuracy", exact match alone) against cumulative tokens
+    (compute ∝ tokens for a fixed model), extrapolate to the last step, and compare with the
+    value reached (both as means over the last `window` steps: one step's mean over a few
+    dozen samples is noisy). The fit assumes values in [0, 1]. Writes the points and both
+    curves to a PNG. None with fewer than 8 steps (too few to fit 4 parameters)."""
     import numpy as np
 
     from ember.eval.rl_curve import fit_rl_curve
 
-    rows = [r for r in records if "accuracy" in r and "step_tokens" in r]
+    rows = [r for r in records if key in r and "step_tokens" in r]
     if len(rows) < 8:
         return None
     compute = np.cumsum([r["step_tokens"] for r in rows])
-    acc = np.array([r["accuracy"] for r in rows])
+    acc = np.array([r[key] for r in rows])
     n = max(int(round(frac * len(rows))), 4)
     fit = fit_rl_curve(compute[:n], acc[:n])
     w = min(window, len(rows) - n)
     predicted = float(np.mean(fit.predict(compute[-w:])))
     reached = float(np.mean(acc[-w:]))
-    report = {"fit": fit.to_dict(), "n_fit": n, "n_steps": len(rows), "predicted_final": predicted,
+    report = {"key": key, "fit": fit.to_dict(), "n_fit": n, "n_steps": len(rows), "predicted_final": predicted,
               "reached_final": reached, "abs_error": abs(predicted - reached)}  # fmt: skip
     full = fit_rl_curve(compute, acc)  # on every step: the run's own A and B
     report["fit_all"] = full.to_dict()
@@ -358,7 +360,7 @@ def rl_curve_report(records: list[dict], path: str | Path, frac: float = 0.5, wi
     ax.plot(grid, fit.predict(grid), color="C1", label=f"fit on the first {n}: A={fit.A:.2f}, B={fit.B:.2f}")
     ax.plot(grid, full.predict(grid), color="C2", ls="--", label=f"fit on all: A={full.A:.2f}, B={full.B:.2f}")
     ax.set_xscale("log")
-    ax.set(xlabel="compute (cumulative tokens)", ylabel="training accuracy", title="GRPO: ScaleRL sigmoid fit")
+    ax.set(xlabel="compute (cumulative tokens)", ylabel=f"mean {key} (training samples)", title="GRPO: ScaleRL sigmoid fit")
     ax.legend(fontsize=8)
     fig.tight_layout()
     import io

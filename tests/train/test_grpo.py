@@ -121,9 +121,9 @@ def test_rl_curve_report_extrapolates_a_sigmoid_run(tmp_path):
         c += 2000.0
         acc = float(true.predict(c)) + rng.uniform(-0.01, 0.01)
         records.append({"step": step, "accuracy": acc, "step_tokens": 2000.0})
-    report = rl_curve_report(records, tmp_path / "rl.png")
+    report = rl_curve_report(records, tmp_path / "rl.png", key="accuracy")
     assert report["n_fit"] == 20 and report["n_steps"] == 40
     assert report["abs_error"] < 0.03
     assert report["reached_final"] == pytest.approx(float(true.predict(40 * 2000.0)), abs=0.02)
     assert (tmp_path / "rl.png").stat().st_size > 0
-    assert rl_curve_report(records[:5], tmp_path / "x.png") is None  # too few steps to fit
+    assert rl_curve_report(records[:5], tmp_path / "x.png", key="accuracy") is None  # too few steps to fit
