@@ -195,7 +195,9 @@ COLUMNS = [("aggregate_tok_s", "agg tok/s", "{:9.1f}"), ("ttft_ms_p50", "TTFT p5
 
 def print_table(results: dict[str, dict], clients: list[int]) -> None:
     names = list(results)
-    print(f"\nSmolLM2-135M Q4_1 GGUF, {THREADS} threads, streaming chat, temperature 0 (ms for TTFT/latency)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nSmolLM2-135M Q4_1 GGUF, {THREADS} threads, streaming chat, temperature 0 (ms for TTFT/latency); "
+          f"load average now {load} (other work on the machine skews both servers)")
     print(f"{'server':12s} {'N':>2s} " + " ".join(f"{h:>{len(f.format(0))}s}" for _, h, f in COLUMNS) + "  errors")
     for n in clients:
         for name in names:
@@ -246,7 +248,7 @@ def main() -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"max_tokens": args.max_tokens, "rounds": args.rounds, "threads": THREADS,
                                "model": str(gguf), "ember_args": args.ember_args,
-                               "llama_server": binary, "results": results}, indent=2))  # fmt: skip
+                               "llama_server": binary, "loadavg": os.getloadavg(), "results": results}, indent=2))  # fmt: skip
     os.replace(tmp, out)
     print(f"wrote {out}", file=sys.stderr)
 
