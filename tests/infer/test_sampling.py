@@ -192,3 +192,18 @@ def test_params_validation_names_field_and_value(field, value):
 def test_params_normalise_stop():
     assert SamplingParams(stop="END").stop == ("END",)
     assert SamplingParams(stop=["a", "b"], stop_token_ids=[3]).stop_token_ids == (3,)
+
+
+def test_draw_follows_the_distribution_and_never_picks_a_zero():
+    from ember.infer.sampling import draw
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    n = 20_000
+    counts = torch.bincount(torch.stack([draw(q, g) for _ in range(n)]), minlength=5).float()
+    assert counts[1] == 0 and counts[4] == 0
+    # each frequency within 4 standard errors of its probability
+    se = (q * (1 - q) / n).sqrt()
+    assert ((counts / n - q).abs() <= 4 * se + 1e-9).all(), counts / n
+    a = [draw(q, torch.Generator().manual_seed(7)).item() for _ in range(3)]
+    assert len(set(a)) == 1  # same seed, same draw
