@@ -264,6 +264,9 @@ class ServeConfig(ModelOptions):
     max_batch: int = 8  # engine slots: requests decoded together
     ctx: int = 2048  # context per request (KV-cache length); capped at the model's context
     max_queue: int = 64  # requests waiting or running before new ones get a 503
+    # True: a seeded request gives the same tokens alone or beside others (every decode step
+    # runs all max_batch rows); false: decode only the busy rows, faster with few clients
+    batch_invariant: bool = True
 
 
 def serve(cfg: ServeConfig) -> None:
@@ -274,7 +277,8 @@ def serve(cfg: ServeConfig) -> None:
 
     model, tok = _load(cfg)
     ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
-    engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile)
+    engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile,
+                    batch_invariant=cfg.batch_invariant)  # fmt: skip
     app = create_app(engine, cfg.model, max_queue=cfg.max_queue)
     print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}) on http://{cfg.host}:{cfg.port}",
           file=sys.stderr)  # fmt: skip

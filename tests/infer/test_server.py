@@ -462,3 +462,6 @@ def test_ember_serve_builds_the_app_from_the_cli(tmp_path, monkeypatch, tiny):
     state = seen["app"].state.ember
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
     assert state.model_id == str(tmp_path) and state.ctx == 128 and state.engine.max_batch_size == 2
+    assert state.engine.batch_invariant is True  # the default keeps seeded outputs batch-independent
+    assert main(["serve", "--model", str(tmp_path), "--batch_invariant", "false"]) == 0
+    assert seen["app"].state.ember.engine.batch_invariant is False
