@@ -215,11 +215,16 @@ def encode_pair(tok, prompt_messages: list[dict], chosen: str, rejected: str, ma
 def encode_pairs(tok, rows: list[dict], max_len: int) -> list[dict]:
     """encode_pair over read rows, with one warning counting the pairs dropped as too long."""
     out = [e for row in rows if (e := encode_pair(tok, row["prompt"], row["chosen"], row["rejected"], max_len))]
-    if len(out) < len(rows):
-        print(f"warning: dropped {len(rows) - len(out)} of {len(rows)} pairs whose reply does not fit in "
-              f"{max_len} tokens", file=sys.stderr)  # fmt: skip
+    return _kept(out, len(rows), "pair", max_len)
+
+
+def _kept(out: list[dict], n: int, what: str, max_len: int) -> list[dict]:
+    """One warning counting what was dropped as too long; an error when nothing is left."""
+    if len(out) < n:
+        print(f"warning: dropped {n - len(out)} of {n} {what}s whose reply does not fit in {max_len} tokens",
+              file=sys.stderr)  # fmt: skip
     if not out:
-        raise ValueError(f"no pair fits in {max_len} tokens")
+        raise ValueError(f"no {what} fits in {max_len} tokens")
     return out
 
 
@@ -267,12 +272,7 @@ def encode_unpaired(tok, rows: list[dict], max_len: int) -> list[dict]:
         if e and k:
             out.append({"ids": e["ids"], "labels": e["labels"], "kl_ids": k["ids"], "kl_labels": k["labels"],
                         "desirable": bool(r["label"])})  # fmt: skip
-    if len(out) < len(rows):
-        print(f"warning: dropped {len(rows) - len(out)} of {len(rows)} rows whose reply does not fit in "
-              f"{max_len} tokens", file=sys.stderr)  # fmt: skip
-    if not out:
-        raise ValueError(f"no row fits in {max_len} tokens")
-    return out
+    return _kept(out, len(rows), "row", max_len)
 
 
 def collate_completions(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

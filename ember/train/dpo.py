@@ -78,35 +78,31 @@ class DPOConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=4, weight_decay=0.0))
 
 
-def pad_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Encoded pairs → per-pair rows {"chosen_ids", "chosen_labels", "rejected_ids",
-    "rejected_labels"} (N, T), all padded to one T, so the loop may slice rows freely."""
-    T = max(len(p[f"{s}_ids"]) for p in pairs for s in ("chosen", "rejected"))
+def _pad(rows: list[dict], sides: tuple[str, ...], pad_id: int) -> dict[str, torch.Tensor]:
+    """For each prefix in sides, rows' f"{side}ids" / f"{side}labels" lists → (N, T) tensors,
+    every side padded to one T (pad_id / IGNORE), so the loop may slice rows freely."""
+    T = max(len(r[f"{side}ids"]) for r in rows for side in sides)
     out = {}
-    for side in ("chosen", "rejected"):
-        ids = torch.full((len(pairs), T), pad_id, dtype=torch.long)
-        labels = torch.full((len(pairs), T), IGNORE, dtype=torch.long)
-        for i, p in enumerate(pairs):
-            n = len(p[f"{side}_ids"])
-            ids[i, :n], labels[i, :n] = torch.tensor(p[f"{side}_ids"]), torch.tensor(p[f"{side}_labels"])
-        out[f"{side}_ids"], out[f"{side}_labels"] = ids, labels
-    return out
-
-
-def pad_unpaired(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Encoded unpaired rows → {"ids", "labels", "kl_ids", "kl_labels"} (N, T) padded to one
-    T, and "desirable" (N,) bool."""
-    T = max(len(r[k]) for r in rows for k in ("ids", "kl_ids"))
-    out = {}
-    for side in ("", "kl_"):
+    for side in sides:
         ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
         labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
         for i, r in enumerate(rows):
             n = len(r[f"{side}ids"])
             ids[i, :n], labels[i, :n] = torch.tensor(r[f"{side}ids"]), torch.tensor(r[f"{side}labels"])
         out[f"{side}ids"], out[f"{side}labels"] = ids, labels
-    out["desirable"] = torch.tensor([r["desirable"] for r in rows])
     return out
+
+
+def pad_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Encoded pairs → per-pair rows {"chosen_ids", "chosen_labels", "rejected_ids",
+    "rejected_labels"} (N, T)."""
+    return _pad(pairs, ("chosen_", "rejected_"), pad_id)
+
+
+def pad_unpaired(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Encoded unpaired rows → {"ids", "labels", "kl_ids", "kl_labels"} (N, T) and
+    "desirable" (N,) bool."""
+    return {**_pad(rows, ("", "kl_"), pad_id), "desirable": torch.tensor([r["desirable"] for r in rows])}
 
 
 def reply_logprobs(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,3 +53,49 @@ class ScriptedModel(nn.Module):
         nxt = self.table[(pos + 1 - self.start).clamp(0, len(self.table) - 1)]
         logits = torch.full((*pos.shape, V), -30.0)
         return logits.scatter(-1, nxt[..., None], 30.0)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn in a thread on a free 127.0.0.1 port (`.url`); `close()`
+    stops it. Fails if it is not up within startup_s."""
+
+    def __init__(self, app, startup_s: float = 20):
+        import threading
+        import time
+
+        import uvicorn
+
+        self.app, self.port = app, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + startup_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start within {startup_s} s")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def serve_tiny(tokenizer, max_batch_size: int, **app_kw) -> LiveServer:
+    """`ember serve`'s app over a tiny random model wearing `tokenizer`, live as "tiny-smollm2".
+    Untied embeddings: a tied random model's greedy reply repeats the prompt's last token."""
+    from ember.infer import Engine
+    from ember.infer.server import create_app
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(vocab_size=tokenizer.vocab_size, max_seq_len=256)
+    engine = Engine(Transformer(cfg).eval(), tokenizer, max_batch_size=max_batch_size)
+    return LiveServer(create_app(engine, "tiny-smollm2", **app_kw))

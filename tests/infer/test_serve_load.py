@@ -10,11 +10,10 @@ first (which has paid for every one-off allocation: caches, buffers, imports).
 import asyncio
 import gc
 import json
-import socket
-import threading
 import time
 
 import pytest
+from infer_helpers import serve_tiny
 
 CLIENTS = 64
 ROUNDS = 4
@@ -25,38 +24,11 @@ ROUND_TIMEOUT_S = 120  # ~2 s on an idle 2-core machine; generous for a loaded o
 RSS_TOLERANCE_MB = 24
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smollm2_tokenizer):
-    import torch
-    import uvicorn
-
-    from ember.infer import Engine
-    from ember.infer.server import create_app
-    from ember.model import ModelConfig, Transformer
-
-    torch.manual_seed(0)
-    # Untied: a tied random model's greedy reply repeats the prompt's last token ("\n").
-    cfg = ModelConfig.tiny(vocab_size=smollm2_tokenizer.vocab_size, max_seq_len=256)
-    engine = Engine(Transformer(cfg).eval(), smollm2_tokenizer, max_batch_size=8)
-    app = create_app(engine, "tiny-smollm2", max_queue=CLIENTS)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the ember server did not start within 10 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", engine
-    srv.should_exit = True
-    thread.join(timeout=10)
+    live = serve_tiny(smollm2_tokenizer, max_batch_size=8, max_queue=CLIENTS)
+    yield live.url, live.app.state.ember.engine
+    live.close()
 
 
 async def stream_one(client, i: int) -> dict:

@@ -4,40 +4,24 @@ chat template, milliseconds per token)."""
 
 import json
 import re
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from infer_helpers import LiveServer
 
 MODEL = "tiny-smollm2"
 CTX = 256
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Live:
-    """A uvicorn server in a thread, plus clients pointed at it."""
+class Live(LiveServer):
+    """The server, plus an httpx client and an openai client pointed at it."""
 
     def __init__(self, app):
         import httpx
-        import uvicorn
         from openai import OpenAI
 
-        self.app, self.port = app, _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(app)
         self.http = httpx.Client(base_url=self.url, timeout=30)
         self.client = OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=30)
 
@@ -47,8 +31,7 @@ class Live:
 
     def close(self):
         self.http.close()
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().close()
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,10 @@ Selenium only drives Debian's chromium + chromedriver (never selenium-manager, w
 try to download a browser); without them the test skips.
 """
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from infer_helpers import serve_tiny
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -21,40 +19,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_url(smollm2_tokenizer):
     """`ember serve`'s app on a free port, in a thread, over a tiny random model."""
-    import torch
-    import uvicorn
-
-    from ember.infer import Engine
-    from ember.infer.server import create_app
-    from ember.model import ModelConfig, Transformer
-
-    torch.manual_seed(0)
-    # Untied: a tied random model's greedy reply repeats the prompt's last token ("\n").
-    cfg = ModelConfig.tiny(vocab_size=smollm2_tokenizer.vocab_size, max_seq_len=256)
-    engine = Engine(Transformer(cfg).eval(), smollm2_tokenizer, max_batch_size=4)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(engine, "tiny-smollm2"), host="127.0.0.1", port=port, log_level="warning"
-    ))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the ember server did not start within 10 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    live = serve_tiny(smollm2_tokenizer, max_batch_size=4)
+    yield live.url
+    live.close()
 
 
 @pytest.fixture(scope="module")
