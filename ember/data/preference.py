@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from ember.core.io import atomic_write_text
+from ember.data.jsonl import jsonl_lines
 from ember.tokenizer.chat import validate_messages
 
 IGNORE = -100
@@ -75,18 +76,15 @@ def read_preference_jsonl(path: str | Path, on_error: str = "skip", kind: str = 
         raise ValueError(f"no such file: {path}")
     parse = _parse_pair if kind == "pair" else _parse_unpaired
     rows, bad, report = [], [], Counter()
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rows.append(parse(_load_object(raw)))
-            except _Bad as e:
-                msg = f"{path}:{n}: {e}"
-                if on_error == "fail":
-                    raise ValueError(msg) from None
-                bad.append(msg)
-                report[e.reason] += 1
+    for n, raw in jsonl_lines(path):
+        try:
+            rows.append(parse(_load_object(raw)))
+        except _Bad as e:
+            msg = f"{path}:{n}: {e}"
+            if on_error == "fail":
+                raise ValueError(msg) from None
+            bad.append(msg)
+            report[e.reason] += 1
     for msg in bad[:10]:
         print(f"warning: skipped {msg}", file=sys.stderr)
     if bad:
@@ -230,14 +228,13 @@ def _kept(out: list[dict], n: int, what: str, max_len: int) -> list[dict]:
 
 def file_kind(path: str | Path) -> str:
     """"unpaired" when the first JSON object in the file has a "completion" key, else "pair"."""
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                row = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                return "unpaired" if "completion" in row else "pair"
+    for _, raw in jsonl_lines(path):
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            return "unpaired" if "completion" in row else "pair"
     return "pair"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ember.data.jsonl import jsonl_lines
 from ember.tokenizer.chat import validate_messages
 
 IGNORE = -100
@@ -44,17 +45,14 @@ def read_chat_jsonl(path: str | Path, on_error: str = "skip") -> list[list[dict]
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
     out, bad = [], []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                out.append(_parse_line(raw))
-            except ValueError as e:
-                msg = f"{path}:{n}: {e}"
-                if on_error == "fail":
-                    raise ValueError(msg) from None
-                bad.append(msg)
+    for n, raw in jsonl_lines(path):
+        try:
+            out.append(_parse_line(raw))
+        except ValueError as e:
+            msg = f"{path}:{n}: {e}"
+            if on_error == "fail":
+                raise ValueError(msg) from None
+            bad.append(msg)
     for msg in bad[:10]:
         print(f"warning: skipped {msg}", file=sys.stderr)
     if len(bad) > 10:
