@@ -138,7 +138,10 @@ def build_sft(cfg: SFTConfig) -> Trainer:
     model, tok = ember.load(cfg.model)
     pad = tok.bos_token_id if tok.bos_token_id is not None else min(tok.eos_token_ids, default=0)
     max_len = min(cfg.max_len, model.config.max_seq_len)
-    n_val = max(1, round(len(conversations) * cfg.val_fraction)) if len(conversations) > 1 else 0
+    if not 0 <= cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    # 0 holds nothing out (no val_loss, no samples); any other fraction holds out at least one
+    n_val = max(1, round(len(conversations) * cfg.val_fraction)) if cfg.val_fraction and len(conversations) > 1 else 0
     val_convs, train_convs = conversations[:n_val], conversations[n_val:]
     if not train_convs:
         raise ValueError("need at least 2 conversations (one is held out for validation)")

@@ -128,3 +128,19 @@ def test_eval_tool_use_json_line_and_adapter(tiny_chat_model, tmp_path, capsys):
     bad = _jsonl(tmp_path / "bad.jsonl", ['{"question": "x"}'])
     assert main(["eval", "tool-use", "--model", str(tiny_chat_model), "--data", str(bad), "--json"]) == 2
     assert "bad.jsonl" in capsys.readouterr().err
+
+
+def test_val_fraction_zero_holds_nothing_out(tiny_chat_model, tmp_path, capsys):
+    data = _jsonl(tmp_path / "chats.jsonl", [{"messages": c} for c in CHATS])
+    out = tmp_path / "run"
+    code = main(["sft", "--model", str(tiny_chat_model), "--data", str(data), "--max_len", "64", "--val_fraction", "0",
+                 "--lora.rank", "4", "--train.steps", "2", "--train.batch_size", "4", "--train.eval_every", "1",
+                 "--train.sample_every", "1", "--train.out", str(out), "--train.progress", "false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"sft: {len(CHATS)} conversations" in err  # every one trains
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and not any("val_loss" in r for r in recs)
+    assert main(["sft", "--model", str(tiny_chat_model), "--data", str(data), "--val_fraction", "1",
+                 "--train.out", str(out)]) == 2  # fmt: skip
+    assert "val_fraction must be in [0, 1), got 1.0" in capsys.readouterr().err
