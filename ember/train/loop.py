@@ -46,7 +46,7 @@ from ember.train.checkpoint import (
     set_rng_state,
 )
 from ember.train.metrics import MetricsLogger, peak_flops, plot_loss_curve
-from ember.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from ember.train.optim import OptimConfig, build_optimizer, lr_at, set_lr, warn_long_warmup
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict]]
 
@@ -264,6 +264,7 @@ class Trainer:
         logger = MetricsLogger(self.out, resume_step=resumed_at) if info.is_main else None
         if info.is_main:
             atomic_write_json(self.out / "config.json", self.run_config)
+            warn_long_warmup(self.optim_cfg, cfg.steps)
         peak = peak_flops(info.device.type, self.autocast_dtype or torch.float32) if self.flops_per_token else None
         if self.start_step == 0 and cfg.sample_every:
             self._show_sample(0, None)  # the untrained model, to compare later samples with

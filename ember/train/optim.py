@@ -7,6 +7,7 @@ The schedule is a pure function of the step, so a resumed run needs no scheduler
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,6 +58,23 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     else:
         frac = 1.0 - progress
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * frac)
+
+
+def warn_long_warmup(cfg: OptimConfig, total_steps: int) -> str | None:
+    """One stderr warning (also returned) when warmup lasts the whole run: the learning rate
+    then never reaches optim.lr and never decays, which a loss curve alone does not show.
+
+    >>> "peaks at 0.4" in warn_long_warmup(OptimConfig(lr=1.0, warmup_steps=50), 20)
+    True
+    """
+    if total_steps < 1 or cfg.warmup_steps < total_steps:
+        return None
+    peak = lr_at(total_steps - 1, total_steps, cfg)
+    msg = (f"warning: optim.warmup_steps {cfg.warmup_steps} >= the run's {total_steps} steps: the whole run is "
+           f"warmup, the learning rate peaks at {peak:.4g} (optim.lr {cfg.lr:.4g}) on the last step and never "
+           f"decays; pass --optim.warmup_steps {max(0, total_steps // 10)} or more --train.steps")  # fmt: skip
+    print(msg, file=sys.stderr)
+    return msg
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
