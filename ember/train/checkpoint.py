@@ -194,6 +194,62 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return path
 
 
+def checkpoint_folders(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's step_* folders, oldest first (temp folders of an interrupted save excluded)."""
+    root = Path(run_dir) / "checkpoints"
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def load_resume_checkpoint(run_dir: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """(the checkpoint a resume continues from, loaded and verified; a note for the user when
+    it is not the one `latest` names), or (None, None) when the run has no checkpoint.
+
+    `latest` missing with step folders intact: the newest intact one, with a note. `latest`
+    naming a corrupt or missing checkpoint: a ValueError naming the previous intact one, since
+    silently going back in time would hide the damage.
+    """
+    root = Path(run_dir) / "checkpoints"
+    pointer, folders = root / LATEST, checkpoint_folders(run_dir)
+    if pointer.is_file():
+        try:
+            return load_checkpoint(latest_checkpoint(run_dir)), None
+        except ValueError as e:
+            problem = str(e)
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        older = [p for p in folders if p.name < name] if name.startswith("step_") else folders
+        previous = _newest_intact(older)[0]
+        if previous is None:
+            raise ValueError(
+                f"{problem}; no earlier intact checkpoint in {root}: start again with --train.overwrite true"
+            ) from None
+        where = previous["path"]
+        raise ValueError(
+            f"{problem}; the previous intact checkpoint is {where}: resume from it with "
+            f"--train.resume_from {where} (or write {where.name} into {pointer})"
+        ) from None
+    if not folders:
+        return None, None
+    found, skipped = _newest_intact(folders)
+    if found is None:
+        raise ValueError(
+            f"{pointer} is missing and no checkpoint in {root} is intact ({'; '.join(skipped)}): "
+            "start again with --train.overwrite true"
+        )
+    note = f"{pointer} is missing: resuming from the newest intact checkpoint, {found['path']}"
+    return found, note + (f" (skipped: {'; '.join(skipped)})" if skipped else "")
+
+
+def _newest_intact(folders: list[Path]) -> tuple[dict | None, list[str]]:
+    """(the newest of `folders` that loads and verifies, why each newer one did not)."""
+    skipped = []
+    for path in reversed(folders):
+        try:
+            return load_checkpoint(path), skipped
+        except ValueError as e:
+            skipped.append(str(e))
+    return None, skipped
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read and verify a checkpoint folder → {"step", "model", "optimizer", "state"}.
     Any size or hash mismatch, missing file or malformed JSON is a ValueError naming it."""
@@ -210,8 +266,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ValueError(f"{meta_path} is corrupt: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise ValueError(f"{meta_path}: not an {FORMAT} v{VERSION} file")
+    files = doc.get("files")
+    # a damaged or foreign state.json must not name files outside the folder or crash below
+    if (not isinstance(files, dict) or "model.safetensors" not in files or not isinstance(doc.get("step"), int)
+            or any("/" in k or "\\" in k or not isinstance(m, dict) or not isinstance(m.get("bytes"), int)
+                   or not isinstance(m.get("sha256"), str) for k, m in files.items())):
+        raise ValueError(f"{meta_path} is corrupt: its step or file table is malformed")
     loaded = {}
-    for fname, m in doc["files"].items():
+    for fname, m in files.items():
         f = path / fname
         if not f.is_file():
             raise ValueError(f"checkpoint {path} is corrupt: {fname} is missing")

@@ -39,14 +39,17 @@ from ember.parallel import (
 )
 from ember.train.checkpoint import (
     config_mismatch,
-    latest_checkpoint,
     load_checkpoint,
+    load_resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from ember.train.metrics import MetricsLogger, peak_flops, plot_loss_curve
-from ember.train.optim import OptimConfig, build_optimizer, lr_at, set_lr, warn_long_warmup
+from ember.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from ember.train.run_dir import open_run_dir, prepare_run_dir
+
+__all__ = ["TrainConfig", "Trainer", "broadcast_config", "prepare_run_dir", "resolve_precision", "split_micro"]
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict]]
 
@@ -73,6 +76,8 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP, or FSDP2 fully_shard
     out: str = "runs/pretrain"
     resume: bool = False  # continue from out/checkpoints/latest
+    resume_from: str | None = None  # continue from this checkpoint folder (e.g. an older step_*)
+    overwrite: bool = False  # delete the earlier run in out (checkpoints, metrics) and start again
     progress: bool = True
 
     def __post_init__(self):
@@ -85,6 +90,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"train.micro_batch_size must be >= 1, got {self.micro_batch_size!r}")
+        if self.overwrite and self.resume:
+            raise ValueError("train.resume and train.overwrite contradict each other: pass one of them")
 
     def micro_batches(self, world_size: int) -> tuple[int, int]:
         """(micro-batch size, accumulation steps) for this many processes."""
@@ -161,8 +168,9 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if resolve_precision(cfg.precision, self.info) == "bf16" else None
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save(self, step: int) -> Path | None:
-        """Checkpoint the state *before* `step` runs (so resume starts at `step`)."""
+    def save(self, step: int, rng: dict | None = None) -> Path | None:
+        """Checkpoint the state *before* `step` runs (so resume starts at `step`). `rng`: the
+        generators' state at that point, when they have moved on since (an interrupted step)."""
         if self.save_trainable_only and not self.info.distributed:
             model_sd = {k: p.detach().clone() for k, p in self.plain.named_parameters() if p.requires_grad}
         else:
@@ -170,17 +178,14 @@ class Trainer:
         optim_sd = full_optim_state_dict(self.model, self.optimizer, self.info)
         path = None
         if self.info.is_main:
-            state = {"tokens": self.tokens_seen, "rng": rng_state(), "config": self.run_config}
+            state = {"tokens": self.tokens_seen, "rng": rng or rng_state(), "config": self.run_config}
             path = save_checkpoint(self.out, step, model_sd, optim_sd, state, keep=self.cfg.keep_checkpoints)
         barrier(self.info)
         return path
 
-    def resume(self) -> bool:
-        """Load out/checkpoints/latest if there is one; a different model config is an error."""
-        path = latest_checkpoint(self.out)
-        if path is None:
-            return False
-        ckpt = load_checkpoint(path)
+    def resume(self, ckpt: dict) -> None:
+        """Continue from a loaded checkpoint (`load_checkpoint`); another model config is an error."""
+        path = ckpt["path"]
         saved = ckpt["state"].get("config", {})
         diff = config_mismatch(saved.get("model", {}), self.run_config.get("model", {}), "model.")
         if diff:
@@ -195,7 +200,34 @@ class Trainer:
         load_full_optim_state_dict(self.model, self.optimizer, ckpt["optimizer"], self.info)
         set_rng_state(ckpt["state"]["rng"])
         self.start_step, self.tokens_seen = ckpt["step"], int(ckpt["state"]["tokens"])
-        return True
+
+    def _open_run(self, stack: contextlib.ExitStack) -> None:
+        """Lock out/ for the run, refuse or clear an earlier run there, and resume if asked.
+        Rank 0 decides and every rank learns its answer, so a refusal stops them all instead
+        of leaving the others waiting in a collective."""
+        cfg, info = self.cfg, self.info
+        error, ckpt, path = None, None, None
+        if info.is_main:
+            try:
+                stack.enter_context(open_run_dir(self.out, cfg.resume, cfg.overwrite, cfg.resume_from))
+                if cfg.resume_from is not None:
+                    ckpt = load_checkpoint(cfg.resume_from)
+                elif cfg.resume:
+                    ckpt, note = load_resume_checkpoint(self.out)
+                    if note:
+                        print(note, file=sys.stderr)
+                path = None if ckpt is None else str(ckpt["path"])
+            except ValueError as e:
+                if not info.distributed:
+                    raise
+                error = str(e)
+        error, path = broadcast_object((error, path), info)
+        if error is not None:
+            raise ValueError(error)
+        if path is not None:
+            self.resume(ckpt if ckpt is not None else load_checkpoint(path))
+            if info.is_main:
+                print(f"resumed from step {self.start_step} ({path})", file=sys.stderr)
 
     # ---- one step -----------------------------------------------------------------------------
     def autocast(self):
@@ -224,6 +256,7 @@ class Trainer:
                 extra[k] = extra.get(k, 0.0) + float(v) / self.accum
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self._mid_update = True  # from here the weights are no longer the previous step's
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
@@ -257,19 +290,47 @@ class Trainer:
 
     # ---- the run --------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train from step 0, or from the checkpoint to resume, holding out/'s lock throughout."""
+        with contextlib.ExitStack() as stack:
+            self._open_run(stack)
+            return self._run()
+
+    def _run(self) -> dict:
         cfg, info = self.cfg, self.info
-        if cfg.resume and self.resume() and info.is_main:
-            print(f"resumed from step {self.start_step} ({self.out / 'checkpoints'})", file=sys.stderr)
-        resumed_at = self.start_step if cfg.resume else None
+        resumed_at = self.start_step if (cfg.resume or cfg.resume_from is not None) else None
         logger = MetricsLogger(self.out, resume_step=resumed_at) if info.is_main else None
         if info.is_main:
             atomic_write_json(self.out / "config.json", self.run_config)
-            warn_long_warmup(self.optim_cfg, cfg.steps)
-        peak = peak_flops(info.device.type, self.autocast_dtype or torch.float32) if self.flops_per_token else None
         if self.start_step == 0 and cfg.sample_every:
             self._show_sample(0, None)  # the untrained model, to compare later samples with
         bar = _progress(cfg, info, self.start_step)
         self.plain.train()
+        try:
+            last_eval = self._steps(logger, bar)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            self._save_on_interrupt()
+            raise
+        if bar is not None:
+            bar.close()
+        final_sample = self._show_sample(cfg.steps, None)
+        summary = {"steps": cfg.steps, "tokens": self.tokens_seen, **last_eval, "sample": final_sample}
+        if logger:
+            summary["plot"] = str(plot_loss_curve(logger.records, self.out / "loss.png", title=str(self.out)))
+            logger.close()
+            atomic_write_json(self.out / "summary.json", summary)
+        return summary
+
+    def _steps(self, logger: MetricsLogger | None, bar) -> dict:
+        """The optimizer steps, with logs, evals, samples and saves between them → last eval."""
+        cfg, info = self.cfg, self.info
+        peak = peak_flops(info.device.type, self.autocast_dtype or torch.float32) if self.flops_per_token else None
+        # What a checkpoint taken on Ctrl-C may hold: the last completed step and the RNG state
+        # the next step starts from. `_mid_update` covers optimizer.step → bookkeeping, where
+        # the weights are already the next step's but the counters are not.
+        self._last_saved, self._mid_update = self.start_step, False
+        self._safe = (self.start_step, rng_state())
         # tok/s counts time inside train steps only: eval, samples and saves stay out of it
         t_window, tokens_window, last_eval = 0.0, 0, {}
         for step in range(self.start_step, cfg.steps):
@@ -279,6 +340,7 @@ class Trainer:
             self.tokens_seen += self.tokens_per_step or 0
             tokens_window += self.tokens_per_step or 0
             done = step + 1
+            self._safe, self._mid_update = (done, rng_state()), False
             if done % cfg.log_every == 0 or done == cfg.steps:
                 rec["tokens"] = self.tokens_seen
                 if self.tokens_per_step:
@@ -299,15 +361,28 @@ class Trainer:
                 self._show_sample(done, bar)
             if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
                 self.save(done)
-        if bar is not None:
-            bar.close()
-        final_sample = self._show_sample(cfg.steps, None)
-        summary = {"steps": cfg.steps, "tokens": self.tokens_seen, **last_eval, "sample": final_sample}
-        if logger:
-            summary["plot"] = str(plot_loss_curve(logger.records, self.out / "loss.png", title=str(self.out)))
-            logger.close()
-            atomic_write_json(self.out / "summary.json", summary)
-        return summary
+                self._last_saved = done
+            self._safe = (done, rng_state())  # after eval and samples: where step `done` starts
+        return last_eval
+
+    def _save_on_interrupt(self) -> None:
+        """Ctrl-C: checkpoint the last completed step when that is safe and newer than the last
+        checkpoint, and say how to continue. Under torchrun the ranks stop at different points,
+        so a collective save could hang: there the last regular checkpoint stands."""
+        done, rng = self._safe
+        saved = False
+        if done > self._last_saved and not self._mid_update and not self.info.distributed:
+            self.save(done, rng)
+            self._last_saved, saved = done, True
+        if not self.info.is_main:
+            return
+        if self._last_saved == 0:
+            msg = "interrupted before the first checkpoint: start again with --train.overwrite true"
+        else:
+            what = "saved" if saved else "the last checkpoint is"
+            msg = (f"interrupted: {what} step {self._last_saved} in {self.out / 'checkpoints'}; "
+                   "continue with --train.resume true")
+        print(msg, file=sys.stderr)
 
     def _show_sample(self, step: int, bar) -> str | None:
         text = self.sample()

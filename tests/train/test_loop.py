@@ -30,7 +30,7 @@ def _noisy_loss(model, batch):
 def _trainer(tmp_path, steps=12, interrupt_at=None, resume=False, mcfg=MCFG, **kw):
     def batches(step):
         if interrupt_at is not None and step == interrupt_at:
-            raise KeyboardInterrupt  # the run dies mid-way, after its last checkpoint
+            raise RuntimeError("crash")  # the run dies mid-way, after its last checkpoint
         return _batches(step)
 
     torch.manual_seed(0)
@@ -50,7 +50,7 @@ def test_resumed_run_matches_uninterrupted_bit_for_bit(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     full = _trainer(a)
     full.fit()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RuntimeError, match="crash"):
         _trainer(b, interrupt_at=6).fit()
     assert latest_checkpoint(b).name == "step_000004"
     resumed = _trainer(b, resume=True)

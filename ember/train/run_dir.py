@@ -1,0 +1,102 @@
+"""A run folder holds one run: a new run never writes over an earlier one, a resume never
+silently starts from scratch, and two processes never train into one folder at once.
+
+Every training command goes through `check_run_dir` before it writes a byte into its folder
+(the Trainer does, under the folder's lock; a recipe that writes inputs there first calls
+`prepare_run_dir`). The rules:
+
+- the folder holds an earlier run and neither flag is given → refused, naming both flags;
+- `--train.overwrite true` → the earlier run's files are removed first, so runs never mix;
+- `--train.resume true` with nothing to resume → refused (a typo in the folder name, or a
+  deleted checkpoints/, must not restart from step 0 and then prune what is left).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ember.core.lock import dir_lock
+from ember.train.checkpoint import LATEST, checkpoint_folders
+
+# Everything a training run writes into its folder (the loop, the metrics logger and every
+# recipe's outputs). Only these are removed by --train.overwrite: the folder may be one the
+# user keeps other files in, so it is never deleted as a whole.
+RUN_FILES = (
+    "checkpoints", "config.json", "metrics.jsonl", "metrics.csv", "tb", "summary.json", "loss.png",
+    "reward_curve.png", "rl_curve.png", "adapter", "model", "hf", "head.safetensors",
+)
+
+
+def run_files(out: str | os.PathLike) -> list[Path]:
+    """The files and folders of an earlier run in `out` (empty: a fresh folder)."""
+    folder = Path(out)
+    return [folder / name for name in RUN_FILES if (folder / name).exists()]
+
+
+def clear_run(out: str | os.PathLike) -> None:
+    """Remove an earlier run's files from `out`, leaving anything else there alone."""
+    for path in run_files(out):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def check_run_dir(out: str | os.PathLike, resume: bool, overwrite: bool, resume_from: str | None = None) -> None:
+    """Refuse or clear `out` by the rules above; call it holding the folder's lock."""
+    folder = Path(out)
+    if resume_from is not None:
+        source = Path(resume_from)
+        if not (source / "state.json").is_file():
+            raise ValueError(f"--train.resume_from {resume_from}: not a checkpoint folder (no state.json in it)")
+        if source.resolve().is_relative_to((folder / "checkpoints").resolve()):
+            if overwrite:
+                raise ValueError(f"--train.overwrite true would delete {resume_from}, the checkpoint to resume from")
+            return  # continuing this run from one of its own checkpoints
+        resume = False  # branching from another run's checkpoint: `out` must be free, as for a new run
+    if resume:
+        root = folder / "checkpoints"
+        if not checkpoint_folders(folder) and not (root / LATEST).is_file():
+            raise ValueError(
+                f"--train.resume true: nothing to resume in {folder} (no checkpoint under {root}); "
+                "check --train.out, or drop --train.resume to start a new run"
+            )
+        return
+    found = run_files(folder)
+    if not found:
+        return
+    if not overwrite:
+        names = ", ".join(p.name for p in found)
+        raise ValueError(
+            f"{folder} already holds a run ({names}): pass --train.resume true to continue it, "
+            "or --train.overwrite true to delete it and start again (or choose another --train.out)"
+        )
+    clear_run(folder)
+
+
+@contextmanager
+def open_run_dir(
+    out: str | os.PathLike, resume: bool, overwrite: bool, resume_from: str | None = None
+) -> Iterator[Path]:
+    """Hold `out`'s lock for the `with` block, after `check_run_dir` has passed under it."""
+    if resume and resume_from is None and not Path(out).is_dir():
+        check_run_dir(out, resume, overwrite)  # refuse before the lock makes a misspelt folder
+    with dir_lock(out, "run") as folder:
+        check_run_dir(folder, resume, overwrite, resume_from)
+        yield folder
+
+
+def prepare_run_dir(
+    out: str | os.PathLike, resume: bool, overwrite: bool, resume_from: str | None = None
+) -> Path:
+    """`check_run_dir` under the folder's lock, for a recipe that writes into `out` before its
+    Trainer starts (the Trainer checks again, a no-op by then, and holds the lock for the run).
+
+    >>> prepare_run_dir("runs/sft", resume=False, overwrite=False)  # doctest: +SKIP
+    """
+    with open_run_dir(out, resume, overwrite, resume_from) as folder:
+        return folder
