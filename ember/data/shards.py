@@ -3,6 +3,7 @@
 A folder made by `prepare_shards` holds:
   plan.json           the documents (path, size, content hash), tokenizer fingerprint and
                       options; a rerun with the same plan resumes, another plan is refused
+                      (`read_plan`, `document_changes`: what a folder was made from)
   train_00000.bin     raw little-endian token ids, uint16 (vocab <= 65536) or uint32
   train_00000.idx     uint64 cumulative document end offsets within that shard
   val_00000.bin/.idx  the validation documents of the same work unit (absent if none)
@@ -249,6 +250,59 @@ def _claim_folder(out: Path, plan: dict) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder of shards; pick a new --out")
     atomic_write_json(plan_path, plan)
+
+
+def read_plan(folder: str | Path) -> dict:
+    """The plan.json `prepare_shards` wrote into `folder`: what its shards were made from.
+
+    >>> read_plan("data/py")["val_fraction"]  # doctest: +SKIP
+    0.05
+    """
+    path = Path(folder) / "plan.json"
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist, so what {folder} was made from cannot be checked; "
+                         "prepare the shards again with `ember data prepare`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT or not isinstance(plan.get("documents"), list):
+        raise ValueError(f"{path} is not an {PLAN_FORMAT} file")
+    return plan
+
+
+def document_changes(plan: dict, inputs: list[str | Path] | None = None,
+                     texts: list[str] | None = None) -> str | None:
+    """None when `inputs` (files, folders) or `texts` are the plan's documents, byte for
+    byte; else what differs, "PLAN'S vs NOW'S", in one line.
+
+    >>> document_changes(read_plan("data/notes"), inputs=["notes.txt"])  # doctest: +SKIP
+    "['/home/me/draft.txt'] vs ['/home/me/notes.txt']"
+    """
+    docs = plan["documents"]
+    old_paths = [d.get("path") for d in docs]
+    if inputs is not None:
+        files = expand_inputs(inputs)
+        if None in old_paths:
+            return f"{len(docs)} texts (not files) vs {_show([str(f) for f in files])}"
+        if old_paths != [str(f) for f in files]:
+            return f"{_show(old_paths)} vs {_show([str(f) for f in files])}"
+        changed = [str(f) for f, d in zip(files, docs) if _digest(f.read_bytes()) != d.get("sha")]
+        return f"{_show(changed)} changed since the shards were made" if changed else None
+    if texts is None:
+        raise ValueError("pass inputs= (files or folders) or texts= (strings)")
+    if any(old_paths):
+        return f"files {_show(old_paths)} vs {len(texts)} texts"
+    shas = [_digest(t.encode("utf-8", errors="surrogatepass")) for t in texts]
+    if shas != [d.get("sha") for d in docs]:
+        n = sum(a != d.get("sha") for a, d in zip(shas, docs)) + abs(len(shas) - len(docs))
+        return f"{len(docs)} texts vs {len(texts)} texts, {n} of them different"
+    return None
+
+
+def _show(paths: list[str], limit: int = 3) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"{paths[:limit]}{more}"
 
 
 # ---- tokenizing one work unit -------------------------------------------------------------

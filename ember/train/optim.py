@@ -70,9 +70,11 @@ def warn_long_warmup(cfg: OptimConfig, total_steps: int) -> str | None:
     if total_steps < 1 or cfg.warmup_steps < total_steps:
         return None
     peak = lr_at(total_steps - 1, total_steps, cfg)
-    msg = (f"warning: optim.warmup_steps {cfg.warmup_steps} >= the run's {total_steps} steps: the whole run is "
-           f"warmup, the learning rate peaks at {peak:.4g} (optim.lr {cfg.lr:.4g}) on the last step and never "
-           f"decays; pass --optim.warmup_steps {max(0, total_steps // 10)} or more --train.steps")  # fmt: skip
+    msg = (
+        f"warning: optim.warmup_steps {cfg.warmup_steps} >= the run's {total_steps} steps: the whole run is "
+        f"warmup, the learning rate peaks at {peak:.4g} (optim.lr {cfg.lr:.4g}) on the last step and never "
+        f"decays; pass --optim.warmup_steps {max(0, total_steps // 10)} or more --train.steps"
+    )
     print(msg, file=sys.stderr)
     return msg
 

@@ -44,13 +44,24 @@ ModelOverrides = dataclasses.make_dataclass(
 
 @dataclass
 class DataConfig:
-    input: list[str] = field(default_factory=list)  # text files or folders; empty: the bundled corpus
-    dir: str | None = None  # prepared shards (`ember data prepare`); default: made under runs/data
+    """Where the token shards come from. A --data.dir that holds shards is checked against
+    every data option given (input, tokenizer, vocab_size, val_fraction): a difference is an
+    error, never a silent reuse. Without --data.dir: the bundled corpus under runs/data."""
+
+    input: list[str] | str = field(default_factory=list)  # text file(s) or folder(s): notes.txt or [a.txt, b/]
+    dir: str | None = None  # shard folder: reused if it holds shards, else prepared from --data.input
     tokenizer: str | None = None  # name or path; default: a BPE of vocab_size trained on the data
-    vocab_size: int = 4096
+    vocab_size: int | None = None  # for that BPE; default 4096 (with an existing --data.dir: checked if given)
     loader: Literal["random", "packed"] = "random"  # random windows, or shuffled packed documents
     seq_len: int = 256
-    val_fraction: float = 0.05
+    val_fraction: float | None = None  # held-out share; default 0.05 (with an existing --data.dir: checked if given)
+
+    def __post_init__(self):
+        # one path is the natural spelling (--data.input notes.txt); keep a list from here on
+        self.input = [self.input] if isinstance(self.input, str) else list(self.input or [])
+
+
+DEFAULT_VOCAB_SIZE, DEFAULT_VAL_FRACTION = 4096, 0.05
 
 
 @dataclass
@@ -91,28 +102,77 @@ def model_config(preset: str, overrides, vocab_size: int, seq_len: int) -> Model
 
 
 def prepare_data(data: DataConfig, info: DistInfo, progress: bool = True) -> Path:
-    """The shard folder to train on, made (by rank 0, once) when it does not exist yet."""
+    """The shard folder to train on: checked against `data` when it holds shards, else
+    prepared (by rank 0, once) from data.input, or from the bundled corpus when no
+    data.dir is named. A named data.dir that holds no shards needs data.input."""
     from ember.data.shards import load_manifest, prepare_shards
 
     folder = Path(data.dir) if data.dir else _default_data_dir(data)
-    if info.is_main and not (folder / "manifest.json").is_file():
+    if info.is_main and (folder / "manifest.json").is_file():
+        check_data_dir(folder, data)
+    elif info.is_main:
+        if data.dir and not data.input:
+            state = "does not exist" if not folder.exists() else "holds no finished shards (no manifest.json)"
+            raise ValueError(f"data.dir {folder} {state}; pass --data.input FILES to prepare it now, or "
+                             f"prepare it first with `ember data prepare --out {folder} --input FILES`")
         from ember.data.corpus import bundled_documents
 
         texts = None if data.input else bundled_documents()
         tok = _tokenizer_for(data, texts, folder)
         print(f"preparing token shards in {folder}", file=sys.stderr)
-        prepare_shards(folder, tok, inputs=data.input or None, texts=texts,
-                       val_fraction=data.val_fraction, progress=progress)  # fmt: skip
+        prepare_shards(folder, tok, inputs=data.input or None, texts=texts, val_fraction=_val_fraction(data),
+                       progress=progress)
     barrier(info)
     load_manifest(folder)  # validates every shard's size on every rank
     return folder
 
 
+def check_data_dir(folder: Path, data: DataConfig) -> None:
+    """Refuse shards made from other data than `data` says, naming each difference.
+
+    Options left unset are not checked in a named --data.dir (it holds what it holds); in
+    the default folder they take their defaults, since that folder is named after them.
+    """
+    from ember.data.shards import document_changes, load_manifest, read_plan
+
+    plan, manifest = read_plan(folder), load_manifest(folder)
+    default = data.dir is None
+    differ = []
+    if data.input:
+        if change := document_changes(plan, inputs=data.input):
+            differ.append(f"data.input: {change}")
+    elif default and any(d.get("path") for d in plan["documents"]):
+        differ.append("data.input: files in the folder vs the bundled corpus now")
+    if data.tokenizer:
+        from ember.tokenizer import load_tokenizer
+
+        fp = load_tokenizer(data.tokenizer).fingerprint()
+        if fp != plan.get("tokenizer_fingerprint"):
+            differ.append(f"data.tokenizer: another tokenizer ({str(plan.get('tokenizer_fingerprint'))[:12]}) in "
+                          f"the folder vs {data.tokenizer} ({fp[:12]}) now")
+    elif (vocab := data.vocab_size or (DEFAULT_VOCAB_SIZE if default else None)) and vocab != manifest.vocab_size:
+        differ.append(f"data.vocab_size: {manifest.vocab_size} in the folder vs {vocab} now")
+    frac = data.val_fraction if data.val_fraction is not None else (DEFAULT_VAL_FRACTION if default else None)
+    if frac is not None and frac != plan.get("val_fraction"):
+        differ.append(f"data.val_fraction: {plan.get('val_fraction')} in the folder vs {frac} now")
+    if differ:
+        fix = f"delete {folder}" if default else "drop those options to train on what it holds"
+        raise ValueError(f"data.dir {folder} holds shards of other data ({'; '.join(differ)}); "
+                         f"pass a new --data.dir to prepare these, or {fix}")
+    files = [d["path"] for d in plan["documents"] if d.get("path")]
+    what = f"files {files[:3]}{' ...' if len(files) > 3 else ''}" if files else f"{len(plan['documents'])} texts"
+    print(f"using the shards in {folder} ({what}, vocab {manifest.vocab_size})", file=sys.stderr)
+
+
 def _default_data_dir(data: DataConfig) -> Path:
     if data.input:
         raise ValueError("with --data.input, also name the shard folder with --data.dir")
-    tok = (data.tokenizer or f"bpe{data.vocab_size}").replace("/", "_")
+    tok = (data.tokenizer or f"bpe{data.vocab_size or DEFAULT_VOCAB_SIZE}").replace("/", "_")
     return Path("runs/data") / f"bundled-{tok}"
+
+
+def _val_fraction(data: DataConfig) -> float:
+    return DEFAULT_VAL_FRACTION if data.val_fraction is None else data.val_fraction
 
 
 def _tokenizer_for(data: DataConfig, texts: list[str] | None, folder: Path):
@@ -125,8 +185,9 @@ def _tokenizer_for(data: DataConfig, texts: list[str] | None, folder: Path):
         from ember.data.shards import expand_inputs
 
         texts = [read_text_utf8(f) for f in expand_inputs(data.input)]
-    print(f"training a {data.vocab_size}-token BPE on the data", file=sys.stderr)
-    return train_bpe(texts, data.vocab_size, pattern="gpt4", special_tokens=["<|endoftext|>"],
+    vocab_size = data.vocab_size or DEFAULT_VOCAB_SIZE
+    print(f"training a {vocab_size}-token BPE on the data", file=sys.stderr)
+    return train_bpe(texts, vocab_size, pattern="gpt4", special_tokens=["<|endoftext|>"],
                      eos_tokens=["<|endoftext|>"], progress=False)  # fmt: skip
 
 

@@ -25,7 +25,7 @@ def test_trainer_warns_once_when_warmup_outlasts_the_run(tmp_path, capsys):
     torch.manual_seed(0)
     ids = torch.randint(0, 32, (2, 9))
     cfg = TrainConfig(steps=3, batch_size=2, eval_every=0, sample_every=0, save_every=0, log_every=1,
-                      out=str(tmp_path), progress=False, precision="fp32")  # fmt: skip
+                      out=str(tmp_path), progress=False, precision="fp32")
     Trainer(Transformer(mcfg), cfg, OptimConfig(warmup_steps=5), lm_loss, lambda step: (ids[:, :-1], ids[:, 1:]),
-            {}).fit()  # fmt: skip
+            {}).fit()
     assert capsys.readouterr().err.count("optim.warmup_steps 5 >= the run's 3 steps") == 1

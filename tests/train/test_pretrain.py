@@ -112,3 +112,81 @@ def test_torchrun_two_gloo_processes_match_one_process(shards, tmp_path, paralle
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def _notes(tmp_path, name="notes.txt", start=0):
+    from ember.data.corpus import pydoc_topics_text
+
+    path = tmp_path / name
+    path.write_text(pydoc_topics_text()[start : start + 20_000], encoding="utf-8")
+    return path
+
+
+def _data_args(out, *data):
+    return ["pretrain", *TINY, "--data.vocab_size", "300", "--train.steps", "1", "--train.batch_size", "2",
+            "--train.eval_windows", "1", "--train.sample_every", "0", "--train.out", str(out),
+            "--train.progress", "false", "--train.precision", "fp32", "--sample_tokens", "0",
+            "--export_hf", "false", *data]
+
+
+def test_one_data_input_path_prepares_and_trains(tmp_path, capsys):
+    """`--data.input notes.txt` (one path, no list syntax) prepares --data.dir and trains; a
+    warmup (30 by default) longer than the 1-step run is announced."""
+    notes, d = _notes(tmp_path), tmp_path / "d"
+    assert main(_data_args(tmp_path / "run", "--data.input", str(notes), "--data.dir", str(d))) == 0
+    err = capsys.readouterr().err
+    assert "preparing token shards" in err and "optim.warmup_steps 30 >= the run's 1 steps" in err
+    from ember.data.shards import read_plan
+
+    assert [doc["path"] for doc in read_plan(d)["documents"]] == [str(notes.resolve())]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["input"] == [str(notes)]
+
+
+def test_data_dir_with_other_data_is_refused_naming_the_difference(tmp_path, capsys):
+    from ember.tokenizer import train_bpe
+
+    notes, other, d = _notes(tmp_path), _notes(tmp_path, "other.txt", 30_000), tmp_path / "d"
+    tok = train_bpe([other.read_text()], 280, special_tokens=["<|endoftext|>"], eos_tokens=["<|endoftext|>"],
+                    progress=False).save(tmp_path / "tok")
+    assert main(_data_args(tmp_path / "run", "--data.input", str(notes), "--data.dir", str(d))) == 0
+    capsys.readouterr()
+    refusals = {
+        ("--data.input", str(other)): f"data.input: ['{notes.resolve()}'] vs ['{other.resolve()}']",
+        ("--data.input", str(notes), "--data.vocab_size", "400"): "data.vocab_size: 300 in the folder vs 400 now",
+        ("--data.input", str(notes), "--data.val_fraction", "0.2"): "data.val_fraction: 0.05 in the folder vs 0.2 now",
+        ("--data.tokenizer", str(tok)): "data.tokenizer: another tokenizer (",
+    }
+    for flags, want in refusals.items():
+        assert main(_data_args(tmp_path / "refused", "--data.dir", str(d), *flags)) == 2, flags
+        err = capsys.readouterr().err
+        assert want in err and "pass a new --data.dir" in err, err
+    # the same data, or no data options at all: the folder is reused, and says so
+    assert main(_data_args(tmp_path / "again", "--data.dir", str(d))) == 0
+    assert f"using the shards in {d} (files ['{notes.resolve()}']" in capsys.readouterr().err
+    notes.write_text(notes.read_text() + " edited", encoding="utf-8")
+    assert main(_data_args(tmp_path / "edited", "--data.input", str(notes), "--data.dir", str(d))) == 2
+    assert f"data.input: ['{notes.resolve()}'] changed since the shards were made" in capsys.readouterr().err
+
+
+def test_a_data_dir_without_shards_needs_an_input(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(_data_args(tmp_path / "run", "--data.dir", str(missing))) == 2
+    err = capsys.readouterr().err
+    assert f"data.dir {missing} does not exist; pass --data.input FILES" in err
+    assert not missing.exists() and not (tmp_path / "runs").exists()  # no bundled corpus in its place
+
+
+def test_default_data_dir_is_checked_against_the_defaults(tmp_path, monkeypatch, capsys):
+    import ember.data.corpus
+    from ember.parallel import init_distributed
+    from ember.train.pretrain import DataConfig, prepare_data
+
+    texts = [_notes(tmp_path).read_text()[i : i + 1000] for i in range(0, 20_000, 1000)]
+    monkeypatch.setattr(ember.data.corpus, "bundled_documents", lambda: texts)
+    monkeypatch.chdir(tmp_path)
+    info = init_distributed("cpu")
+    folder = prepare_data(DataConfig(vocab_size=300), info, progress=False)
+    assert folder == tmp_path.joinpath("runs/data/bundled-bpe300").relative_to(tmp_path)
+    assert prepare_data(DataConfig(vocab_size=300, val_fraction=0.05), info, progress=False) == folder
+    with pytest.raises(ValueError, match=r"data.val_fraction: 0.05 in the folder vs 0.1 now.*delete runs/data"):
+        prepare_data(DataConfig(vocab_size=300, val_fraction=0.1), info, progress=False)

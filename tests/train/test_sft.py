@@ -135,12 +135,12 @@ def test_val_fraction_zero_holds_nothing_out(tiny_chat_model, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["sft", "--model", str(tiny_chat_model), "--data", str(data), "--max_len", "64", "--val_fraction", "0",
                  "--lora.rank", "4", "--train.steps", "2", "--train.batch_size", "4", "--train.eval_every", "1",
-                 "--train.sample_every", "1", "--train.out", str(out), "--train.progress", "false"])  # fmt: skip
+                 "--train.sample_every", "1", "--train.out", str(out), "--train.progress", "false"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"sft: {len(CHATS)} conversations" in err  # every one trains
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2] and not any("val_loss" in r for r in recs)
     assert main(["sft", "--model", str(tiny_chat_model), "--data", str(data), "--val_fraction", "1",
-                 "--train.out", str(out)]) == 2  # fmt: skip
+                 "--train.out", str(out)]) == 2
     assert "val_fraction must be in [0, 1), got 1.0" in capsys.readouterr().err
