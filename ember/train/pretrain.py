@@ -270,10 +270,13 @@ def main(cfg: PretrainConfig) -> dict:
 
 
 def export_hf(model, tok, folder: Path) -> Path:
-    """An HF safetensors folder (config.json + model.safetensors) plus ember's tokenizer."""
+    """An HF safetensors folder (config.json + model.safetensors) with the tokenizer twice:
+    tokenizer.json (+ tokenizer_config.json) for transformers, tokenizer.ember.json for ember."""
     from ember.model.convert.hf import save_hf
+    from ember.tokenizer.hf_export import save_hf_tokenizer
 
     save_hf(model, folder)
+    save_hf_tokenizer(tok, folder)
     tok.save(folder)
     return folder
 

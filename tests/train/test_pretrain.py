@@ -57,6 +57,9 @@ def test_pretrain_cli_end_to_end_and_hf_export(shards, tmp_path, capsys):
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, want, rtol=1e-4, atol=1e-4)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out / "hf")  # tokenizer.json, not only ember's file
+    text = "The assert statement:  x = [1, 22, 333]\n\tüñí 🤖<|endoftext|>"
+    assert hf_tok(text)["input_ids"] == tok.encode(text, allowed_special="all")
 
 
 def test_resume_against_another_model_config_fails_clearly(shards, tmp_path, capsys):
