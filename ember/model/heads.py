@@ -6,9 +6,10 @@ last real token of each (right-padded) row — the whole prompt + reply has been
 as InstructGPT does (Ouyang et al. 2022 §3.5); `ValueHead` keeps it at every token, the
 per-state values V(s_t) of PPO.
 
-The hidden states come from the body's own parts (embeddings → blocks → norm), the way
-ember.peft.prompt runs them, so the model needs no seam. The body's `output` (LM head) is not
-run: under DDP either freeze it or use find_unused_parameters (tied embeddings are used).
+The hidden states come from the body's `hidden` (embeddings → blocks → norm), the same
+method its LM head reads. The body's `output` (LM head) is not run: under DDP either
+freeze it or use find_unused_parameters (tied embeddings are used). The pairwise loss that
+trains a reward model is ember.train.losses.bradley_terry_loss.
 
 >>> from ember.model import ModelConfig, Transformer
 >>> rm = RewardModel(Transformer(ModelConfig.tiny()))
@@ -20,33 +21,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
-from ember.model.layers import rope_cos_sin, sinusoidal_embedding
 
 
 def hidden_states(body: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Final-normed hidden states (B, T, D) of a Transformer for ids (B, T), positions 0..T-1.
+    """`body.hidden` for ids (B, T), positions 0..T-1: final-normed states (B, T, D).
 
     A causal model needs no mask for right padding (real tokens never see the pads after
     them); a bidirectional one (config.causal False) gets attention_mask as a key mask."""
-    cfg = body.config
-    B, T = ids.shape
-    if T > cfg.max_seq_len:
-        raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len}")
-    pos = torch.arange(T, device=ids.device).expand(B, T)  # (B, T)
     mask = None
-    if attention_mask is not None and not cfg.causal:
+    if attention_mask is not None and not body.config.causal:
+        B, T = ids.shape
         mask = attention_mask.bool()[:, None, None, :].expand(B, 1, T, T)  # (B, 1, T, T) keys
-    x = body.tok_embeddings(ids)  # (B, T, D)
-    if cfg.pos_emb == "learned":
-        x = x + body.pos_embeddings(pos)
-    elif cfg.pos_emb == "sinusoidal":
-        x = x + sinusoidal_embedding(pos, cfg.d_model).to(x.dtype)
-    rope = rope_cos_sin(cfg, pos) if cfg.pos_emb == "rope" else None  # 2 × (B, T, Dh/2)
-    for i, layer in enumerate(body.layers):
-        x = layer(x, rope, None, i, pos, mask)  # (B, T, D)
-    return body.norm(x)
+    return body.hidden(ids, mask=mask)
 
 
 class ScalarHead(nn.Module):
@@ -125,25 +111,3 @@ class ValueHead(_ScalarModel):
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(hidden_states(self.body, ids, attention_mask))  # (B, T)
-
-
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
-                       margin: torch.Tensor | float = 0.0) -> tuple[torch.Tensor, dict]:  # fmt: skip
-    """Mean −log σ(r_c − r_r − margin) over pairs: the Bradley–Terry (1952) likelihood of the
-    human choice, InstructGPT (Ouyang et al. 2022) eq. 1; `margin` (scalar or (B,)) is Llama 2
-    (Touvron et al. 2023) §3.2.2's margin for pairs rated clearly better. In fp32.
-
-    Lives here, beside the reward model, because ember/model cannot import ember/train; the
-    reward-model recipe re-exports it with the other losses.
-    Metrics: accuracy (share of pairs with r_c > r_r), margin (mean r_c − r_r), detached.
-
-    >>> round(bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]))[0].item(), 6)
-    0.313262
-    """
-    if r_chosen.shape != r_rejected.shape:
-        raise ValueError(f"r_chosen {tuple(r_chosen.shape)} and r_rejected {tuple(r_rejected.shape)} differ")
-    diff = r_chosen.float() - r_rejected.float()  # (B,)
-    loss = -F.logsigmoid(diff - margin).mean()
-    with torch.no_grad():
-        metrics = {"accuracy": (diff > 0).float().mean(), "margin": diff.mean()}
-    return loss, metrics

@@ -1,6 +1,6 @@
 """The pieces of a Transformer block: norms, positions (RoPE, sinusoidal), attention, MLPs.
 
-Shapes: B batch, T time (new tokens), S keys attended, D d_model, H heads, Hkv KV heads,
+Shapes: B batch, T time (new tokens), kv_len keys attended, D d_model, H heads, Hkv KV heads,
 Dh head dim. Numerics follow Hugging Face where a choice exists (RMSNorm in fp32, RoPE
 angles in fp32), so converted checkpoints match `transformers` to float rounding.
 """
@@ -126,8 +126,8 @@ def attention(
 ) -> torch.Tensor:
     """softmax(q kᵀ / √Dh + mask) v through F.scaled_dot_product_attention.
 
-    q (B, H, T, Dh); k, v (B, Hkv, S, Dh) with H a multiple of Hkv (GQA/MQA: each group of
-    H/Hkv query heads shares one KV head); mask bool (B, 1, T, S), True = may attend.
+    q (B, H, T, Dh); k, v (B, Hkv, kv_len, Dh) with H a multiple of Hkv (GQA/MQA: each group of
+    H/Hkv query heads shares one KV head); mask bool (B, 1, T, kv_len), True = may attend.
 
     >>> q = k = v = torch.eye(2)[None, None]  # (1, 1, 2, 2)
     >>> attention(q, k, v).squeeze().round(decimals=2)
@@ -140,7 +140,14 @@ def attention(
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with H query heads and Hkv key/value heads."""
+    """Multi-head self-attention with H query heads and Hkv key/value heads.
+
+    forward = attend(*project(...)): `project` gives the queries and the keys/values to
+    attend (rotated, through the cache), `attend` mixes them and projects out. Transforms
+    build on these steps from outside: ember.quant.fuse replaces the module by one whose
+    `qkv` is a single matmul; ember.peft.prompt wraps it to put trained keys before the
+    sequence's.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -153,23 +160,18 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.d_model, kv_dim, bias=cfg.bias)
         self.wv = nn.Linear(cfg.d_model, kv_dim, bias=cfg.bias)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        # An inference transform (ember.quant.apply_fused_projections) may replace wq/wk/wv
-        # by one matmul: at batch-1 decode each call has a fixed cost, so 3 → 1 pays.
-        self.wqkv: nn.Module | None = None
-        # A PEFT transform (ember.peft.apply_prefix_tuning) may set a module whose call
-        # prefix(B) gives trained keys and values (B, Hkv, P, Dh) to put before the sequence's
-        # (Li & Liang 2021), or None while switched off.
-        self.prefix: nn.Module | None = None
 
-    def forward(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, mask=None):
-        """x (B, T, D) → (B, T, D). With a cache, K/V go in at `input_pos` and `mask` (B, 1, T, S)
-        says which of the first S cache entries each query sees."""
-        B, T, D = x.shape
-        if self.wqkv is not None:
-            kv_dim = self.n_kv_heads * self.head_dim
-            q, k, v = self.wqkv(x).split([D, kv_dim, kv_dim], dim=-1)
-        else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, D) → q (B, T, H·Dh), k and v (B, T, Hkv·Dh): the three input projections."""
+        return self.wq(x), self.wk(x), self.wv(x)
+
+    def project(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, kv_len=None):
+        """x (B, T, D) → q (B, H, T, Dh) and the keys/values to attend, k, v (B, Hkv, kv_len, Dh).
+
+        With a cache, this step's K/V go in at `input_pos` and the first kv_len entries come
+        back (kv_len: the key length of the caller's mask); without one, kv_len = T."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
@@ -178,22 +180,26 @@ class Attention(nn.Module):
             k = apply_rope(k, *rope, self.rope_interleaved)
         if cache is not None:
             k, v = cache.update(layer_idx, input_pos, k, v)  # (B, Hkv, Tmax, Dh)
-            S = mask.shape[-1]
-            k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)  # no-op unless the cache dtype differs
-        if self.prefix is not None and (kv := self.prefix(B)) is not None:
-            # Prefix keys are free parameters, not rotated; every query sees all P of them.
-            P = kv[0].shape[2]
-            k, v = torch.cat((kv[0].to(k.dtype), k), dim=2), torch.cat((kv[1].to(v.dtype), v), dim=2)
-            if mask is None:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device)
-                mask = mask.tril() if self.causal else mask  # (T, T)
-            mask = torch.cat((mask.new_ones(*mask.shape[:-1], P), mask), dim=-1)  # (.., T, P + S)
+            # .to: a no-op unless the cache dtype differs
+            k, v = k[:, :, :kv_len].to(q.dtype), v[:, :, :kv_len].to(q.dtype)
+        return q, k, v
+
+    def attend(self, q, k, v, mask=None) -> torch.Tensor:
+        """q (B, H, T, Dh), k, v (B, Hkv, kv_len, Dh) → (B, T, D). mask (B, 1, T, kv_len), True =
+        may attend; None = causal (or full, in an encoder)."""
+        B, _, T, _ = q.shape
         if mask is None:
             y = attention(q, k, v, is_causal=self.causal, gqa=self.gqa)  # (B, H, T, Dh)
-        else:  # a cache's mask (B, 1, T, S), or packed sequences' block-diagonal one (B, 1, T, T)
+        else:  # a cache's mask, or packed sequences' block-diagonal one (B, 1, T, T)
             y = attention(q, k, v, mask=mask, gqa=self.gqa)  # (B, H, T, Dh)
-        y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, -1)  # heads side by side again
         return self.wo(y)
+
+    def forward(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, mask=None):
+        """x (B, T, D) → (B, T, D). With a cache, K/V go in at `input_pos` and `mask`
+        (B, 1, T, kv_len) says which of the first kv_len cache entries each query sees."""
+        kv_len = None if mask is None else mask.shape[-1]
+        return self.attend(*self.project(x, rope, cache, layer_idx, input_pos, kv_len), mask)
 
 
 # ---- MLP ----------------------------------------------------------------------------------
@@ -202,7 +208,8 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """Position-wise MLP. swiglu: w2(silu(w1 x) * w3 x) (Shazeer 2020); gelu: w2(gelu(w1 x)).
 
-    GELU uses the tanh approximation, as GPT-2 ("gelu_new") does.
+    GELU uses the tanh approximation, as GPT-2 ("gelu_new") does. ember.quant.fuse replaces
+    a swiglu module by one whose `gate_up` is a single matmul.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -212,12 +219,13 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)  # down
         if self.swiglu:
             self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)  # up
-        self.w13: nn.Module | None = None  # w1 and w3 as one matmul (see Attention.wqkv)
+
+    def gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """swiglu's two input projections: x (B, T, D) → gate, up (B, T, d_ff)."""
+        return self.w1(x), self.w3(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.w13 is not None:
-            gate, up = self.w13(x).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
         if self.swiglu:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            gate, up = self.gate_up(x)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.gelu(self.w1(x), approximate="tanh"))

@@ -1,7 +1,9 @@
 """One decoder for the GPT-2 and Llama families (and, with causal=False, an encoder).
 
 Read it like nanoGPT's model.py: embeddings → n_layers × (norm → attention → residual,
-norm → MLP → residual) → final norm → output head. The switches live in ModelConfig.
+norm → MLP → residual) → final norm (the body, `hidden`) → output head (`lm_head`). The
+switches live in ModelConfig. The model is plain: quantization, fusion and adapters
+replace or wrap its modules from outside.
 """
 
 from __future__ import annotations
@@ -67,78 +69,130 @@ class Transformer(nn.Module):
         logits_index: torch.Tensor | None = None,
         kv_len: int | None = None,
         segment_ids: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Without a cache: a plain forward at positions 0..T-1. With one: token (b, t) sits at
+        """ids (B, T) → logits (B, T, V): `hidden`, then the LM head (see `lm_head` for
+        logits_index and logits_mask, which compute the head at some positions only)."""
+        return self.lm_head(self.hidden(ids, cache, input_pos, kv_len, segment_ids), logits_index, logits_mask)
+
+    def hidden(
+        self,
+        ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        input_pos: torch.Tensor | None = None,
+        kv_len: int | None = None,
+        segment_ids: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The body: token ids (B, T), or input embeddings (B, T, D), → final-normed hidden
+        states (B, T, D), what every head (LM, reward, value) reads.
+
+        Without a cache: a plain forward at positions 0..T-1. With one: token (b, t) sits at
         position input_pos[b, t], writes its K/V there and sees cache entries ≤ that position.
-        `logits_index` (B,) computes the head only at token logits_index[b] → (B, 1, V); a bool
-        (B, T) mask computes it only where True → (N, V) (the head is ~20% of a small model's
-        FLOPs, and SFT needs logits only at assistant tokens).
         `kv_len` (a caller that tracks positions itself, like the engine) = max(input_pos) + 1:
         it skips reading positions back from the tensor, which a compiled decode step needs.
         `segment_ids` (B, T), no cache: several sequences packed in one row. Positions restart
         at 0 where the id changes and attention never crosses segments, so each packed
-        sequence gets exactly the logits it would get alone."""
-        cfg = self.config
-        B, T = ids.shape
-        mask = None
-        if cache is None:
-            if input_pos is not None:
-                raise ValueError("input_pos is only used with a cache; without one positions are 0..T-1")
-            if T > cfg.max_seq_len:
-                raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len}")
-            pos = torch.arange(T, device=ids.device).expand(B, T)  # (B, T)
-            if segment_ids is not None:
-                pos, mask = _segment_positions(segment_ids, self.config.causal)
-        else:
-            if segment_ids is not None:
-                raise ValueError("segment_ids (packed sequences) are for training forwards without a cache")
-            pos, mask = self._cache_positions(ids, cache, input_pos, kv_len)
+        sequence gets exactly the logits it would get alone.
+        `positions` (B, T) and `mask` (B, 1, T, T) (True = may attend), no cache: a layout the
+        caller builds itself (prompt tuning's virtual tokens, an encoder's key mask).
 
-        x = self.tok_embeddings(ids)  # (B, T, D)
+        >>> Transformer(ModelConfig.tiny()).hidden(torch.zeros(1, 5, dtype=torch.long)).shape
+        torch.Size([1, 5, 64])
+        """
+        if (ids is None) == (inputs_embeds is None):
+            raise ValueError("give ids or inputs_embeds, not both or neither")
+        src = ids if inputs_embeds is None else inputs_embeds
+        B, T = src.shape[:2]
+        pos, mask = self._layout(B, T, src.device, cache, input_pos, kv_len, segment_ids, positions, mask)
+        x = self.tok_embeddings(ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        cfg = self.config
         if cfg.pos_emb == "learned":
             x = x + self.pos_embeddings(pos)
         elif cfg.pos_emb == "sinusoidal":
             x = x + sinusoidal_embedding(pos, cfg.d_model).to(x.dtype)
         rope = rope_cos_sin(cfg, pos) if cfg.pos_emb == "rope" else None  # 2 × (B, T, Dh/2)
-
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, cache, i, pos, mask)  # (B, T, D)
+        return self.norm(x)
 
+    def lm_head(
+        self, h: torch.Tensor, logits_index: torch.Tensor | None = None, logits_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden states h (B, T, D) → logits. One rule per argument:
+
+        - neither: every position, (B, T, V);
+        - `logits_index` (B,) ints: position logits_index[b] of each row, (B, 1, V), the
+          T dim kept (the engine's prefill reads only the last token);
+        - `logits_mask` (B, T) bool: the positions where True, flattened, (N, V) (SFT needs
+          logits only at assistant tokens; the head is ~20% of a small model's FLOPs).
+
+        A bool `logits_index` is read as `logits_mask`, for older callers.
+        """
         if logits_index is not None and logits_index.dtype == torch.bool:
-            x = x[logits_index]  # (N, D): only the positions a loss reads (SFT: assistant tokens)
+            if logits_mask is not None:
+                raise ValueError("give logits_index or logits_mask, not both")
+            logits_index, logits_mask = None, logits_index
+        if logits_index is not None and logits_mask is not None:
+            raise ValueError("give logits_index or logits_mask, not both")
+        if logits_mask is not None:
+            h = h[logits_mask]  # (N, D): only the positions a loss reads (SFT: assistant tokens)
         elif logits_index is not None:
-            x = x[torch.arange(B, device=x.device), logits_index][:, None]  # (B, 1, D)
-        return self.output(self.norm(x))  # (B, T or 1, V)
+            h = h[torch.arange(h.shape[0], device=h.device), logits_index][:, None]  # (B, 1, D)
+        return self.output(h)  # (B, T or 1, V) or (N, V)
 
-    def _cache_positions(self, ids, cache, input_pos, kv_len=None):
-        """Check input_pos against the cache; return it and the mask (B, 1, T, S)."""
+    def _layout(self, B, T, device, cache, input_pos, kv_len, segment_ids, positions, mask):
+        """Positions (B, T) and attention mask (B, 1, T, kv_len) or None for one forward."""
+        if cache is not None:
+            if segment_ids is not None:
+                raise ValueError("segment_ids (packed sequences) are for training forwards without a cache")
+            if positions is not None or mask is not None:
+                raise ValueError("positions and mask are for forwards without a cache; a cache takes input_pos")
+            return self._cache_positions(B, T, device, cache, input_pos, kv_len)
+        if input_pos is not None:
+            raise ValueError("input_pos is only used with a cache; without one positions are 0..T-1")
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.config.max_seq_len}")
+        if segment_ids is not None:
+            if positions is not None or mask is not None:
+                raise ValueError("give segment_ids or positions/mask, not both")
+            return segment_positions(segment_ids, self.config.causal)
+        if positions is None:
+            positions = torch.arange(T, device=device).expand(B, T)  # (B, T)
+        return positions, mask
+
+    def _cache_positions(self, B, T, device, cache, input_pos, kv_len=None):
+        """Check input_pos against the cache; return it and the mask (B, 1, T, kv_len)."""
         if kv_len is not None:  # trusted caller: no validation that reads tensor values
-            mask = torch.arange(kv_len, device=ids.device) <= input_pos[..., None]  # (B, T, S)
+            mask = torch.arange(kv_len, device=device) <= input_pos[..., None]  # (B, T, kv_len)
             return input_pos, mask[:, None]
         cfg = self.config
         if not cfg.causal:
             raise ValueError("a KV cache needs a causal model (config.causal is False)")
-        if input_pos is None or input_pos.shape != ids.shape:
+        if input_pos is None or input_pos.shape != (B, T):
             got = None if input_pos is None else tuple(input_pos.shape)
-            raise ValueError(f"with a cache, input_pos must have the shape of ids {tuple(ids.shape)}, got {got}")
-        if ids.shape[0] != cache.batch_size:
-            raise ValueError(f"batch of {ids.shape[0]} rows for a cache of {cache.batch_size} rows")
+            raise ValueError(f"with a cache, input_pos must have the shape of ids {(B, T)}, got {got}")
+        if B != cache.batch_size:
+            raise ValueError(f"batch of {B} rows for a cache of {cache.batch_size} rows")
         lo, hi = int(input_pos.min()), int(input_pos.max())
         limit = min(cache.max_seq_len, cfg.max_seq_len)
         if lo < 0 or hi >= limit:
             raise ValueError(f"input_pos spans {lo}..{hi}, outside 0..{limit - 1} (cache and model limit)")
-        # Attend only to the first S = hi + 1 cache entries: nothing past the largest position
-        # has been written for this step, and S ≪ Tmax during short prompts.
-        S = hi + 1
-        mask = torch.arange(S, device=ids.device) <= input_pos[..., None]  # (B, T, S)
-        return input_pos, mask[:, None]  # (B, 1, T, S)
+        # Attend only to the first kv_len = hi + 1 cache entries: nothing past the largest
+        # position has been written for this step, and kv_len ≪ Tmax during short prompts.
+        kv_len = hi + 1
+        mask = torch.arange(kv_len, device=device) <= input_pos[..., None]  # (B, T, kv_len)
+        return input_pos, mask[:, None]  # (B, 1, T, kv_len)
 
 
-def _segment_positions(seg: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def segment_positions(seg: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment ids (B, T), equal within one packed sequence → positions that restart at each
     new segment (B, T) and the mask (B, 1, T, T): same segment, and causal when the model is.
 
-    >>> _segment_positions(torch.tensor([[0, 0, 1, 1, 1]]), True)[0]
+    >>> segment_positions(torch.tensor([[0, 0, 1, 1, 1]]), True)[0]
     tensor([[0, 1, 0, 1, 2]])
     """
     B, T = seg.shape

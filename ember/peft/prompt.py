@@ -5,16 +5,16 @@ input layer changes. Prefix tuning learns P keys and values in *every* attention
 every query attends to, as if P tokens had come before the sequence.
 
 Prompt tuning wraps the model (`PromptTuned`): the virtual tokens lengthen the sequence,
-and Transformer.forward takes its positions from the ids, so the wrapper runs the model's
-own parts (embeddings → blocks → norm → head) itself, a dozen lines instead of a seam in
-the model for input embeddings. Virtual tokens sit at positions 0..n-1 and the real ones
-at n..n+T-1; logits are returned for the real tokens only. Packed rows (segment_ids) work:
+so the wrapper feeds the model's body (`Transformer.hidden`) input embeddings, virtual
+then real. Virtual tokens sit at positions 0..n-1 and the real ones at n..n+T-1; hidden
+states and logits are returned for the real tokens only. Packed rows (segment_ids) work:
 each segment sees the virtual tokens as if it ran alone. Forward without a KV cache only
 (training, scoring); generation with virtual tokens is not supported yet.
 
-Prefix tuning uses the `Attention.prefix` seam: each layer gets a `PrefixKV`, and works
-with and without a KV cache (the prefix is never written to the cache; it is put before
-the cached keys at every step) and with packed rows (segment_ids).
+Prefix tuning wraps every layer's attention in a `PrefixAttention`, which runs the
+attention's own steps (`project`, then `attend`) with the trained keys and values put
+before the sequence's. It works with and without a KV cache (the prefix is never written
+to the cache; it is put before the cached keys at every step) and with packed rows.
 
 Deviation: Li & Liang reparametrize the prefix through an MLP during training for
 stability; we train the keys and values directly (PEFT's prefix_projection=False). They are
@@ -32,9 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ember.model.layers import rope_cos_sin, sinusoidal_embedding
-from ember.model.transformer import _segment_positions  # the model's own rule, not a copy
-from ember.peft.lora import Adapter, base_model, freeze_base
+from ember.model.transformer import segment_positions
+from ember.peft.adapter import Adapter, base_model, freeze_base
 
 
 def _init_ids(n: int, vocab_size: int, ids: list[int] | None, what: str) -> torch.Tensor:
@@ -77,36 +76,27 @@ class PromptTuned(Adapter):
         return self.model.config
 
     def forward(self, ids: torch.Tensor, cache=None, input_pos=None, logits_index=None, kv_len=None,
-                segment_ids=None) -> torch.Tensor:  # fmt: skip
-        """ids (B, T) → logits (B, T, V) for the real tokens (or (B, 1, V) at logits_index)."""
+                segment_ids=None, logits_mask=None) -> torch.Tensor:  # fmt: skip
+        """ids (B, T) → logits (B, T, V) for the real tokens (`lm_head` selects as the model's)."""
         if self.disabled:
-            return self.model(ids, cache, input_pos, logits_index, kv_len, segment_ids)
+            return self.model(ids, cache, input_pos, logits_index, kv_len, segment_ids, logits_mask)
+        return self.model.lm_head(self.hidden(ids, cache, input_pos, kv_len, segment_ids), logits_index, logits_mask)
+
+    def hidden(self, ids: torch.Tensor, cache=None, input_pos=None, kv_len=None, segment_ids=None) -> torch.Tensor:
+        """ids (B, T) → the body's final-normed states (B, T, D) of the real tokens, the
+        virtual tokens before them."""
+        if self.disabled:
+            return self.model.hidden(ids, cache, input_pos, kv_len, segment_ids)
         if cache is not None or input_pos is not None:
             raise ValueError("prompt tuning runs forwards without a KV cache only (no generation yet)")
-        m, cfg, n = self.model, self.model.config, self.n_virtual
+        m, n = self.model, self.n_virtual
         B, T = ids.shape
-        if n + T > cfg.max_seq_len:
-            raise ValueError(f"{n} virtual + {T} tokens is longer than max_seq_len {cfg.max_seq_len}")
+        if n + T > m.config.max_seq_len:
+            raise ValueError(f"{n} virtual + {T} tokens is longer than max_seq_len {m.config.max_seq_len}")
         x = m.tok_embeddings(ids)  # (B, T, D)
         x = torch.cat((self.embeddings.to(x.dtype).expand(B, n, -1), x), dim=1)  # (B, n + T, D)
-        # From here on, Transformer.forward's no-cache path on the longer sequence.
-        pos = torch.arange(n + T, device=ids.device).expand(B, n + T)  # (B, n + T)
-        mask = None
-        if segment_ids is not None:
-            pos, mask = self._packed(segment_ids)
-        if cfg.pos_emb == "learned":
-            x = x + m.pos_embeddings(pos)
-        elif cfg.pos_emb == "sinusoidal":
-            x = x + sinusoidal_embedding(pos, cfg.d_model).to(x.dtype)
-        rope = rope_cos_sin(cfg, pos) if cfg.pos_emb == "rope" else None
-        for i, layer in enumerate(m.layers):
-            x = layer(x, rope, None, i, pos, mask)  # (B, n + T, D)
-        x = x[:, n:]  # (B, T, D): the real tokens
-        if logits_index is not None and logits_index.dtype == torch.bool:
-            x = x[logits_index]  # (N, D)
-        elif logits_index is not None:
-            x = x[torch.arange(B, device=x.device), logits_index][:, None]  # (B, 1, D)
-        return m.output(m.norm(x))
+        pos, mask = self._packed(segment_ids) if segment_ids is not None else (None, None)
+        return m.hidden(inputs_embeds=x, positions=pos, mask=mask)[:, n:]  # (B, T, D): the real tokens
 
     def _packed(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (B, n + T) and mask (B, 1, n + T, n + T) for packed rows: every segment
@@ -116,7 +106,7 @@ class PromptTuned(Adapter):
         if not self.config.causal:
             raise ValueError("packed rows (segment_ids) with prompt tuning need a causal model")
         n, (B, T) = self.n_virtual, seg.shape
-        seg_pos, seg_mask = _segment_positions(seg, True)  # (B, T), (B, 1, T, T)
+        seg_pos, seg_mask = segment_positions(seg, True)  # (B, T), (B, 1, T, T)
         virt = torch.arange(n, device=seg.device).expand(B, n)
         pos = torch.cat((virt, seg_pos + n), dim=1)  # (B, n + T)
         mask = torch.zeros(B, 1, n + T, n + T, dtype=torch.bool, device=seg.device)
@@ -169,6 +159,40 @@ class PrefixKV(Adapter):
         return self.keys.expand(B, -1, -1, -1), self.values.expand(B, -1, -1, -1)
 
 
+class PrefixAttention(Adapter):
+    """An attention (`base`) whose every query also sees P trained keys and values
+    (`prefix`, a PrefixKV) before the sequence's.
+
+    >>> from ember.model import ModelConfig, Transformer
+    >>> att = Transformer(ModelConfig.tiny()).layers[0].attention
+    >>> PrefixAttention(att, PrefixKV(torch.zeros(2, 3, 16), torch.zeros(2, 3, 16)))(torch.zeros(1, 4, 64)).shape
+    torch.Size([1, 4, 64])
+    """
+
+    kind = "prefix"
+
+    def __init__(self, base: nn.Module, prefix: PrefixKV):
+        super().__init__()
+        self.base, self.prefix = base, prefix
+
+    def forward(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, mask=None):
+        """As Attention.forward: x (B, T, D) → (B, T, D)."""
+        B, T, _ = x.shape
+        kv = self.prefix(B)
+        if kv is None:  # switched off (adapters_disabled)
+            return self.base(x, rope, cache, layer_idx, input_pos, mask)
+        kv_len = None if mask is None else mask.shape[-1]
+        q, k, v = self.base.project(x, rope, cache, layer_idx, input_pos, kv_len)  # k, v (B, Hkv, kv_len, Dh)
+        # Prefix keys are free parameters, not rotated; every query sees all P of them.
+        P = kv[0].shape[2]
+        k, v = torch.cat((kv[0].to(k.dtype), k), dim=2), torch.cat((kv[1].to(v.dtype), v), dim=2)
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device)
+            mask = mask.tril() if self.base.causal else mask  # (T, T)
+        mask = torch.cat((mask.new_ones(*mask.shape[:-1], P), mask), dim=-1)  # (.., T, P + kv_len)
+        return self.base.attend(q, k, v, mask)
+
+
 def _layer_kv(model: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each layer's (k, v) (Hkv, P, Dh) for the tokens `ids` (P,), run as one sequence.
 
@@ -177,7 +201,7 @@ def _layer_kv(model: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, t
 
     def grab(attn, args, _out):
         x = args[0]  # (1, P, D): the normed input of the attention
-        k, v = attn.wk(x), attn.wv(x)  # (1, P, Hkv·Dh)
+        _, k, v = attn.qkv(x)  # (1, P, Hkv·Dh)
         shape = (x.shape[1], attn.n_kv_heads, attn.head_dim)
         got.append((k[0].view(shape).transpose(0, 1), v[0].view(shape).transpose(0, 1)))
 
@@ -192,7 +216,8 @@ def _layer_kv(model: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, t
 
 
 def apply_prefix_tuning(model: nn.Module, n_prefix: int, init_ids: list[int] | None = None) -> nn.Module:
-    """Freeze the model and give every attention layer `n_prefix` trainable keys and values.
+    """Freeze the model and wrap every attention layer in a PrefixAttention with `n_prefix`
+    trainable keys and values.
 
     They start as the model's own keys and values for `init_ids` (repeated to n_prefix)
     or random vocabulary tokens (Li & Liang 2021 §7.2: real-word activations train better
@@ -206,13 +231,13 @@ def apply_prefix_tuning(model: nn.Module, n_prefix: int, init_ids: list[int] | N
     if isinstance(n_prefix, bool) or not isinstance(n_prefix, int) or n_prefix < 1:
         raise ValueError(f"n_prefix must be a positive int, got {n_prefix!r}")
     root = base_model(model)
-    if any(layer.attention.prefix is not None for layer in root.layers):
+    if any(isinstance(layer.attention, PrefixAttention) for layer in root.layers):
         raise ValueError("the model already has prefixes")
     if n_prefix > root.config.max_seq_len:
         raise ValueError(f"n_prefix {n_prefix} is longer than max_seq_len {root.config.max_seq_len}")
     ids = _init_ids(n_prefix, root.config.vocab_size, init_ids, "init_ids")
     kvs = _layer_kv(root, ids.to(root.norm.weight.device))
     for layer, (k, v) in zip(root.layers, kvs, strict=True):
-        layer.attention.prefix = PrefixKV(k, v)
+        layer.attention = PrefixAttention(layer.attention, PrefixKV(k, v))
     freeze_base(model)
     return model

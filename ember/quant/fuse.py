@@ -2,9 +2,11 @@
 
 At batch-1 decode every matmul call has a fixed cost of ~10–20 µs, so SmolLM2's 211 calls
 per token (7 per layer + head) cost more than their bytes; fusing wq/wk/wv and w1/w3 leaves
-121 (ANCHORS.md). The model has a seam for it (`Attention.wqkv`, `FeedForward.w13`, None in
-the plain model); this transform fills it. It is for inference: state dicts of a fused
-model name `wqkv`/`w13`, so fuse after loading and do not save the result.
+121 (ANCHORS.md). The model reserves nothing for it: the transform replaces each block's
+`Attention` by a `FusedAttention` whose `qkv` step is one matmul (`wqkv`), and each swiglu
+`FeedForward` by a `FusedFeedForward` whose `gate_up` is one (`w13`); everything else is
+the model's own code. It is for inference: state dicts of a fused model name `wqkv`/`w13`,
+so fuse after loading and do not save the result.
 
 Fusing stacks rows, and every weight format here stacks exactly: nn.Linear weights, int8
 rows with their per-row scales, and int4 codes with their (K/G, N, 2) scales, so Q4_1
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from ember.model.layers import Attention, FeedForward
 from ember.quant.int4 import Int4Linear
 from ember.quant.int8 import Int8Linear
 
@@ -78,21 +81,67 @@ def fuse_linears(mods: Sequence[nn.Module]) -> nn.Module:
     return out
 
 
+def _settings(module: nn.Module) -> dict:
+    """A module's plain attributes (head counts, flags), without its parameters or children."""
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}
+
+
+class FusedAttention(Attention):
+    """An Attention whose q, k, v come from one linear `wqkv` (their rows stacked).
+
+    >>> from ember.model import ModelConfig, Transformer
+    >>> att = FusedAttention(Transformer(ModelConfig.tiny()).layers[0].attention)
+    >>> type(att.wqkv).__name__, hasattr(att, "wq")
+    ('Linear', False)
+    """
+
+    def __init__(self, attn: Attention):
+        nn.Module.__init__(self)  # not Attention.__init__: it would build wq/wk/wv again
+        vars(self).update(_settings(attn))
+        self.train(attn.training)
+        self.wqkv = fuse_linears([attn.wq, attn.wk, attn.wv])
+        self.wo = attn.wo
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        kv_dim = self.n_kv_heads * self.head_dim
+        return self.wqkv(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
+
+
+class FusedFeedForward(FeedForward):
+    """A swiglu FeedForward whose gate and up projections are one linear `w13`."""
+
+    def __init__(self, ffn: FeedForward):
+        nn.Module.__init__(self)  # not FeedForward.__init__: it would build w1/w3 again
+        if not ffn.swiglu:
+            raise ValueError("only a swiglu feed-forward has two input projections to fuse")
+        vars(self).update(_settings(ffn))
+        self.train(ffn.training)
+        self.w13 = fuse_linears([ffn.w1, ffn.w3])
+        self.w2 = ffn.w2
+
+    def gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.w13(x).chunk(2, dim=-1)
+
+
 @torch.no_grad()
 def apply_fused_projections(model: nn.Module) -> nn.Module:
-    """Fill every block's `attention.wqkv` and `feed_forward.w13` seam; works on float, int8
-    and int4 projections alike (apply it after apply_quant / apply_quant_from_gguf).
+    """Replace every plain `Attention` by a FusedAttention and every swiglu `FeedForward` by
+    a FusedFeedForward, in place; works on float, int8 and int4 projections alike (apply it
+    after apply_quant / apply_quant_from_gguf). Already fused modules are left alone.
 
     >>> from ember.model import ModelConfig, Transformer
     >>> m = apply_fused_projections(Transformer(ModelConfig.tiny()))
     >>> type(m.layers[0].attention.wqkv).__name__, hasattr(m.layers[0].attention, "wq")
     ('Linear', False)
     """
-    for module in model.modules():
-        if hasattr(module, "wqkv") and getattr(module, "wqkv", None) is None and hasattr(module, "wq"):
-            module.wqkv = fuse_linears([module.wq, module.wk, module.wv])
-            del module.wq, module.wk, module.wv
-        if getattr(module, "swiglu", False) and getattr(module, "w13", None) is None and hasattr(module, "w1"):
-            module.w13 = fuse_linears([module.w1, module.w3])
-            del module.w1, module.w3
+    for name, module in list(model.named_modules()):
+        if type(module) is Attention:
+            _set(model, name, FusedAttention(module))
+        elif type(module) is FeedForward and module.swiglu:
+            _set(model, name, FusedFeedForward(module))
     return model
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)

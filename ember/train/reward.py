@@ -19,11 +19,11 @@ import torch
 from ember.core.io import atomic_write_bytes, atomic_write_json
 from ember.data.preference import encode_pairs
 from ember.data.sft import RowLoader
-from ember.model.heads import RewardModel, bradley_terry_loss
+from ember.model.heads import RewardModel
 from ember.parallel import init_distributed
 from ember.train.dpo import load_pairs, pad_pairs
 from ember.train.loop import TrainConfig, Trainer
-from ember.train.losses import IGNORE
+from ember.train.losses import IGNORE, bradley_terry_loss
 from ember.train.optim import OptimConfig
 from ember.train.sft import LoraArgs
 

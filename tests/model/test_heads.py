@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ember.model import ModelConfig, Transformer
-from ember.model.heads import RewardModel, ScalarHead, ValueHead, bradley_terry_loss, hidden_states
+from ember.model.heads import RewardModel, ScalarHead, ValueHead, hidden_states
+from ember.train.losses import bradley_terry_loss
 
 
 def _body(**kw):

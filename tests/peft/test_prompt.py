@@ -151,15 +151,16 @@ def test_prefix_attention_matches_manual_computation():
     cos, sin = rope_cos_sin(model.config, pos)
     with torch.no_grad():
         got = attn(x, (cos, sin))
-        q = apply_rope(attn.wq(x).view(B, T, H, Dh).transpose(1, 2), cos, sin, False)
-        k = apply_rope(attn.wk(x).view(B, T, Hkv, Dh).transpose(1, 2), cos, sin, False)
-        v = attn.wv(x).view(B, T, Hkv, Dh).transpose(1, 2)
+        base = attn.base  # the wrapped attention
+        q = apply_rope(base.wq(x).view(B, T, H, Dh).transpose(1, 2), cos, sin, False)
+        k = apply_rope(base.wk(x).view(B, T, Hkv, Dh).transpose(1, 2), cos, sin, False)
+        v = base.wv(x).view(B, T, Hkv, Dh).transpose(1, 2)
         k = torch.cat([attn.prefix.keys.expand(B, -1, -1, -1), k], 2).repeat_interleave(2, dim=1)
         v = torch.cat([attn.prefix.values.expand(B, -1, -1, -1), v], 2).repeat_interleave(2, dim=1)
         scores = q @ k.transpose(-1, -2) / math.sqrt(Dh)  # (B, H, T, 3 + T)
         allowed = torch.cat([torch.ones(T, 3, dtype=torch.bool), torch.ones(T, T).tril().bool()], 1)
         y = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v  # (B, H, T, Dh)
-        want = attn.wo(y.transpose(1, 2).reshape(B, T, H * Dh))
+        want = base.wo(y.transpose(1, 2).reshape(B, T, H * Dh))
     torch.testing.assert_close(got, want)
 
 
@@ -220,3 +221,16 @@ def test_save_load_prompt_prefix_and_lora(tmp_path):
         save_adapter(apply_lora(tiny(), LoraConfig(rank=2, targets=["wq"])), only_lora)
         load_adapter(apply_prompt_tuning(tiny(), 3), only_lora)
     assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in peft_parameters(fresh))
+
+
+def test_adapter_names_do_not_depend_on_the_order_of_transforms():
+    """Prefix tuning wraps the attention (`base`); adapter names leave that hop out, so LoRA
+    applied before or after it saves under the plain model's names."""
+    lora = LoraConfig(rank=2, targets=["wq", "wo"])
+    first = apply_prefix_tuning(apply_lora(tiny(), lora), 2)
+    after = apply_lora(apply_prefix_tuning(tiny(), 2), lora)
+    assert type(first.layers[0].attention).__name__ == "PrefixAttention"
+    assert sorted(peft_state_dict(first)) == sorted(peft_state_dict(after))
+    assert "layers.1.attention.wo.lora_B" in peft_state_dict(after)
+    assert "layers.1.attention.prefix.keys" in peft_state_dict(after)
+    assert not any(".base." in k for k in peft_state_dict(after))

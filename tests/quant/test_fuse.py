@@ -81,6 +81,7 @@ def test_fused_from_q4_1_blocks_keeps_codes_exactly():
     ref = torch.cat([att.wq.weight, att.wk.weight, att.wv.weight]).detach().clone()
     cfg = QuantConfig(mode="int4", compute_dtype=torch.float32)
     apply_fused_projections(apply_quant_from_gguf(model, raw, cfg))
+    att = model.layers[0].attention  # the transform replaced the module
     assert isinstance(att.wqkv, Int4Linear)
     torch.testing.assert_close(att.wqkv.dequantize(), ref, rtol=1e-6, atol=1e-7)
 
