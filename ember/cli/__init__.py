@@ -14,6 +14,8 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from ember.cli.errors import at_least, check_port_free, guarded, out_folder
+
 
 # ---- tokenizer ----------------------------------------------------------------------------
 @dataclass
@@ -33,6 +35,7 @@ def tokenizer_train(cfg: TokenizerTrainConfig) -> Path:
     from ember.data.corpus import bundled_corpus
     from ember.tokenizer import train_bpe
 
+    out_folder(cfg.out)
     if cfg.input:
         files = _expand_inputs(cfg.input)
         texts = [read_text_utf8(f) for f in files]
@@ -106,13 +109,17 @@ class ModelOptions:
     threads: int | None = None  # torch threads (default: all cores)
     compile: bool = False  # torch.compile the decode step (~30 s once; faster tokens after)
 
+    def __post_init__(self):
+        at_least("--threads", self.threads, 1, optional=True)
+        at_least("--max-seq-len", self.max_seq_len, 1, optional=True)
+
 
 def _load(opts: ModelOptions):
     import torch
 
     import ember
 
-    if opts.threads:
+    if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     model, tok = ember.load(opts.model, dtype=getattr(torch, opts.dtype),
                             quant=None if opts.quant == "none" else opts.quant, fuse=True)
@@ -203,6 +210,7 @@ def chat(cfg: ChatConfig) -> None:
     from ember.infer.chat import run_chat
     from ember.infer.sampling import SamplingParams
 
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
     model, tok = _load(cfg)
     engine = _engine(model, tok, cfg)
     if cfg.demo:
@@ -221,7 +229,6 @@ def chat(cfg: ChatConfig) -> None:
         run_chat(engine, tok, system=cfg.system, input_fn=read_once,
                  params=SamplingParams(temperature=0.0, max_tokens=cfg.max_tokens))
         return
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
     run_chat(engine, tok, system=cfg.system, params=params)
 
 
@@ -233,6 +240,11 @@ class PerplexityConfig(ModelOptions):
     ctx: int = 512
     max_chars: int | None = None  # only the first N characters
     bos: bool = False  # start every window with the BOS token
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("--ctx", self.ctx, 1)
+        at_least("--max-chars", self.max_chars, 1, optional=True)
 
 
 def perplexity(cfg: PerplexityConfig) -> float:
@@ -268,6 +280,14 @@ class ServeConfig(ModelOptions):
     # runs all max_batch rows); false: decode only the busy rows, faster with few clients
     batch_invariant: bool = True
 
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in 0..65535 (0: any free port), got {self.port!r}")
+        at_least("--max-batch", self.max_batch, 1)
+        at_least("--ctx", self.ctx, 1)
+        at_least("--max-queue", self.max_queue, 1)
+
 
 def serve(cfg: ServeConfig) -> None:
     import uvicorn
@@ -275,6 +295,7 @@ def serve(cfg: ServeConfig) -> None:
     from ember.infer.engine import Engine
     from ember.infer.server import create_app
 
+    check_port_free(cfg.host, cfg.port)
     model, tok = _load(cfg)
     ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
     engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile,
@@ -377,38 +398,41 @@ def _dataclass_from(cls, ns):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code: 0, 2 for a user error (one line on stderr,
+    see `ember.cli.errors`), 130 for Ctrl-C."""
+    return guarded(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _main(argv: list[str]) -> int:
     from ember.cli import train as train_commands
     from ember.core.memory import release_freed_memory_eagerly
 
-    argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv), {"tokenize": "text"})
+    argv = _normalize_argv(argv, {"tokenize": "text"})
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # jsonargparse printed its own message (or --help)
+        return e.code if isinstance(e.code, int) else 2
     if args.command in ("generate", "chat", "perplexity", "serve"):
         # lower peak memory while loading models; not for training, where every step's
         # large activations would then cost an mmap + page faults each (3x the system time)
         release_freed_memory_eagerly()
-    try:
-        if args.command == "tokenizer" and args.tokenizer.action == "train":
-            tokenizer_train(_dataclass_from(TokenizerTrainConfig, args.tokenizer.train))
-        elif args.command == "tokenize":
-            tokenize(_dataclass_from(TokenizeConfig, args.tokenize))
-        elif args.command == "generate":
-            generate(_dataclass_from(GenerateConfig, args.generate))
-        elif args.command == "chat":
-            chat(_dataclass_from(ChatConfig, args.chat))
-        elif args.command == "perplexity":
-            perplexity(_dataclass_from(PerplexityConfig, args.perplexity))
-        elif args.command == "serve":
-            serve(_dataclass_from(ServeConfig, args.serve))
-        elif args.command == "demo":
-            demo()
-        elif train_commands.run(args):
-            pass
-        else:
-            parser.print_help()
-            return 2
-    except ValueError as e:
-        print(f"ember: error: {e}", file=sys.stderr)
+    if args.command == "tokenizer" and args.tokenizer.action == "train":
+        tokenizer_train(_dataclass_from(TokenizerTrainConfig, args.tokenizer.train))
+    elif args.command == "tokenize":
+        tokenize(_dataclass_from(TokenizeConfig, args.tokenize))
+    elif args.command == "generate":
+        generate(_dataclass_from(GenerateConfig, args.generate))
+    elif args.command == "chat":
+        chat(_dataclass_from(ChatConfig, args.chat))
+    elif args.command == "perplexity":
+        perplexity(_dataclass_from(PerplexityConfig, args.perplexity))
+    elif args.command == "serve":
+        serve(_dataclass_from(ServeConfig, args.serve))
+    elif args.command == "demo":
+        demo()
+    elif not train_commands.run(args):
+        parser.print_help()
         return 2
     return 0
 

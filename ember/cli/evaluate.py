@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from jsonargparse import ArgumentParser
 
+from ember.cli.errors import at_least
+
 
 @dataclass
 class ToolUseEvalConfig:
@@ -17,6 +19,10 @@ class ToolUseEvalConfig:
     json: bool = False  # print one line: {"accuracy": ..., "n": ...}
     limit: int | None = None  # evaluate only the first N items
     batch_size: int = 8
+
+    def __post_init__(self):
+        at_least("--limit", self.limit, 1, optional=True)
+        at_least("--batch-size", self.batch_size, 1)
 
 
 def add_commands(sub, command) -> None:

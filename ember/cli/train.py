@@ -11,6 +11,8 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from ember.cli.errors import at_least, in_range, out_folder
+
 
 @dataclass
 class DataPrepareConfig:
@@ -25,6 +27,12 @@ class DataPrepareConfig:
     workers: int = 2
     progress: bool = True
 
+    def __post_init__(self):
+        at_least("--vocab-size", self.vocab_size, 256)
+        in_range("--val-fraction", self.val_fraction, 0.0, 1.0, hi_open=True)
+        at_least("--shard-tokens", self.shard_tokens, 1)
+        at_least("--workers", self.workers, 1)
+
 
 def data_prepare(cfg: DataPrepareConfig) -> dict:
     from ember.core.io import read_text_utf8
@@ -32,6 +40,7 @@ def data_prepare(cfg: DataPrepareConfig) -> dict:
     from ember.data.shards import expand_inputs, prepare_shards
     from ember.tokenizer import load_tokenizer, train_bpe
 
+    out_folder(cfg.out)
     texts = None if cfg.input else bundled_documents()
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
@@ -59,8 +68,8 @@ class ExportConfig:
 def export(cfg: ExportConfig) -> Path:
     from ember.train.pretrain import load_run
 
+    out = out_folder(cfg.out or Path(cfg.run) / "hf")
     model, tok = load_run(cfg.run)
-    out = Path(cfg.out or Path(cfg.run) / "hf")
     from ember.train.pretrain import export_hf
 
     export_hf(model, tok, out)
@@ -163,7 +172,12 @@ def run(args) -> bool:
         ok = True
         return handled
     finally:
-        destroy_distributed(sync=ok)
+        try:
+            destroy_distributed(sync=ok)
+        except Exception:
+            if ok:
+                raise
+            # an error or Ctrl-C is already on its way out: a broken group must not hide it
 
 
 def _dispatch(args) -> bool:
@@ -176,40 +190,40 @@ def _dispatch(args) -> bool:
     elif args.command == "pretrain":
         from ember.train.pretrain import PretrainConfig, main
 
-        summary = main(_build(PretrainConfig, _drop_config(args.pretrain.as_dict())))
+        summary = main(_checked(_build(PretrainConfig, _drop_config(args.pretrain.as_dict()))))
         if summary is not None:
             print(json.dumps({k: v for k, v in summary.items() if k != "sample"}))
     elif args.command == "scaling":
         from ember.train import scaling
 
         if args.scaling.action == "sweep":
-            scaling.sweep(_build(scaling.ScalingSweepConfig, _drop_config(args.scaling.sweep.as_dict())))
+            scaling.sweep(_checked(_build(scaling.ScalingSweepConfig, _drop_config(args.scaling.sweep.as_dict()))))
         else:
             scaling.fit(_build(scaling.ScalingFitConfig, _drop_config(args.scaling.fit.as_dict())))
     elif args.command == "sft":
         from ember.train.sft import SFTConfig, main
 
-        summary = main(_build(SFTConfig, _drop_config(args.sft.as_dict())))
+        summary = main(_checked(_build(SFTConfig, _drop_config(args.sft.as_dict()))))
         print(json.dumps({k: v for k, v in summary.items() if k != "sample"}))
     elif args.command == "dpo":
         from ember.train.dpo import DPOConfig, main
 
-        summary = main(_build(DPOConfig, _drop_config(args.dpo.as_dict())))
+        summary = main(_checked(_build(DPOConfig, _drop_config(args.dpo.as_dict()))))
         print(json.dumps({k: summary[k] for k in ("before", "after") if k in summary}))
     elif args.command == "grpo":
         from ember.train.grpo import GRPOConfig, main
 
-        summary = main(_build(GRPOConfig, _drop_config(args.grpo.as_dict())))
+        summary = main(_checked(_build(GRPOConfig, _drop_config(args.grpo.as_dict()))))
         print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict))}))
     elif args.command == "reward":
         from ember.train.reward import RewardConfig, main
 
-        summary = main(_build(RewardConfig, _drop_config(args.reward.as_dict())))
+        summary = main(_checked(_build(RewardConfig, _drop_config(args.reward.as_dict()))))
         print(json.dumps({k: summary[k] for k in ("before", "after") if k in summary}))
     elif args.command == "ppo":
         from ember.train.ppo import PPOConfig, main
 
-        summary = main(_build(PPOConfig, _drop_config(args.ppo.as_dict())))
+        summary = main(_checked(_build(PPOConfig, _drop_config(args.ppo.as_dict()))))
         keys = ("before", "after", "score_first", "score_last", "kl_first", "kl_last")
         print(json.dumps({k: summary[k] for k in keys if k in summary}))
     elif args.command == "export":
@@ -222,3 +236,13 @@ def _dispatch(args) -> bool:
 def _drop_config(d: dict) -> dict:
     d.pop("config", None)
     return d
+
+
+def _checked(cfg):
+    """`cfg` after checking, before minutes of training, that its output folder can be made."""
+    train = getattr(cfg, "train", None)
+    if isinstance(getattr(train, "out", None), str):
+        out_folder(train.out, "--train.out")
+    elif isinstance(getattr(cfg, "out", None), str):
+        out_folder(cfg.out)
+    return cfg

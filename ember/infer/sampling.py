@@ -8,9 +8,9 @@ them in is the usual one (HF/vLLM): penalties → temperature → top-k → top-
     >>> apply_top_k(torch.tensor([2.0, 1.0, 0.5, 0.1]), 2)
     tensor([2., 1., -inf, -inf])
 
-Temperature 0 means greedy (argmax of the penalised logits). Each row draws with its own
-`torch.Generator`, seeded from its request's `seed`, so a seeded request samples the same
-tokens whether it runs alone or inside a batch.
+Temperature 0 (or below 1e-5) means greedy (argmax of the penalised logits). Each row
+draws with its own `torch.Generator`, seeded from its request's `seed`, so a seeded request
+samples the same tokens whether it runs alone or inside a batch.
 
 Log-probs (`token_logprobs`) are read from the model's raw logits, before any of the
 transforms above: they say what the model thinks, not what the sampler drew from.
@@ -27,6 +27,13 @@ from torch import Tensor
 
 NEG_INF = float("-inf")
 MAX_LOGPROBS = 20  # the most alternatives a request may ask for (OpenAI's limit)
+# The bounds the HTTP server accepts too (infer/protocol.py): every knob lands in a float32
+# or int64 tensor row, where a larger value would overflow deep inside a decode step.
+MAX_TEMPERATURE = 2.0  # OpenAI's limit
+GREEDY_BELOW = 1e-5  # a smaller temperature divides logits to inf in float32: decode greedily
+MAX_TOP_K = 2**31 - 1
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0  # tinier would overflow logits
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 
 @dataclass(frozen=True)
@@ -57,15 +64,16 @@ class SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        _check_float("temperature", self.temperature, lo=0.0)
-        _check_int("top_k", self.top_k, lo=0)
+        _check_float("temperature", self.temperature, lo=0.0, hi=MAX_TEMPERATURE)
+        _check_int("top_k", self.top_k, lo=0, hi=MAX_TOP_K)
         _check_float("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
         _check_float("min_p", self.min_p, lo=0.0, hi=1.0)
-        _check_float("repetition_penalty", self.repetition_penalty, lo=0.0, lo_open=True)
+        _check_float("repetition_penalty", self.repetition_penalty,
+                     lo=MIN_REPETITION_PENALTY, hi=MAX_REPETITION_PENALTY)
         _check_float("frequency_penalty", self.frequency_penalty, lo=-2.0, hi=2.0)
         _check_float("presence_penalty", self.presence_penalty, lo=-2.0, hi=2.0)
         if self.seed is not None:
-            _check_int("seed", self.seed, lo=0)
+            _check_int("seed", self.seed, lo=0, hi=MAX_SEED)
         _check_int("max_tokens", self.max_tokens, lo=1)
         for s in self.stop:
             if not isinstance(s, str) or not s:
@@ -82,7 +90,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     @property
     def uses_penalties(self) -> bool:
@@ -101,9 +109,10 @@ def _check_float(name, v, lo=None, hi=None, lo_open=False):
         raise ValueError(f"{name} must be a number in {lo_s}{lo}, {hi}], got {v!r}")
 
 
-def _check_int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+def _check_int(name, v, lo, hi=None):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}" if hi is None else
+                         f"{name} must be an int in [{lo}, {hi}], got {v!r}")
 
 
 # ---- pure logit transforms --------------------------------------------------------------
@@ -157,6 +166,7 @@ def apply_top_p(logits: Tensor, p) -> Tensor:
     probs = torch.softmax(sorted_logits.float(), dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs
     drop_sorted = (mass_before >= p) & (p < 1.0)  # p=1 rows: float rounding must not drop tails
+    drop_sorted[:, 0] = False  # a p that rounds to 0 in float32 (1e-300) still keeps the top token
     drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
     return logits.masked_fill(drop, NEG_INF)
 
