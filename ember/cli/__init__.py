@@ -276,6 +276,7 @@ class ServeConfig(ModelOptions):
     max_batch: int = 8  # engine slots: requests decoded together
     ctx: int = 2048  # context per request (KV-cache length); capped at the model's context
     max_queue: int = 64  # requests waiting or running before new ones get a 503
+    max_body_bytes: int = 8 * 2**20  # request bodies above this get a 413 before they are read
     # True: a seeded request gives the same tokens alone or beside others (every decode step
     # runs all max_batch rows); false: decode only the busy rows, faster with few clients
     batch_invariant: bool = True
@@ -300,7 +301,7 @@ def serve(cfg: ServeConfig) -> None:
     ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
     engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile,
                     batch_invariant=cfg.batch_invariant)  # fmt: skip
-    app = create_app(engine, cfg.model, max_queue=cfg.max_queue)
+    app = create_app(engine, cfg.model, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes)
     print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}) on http://{cfg.host}:{cfg.port}",
           file=sys.stderr)  # fmt: skip
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from . import protocol as P
 from .engine import GenerationResult
@@ -92,9 +93,19 @@ class Plan:
         return sum(len(p) for p in self.prompts)
 
 
+def check_fits_queue(state: ServerState, n_prompts: int, n: int) -> None:
+    """A request with more sequences than the queue ever holds can never run: that is the
+    client's mistake (400), not a busy server (503, which clients retry by themselves)."""
+    seqs = n_prompts * n
+    if seqs > state.max_queue:
+        what = f"{n_prompts} prompts x n={n}" if n_prompts > 1 else f"n={n}"
+        raise APIError(400, f"this request needs {seqs} sequences ({what}), but the server holds at most "
+                            f"{state.max_queue} at once (--max_queue); send fewer prompts or a smaller n",
+                       param="prompt" if n_prompts > 1 else "n")
+
+
 def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | None,
           prompt_logprobs: bool = False) -> Plan:  # fmt: skip
-    check_model(state, body.model)
     where = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     ctx, asked = state.ctx, body.max_new_tokens
     V = min(state.engine.config.vocab_size, state.tokenizer.vocab_size)  # ids both know
@@ -114,23 +125,26 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
                                 f"max_tokens). Please reduce the {where} or max_tokens.",
                            param="max_tokens", code="context_length_exceeded")  # fmt: skip
         for j in range(body.n):
-            params = SamplingParams(
-                # As vLLM does, a temperature too small to divide by safely means greedy; a
-                # top_p below 1e-6 keeps only the top token either way (its probability is
-                # >= 1/V), but a float32 zero would keep none.
-                temperature=0.0 if body.temperature < 1e-5 else body.temperature,
-                top_p=max(body.top_p, 1e-6), top_k=max(body.top_k, 0),
-                min_p=body.min_p, frequency_penalty=body.frequency_penalty,
-                presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
-                seed=None if body.seed is None else (body.seed + j) % (P.MAX_SEED + 1),
-                max_tokens=max(m, 1), stop=tuple(body.stop_list()), logprobs=n_logprobs,
-                prompt_logprobs=prompt_logprobs,
-            )  # fmt: skip
-            specs.append((p * body.n + j, ids, params))
-    if state.in_flight + len(specs) > state.max_queue:
-        raise APIError(503, f"the server is busy ({state.in_flight} requests in flight, at most "
-                            f"{state.max_queue}); retry later", type="server_error", code="server_overloaded")  # fmt: skip
+            specs.append((p * body.n + j, ids, _params(body, j, m, n_logprobs, prompt_logprobs)))
     return Plan(prompts, specs, zero=asked == 0)
+
+
+def _params(body, j: int, max_tokens: int, n_logprobs: int | None, prompt_logprobs: bool) -> SamplingParams:
+    try:
+        return SamplingParams(
+            # As vLLM does, a temperature too small to divide by safely means greedy; a
+            # top_p below 1e-6 keeps only the top token either way (its probability is
+            # >= 1/V), but a float32 zero would keep none.
+            temperature=0.0 if body.temperature < 1e-5 else body.temperature,
+            top_p=max(body.top_p, 1e-6), top_k=max(body.top_k, 0),
+            min_p=body.min_p, frequency_penalty=body.frequency_penalty,
+            presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
+            seed=None if body.seed is None else (body.seed + j) % (P.MAX_SEED + 1),
+            max_tokens=max(max_tokens, 1), stop=tuple(body.stop_list()), logprobs=n_logprobs,
+            prompt_logprobs=prompt_logprobs,
+        )
+    except ValueError as e:  # the protocol's bounds should have caught it: still the client's value
+        raise APIError(400, str(e)) from None
 
 
 class Generation:
@@ -139,6 +153,9 @@ class Generation:
     `close()` aborting whatever has not finished (a closed stream, a client gone away)."""
 
     def __init__(self, state: ServerState, plan: Plan):
+        if state.in_flight + len(plan.specs) > state.max_queue:  # it fits an empty queue (checked first)
+            raise APIError(503, f"the server is busy ({state.in_flight} sequences in flight, at most "
+                                f"{state.max_queue}); retry later", type="server_error", code="server_overloaded")
         self.state, self.plan, self.queue = state, plan, asyncio.Queue()
         loop = asyncio.get_running_loop()
         jobs = [Job(i, ids, params, loop, self.queue) for i, ids, params in plan.specs]
@@ -206,15 +223,11 @@ def _head(kind: str, state: ServerState) -> dict:
             "model": state.model_id}  # fmt: skip
 
 
-async def handle_chat(state: ServerState, body: ChatCompletionRequest, request: Request):
-    msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-    try:
-        ids, _ = state.tokenizer.render_chat(msgs, add_generation_prompt=True)
-    except ValueError as e:
-        raise APIError(400, str(e), param="messages") from None
-    k = body.top_logprobs or 0
-    plan = _plan(state, body, [ids], k if body.logprobs else None)
-    tok = state.tokenizer
+async def handle_chat(state: ServerState, request: Request):
+    # Parsing, the chat template and tokenizing cost CPU in proportion to the body (up to
+    # --max_body_bytes): a worker thread does them, so the event loop keeps answering.
+    body, plan = await run_in_threadpool(_prepare_chat, state, await request.body())
+    k, tok = body.top_logprobs or 0, state.tokenizer
 
     def lps(entries):
         return {"content": chat_logprobs(tok, entries, k), "refusal": None} if body.logprobs else None
@@ -223,13 +236,31 @@ async def handle_chat(state: ServerState, body: ChatCompletionRequest, request: 
         gen = Generation(state, plan)
         return _stream(_chat_chunks(state, body, gen, lps), gen)
     choices = await _gather(state, plan, request)
+    return await run_in_threadpool(_chat_response, state, plan, choices, lps)
+
+
+def _prepare_chat(state: ServerState, raw: bytes) -> tuple[ChatCompletionRequest, Plan]:
+    body = P.parse_request(raw, ChatCompletionRequest)
+    check_model(state, body.model)
+    check_fits_queue(state, 1, body.n)
+    msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
+    try:
+        ids, _ = state.tokenizer.render_chat(msgs, add_generation_prompt=True)
+    except ValueError as e:  # the model's template refused these messages
+        raise APIError(400, str(e), param="messages") from None
+    k = body.top_logprobs or 0
+    return body, _plan(state, body, [ids], k if body.logprobs else None)
+
+
+def _chat_response(state: ServerState, plan: Plan, choices: list[Choice], lps) -> JSONResponse:
     out = []
     for i, c in enumerate(choices):
         reason, text = _finish(c, plan.zero)
-        out.append({"index": i, "message": {"role": "assistant", "content": text},
-                    "logprobs": lps([] if plan.zero else c.logprobs), "finish_reason": reason})  # fmt: skip
+        msg = {"role": "assistant", "content": text}
+        out.append({"index": i, "message": msg, "logprobs": lps([] if plan.zero else c.logprobs), "finish_reason": reason})
     completion = sum(len(c.token_ids) for c in choices) if not plan.zero else 0
-    return {**_head("chat.completion", state), "choices": out, "usage": P.usage(plan.prompt_tokens, completion)}
+    usage = P.usage(plan.prompt_tokens, completion)
+    return JSONResponse({**_head("chat.completion", state), "choices": out, "usage": usage})
 
 
 async def _chat_chunks(state, body, gen: Generation, lps):
@@ -257,13 +288,10 @@ async def _chat_chunks(state, body, gen: Generation, lps):
     yield P.sse("[DONE]")
 
 
-async def handle_completion(state: ServerState, body: CompletionRequest, request: Request):
-    tok = state.tokenizer
-    prompts = [encode_prompt(tok, p) if isinstance(p, str) else list(p) for p in body.prompts()]
+async def handle_completion(state: ServerState, request: Request):
+    body, plan, echoes = await run_in_threadpool(_prepare_completion, state, await request.body())
+    tok, k = state.tokenizer, body.logprobs or 0
     echo_lp = body.echo and body.logprobs is not None
-    plan = _plan(state, body, prompts, body.logprobs, prompt_logprobs=echo_lp)
-    k = body.logprobs or 0
-    echoes = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in body.prompts()]
 
     def lps(c: Choice, prompt_ids, echo: str, offset: int = 0):
         """Legacy log-probs of c's tokens, after the prompt's when echoing (offsets from
@@ -279,14 +307,31 @@ async def handle_completion(state: ServerState, body: CompletionRequest, request
         gen = Generation(state, plan)
         return _stream(_completion_chunks(state, body, gen, echoes, lps), gen)
     choices = await _gather(state, plan, request)
+    return await run_in_threadpool(_completion_response, state, body, plan, choices, echoes, lps)
+
+
+def _prepare_completion(state: ServerState, raw: bytes) -> tuple[CompletionRequest, Plan, list[str]]:
+    body = P.parse_request(raw, CompletionRequest)
+    check_model(state, body.model)
+    texts, tok = body.prompts(), state.tokenizer
+    check_fits_queue(state, len(texts), body.n)  # before tokenizing what can never run
+    prompts = [encode_prompt(tok, p) if isinstance(p, str) else list(p) for p in texts]
+    echo_lp = body.echo and body.logprobs is not None
+    plan = _plan(state, body, prompts, body.logprobs, prompt_logprobs=echo_lp)
+    echoes = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in texts]
+    return body, plan, echoes
+
+
+def _completion_response(state: ServerState, body, plan: Plan, choices: list[Choice], echoes, lps) -> JSONResponse:
     out = []
     for i, c in enumerate(choices):
         p = i // body.n
         reason, text = _finish(c, plan.zero)
-        out.append({"index": i, "text": echoes[p] + text, "logprobs": lps(c, plan.prompts[p], echoes[p]),
-                    "finish_reason": reason})  # fmt: skip
+        logprobs = lps(c, plan.prompts[p], echoes[p])
+        out.append({"index": i, "text": echoes[p] + text, "logprobs": logprobs, "finish_reason": reason})
     completion = sum(len(c.token_ids) for c in choices) if not plan.zero else 0
-    return {**_head("text_completion", state), "choices": out, "usage": P.usage(plan.prompt_tokens, completion)}
+    usage = P.usage(plan.prompt_tokens, completion)
+    return JSONResponse({**_head("text_completion", state), "choices": out, "usage": usage})
 
 
 async def _completion_chunks(state, body, gen: Generation, echoes, lps):
@@ -308,7 +353,10 @@ async def _completion_chunks(state, body, gen: Generation, echoes, lps):
             if not plan.zero:
                 part.take(ev)
             if first or part.text or (body.logprobs is not None and part.token_ids):
-                logprobs = lps(part, plan.prompts[p] if first else [], echo, offset=offset)
+                if first and body.echo:  # may score a whole echoed prompt: off the event loop
+                    logprobs = await run_in_threadpool(lps, part, plan.prompts[p], echo, offset)
+                else:
+                    logprobs = lps(part, plan.prompts[p] if first else [], echo, offset=offset)
                 yield chunk(i, echo + part.text, logprobs=logprobs)
             sent[i] = offset + len(echo + part.text)
             if ev.result is not None:

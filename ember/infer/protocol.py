@@ -10,9 +10,20 @@ plain dicts built in server.py (their shapes are OpenAI's, documented there).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 MAX_N = 8  # choices per request: each is its own engine request
 MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's cap for chat)
@@ -24,16 +35,31 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+def _unicode(s: str) -> str:
+    # JSON can spell a lone UTF-16 surrogate ("\ud800"); it is no character, so it can
+    # be neither tokenized nor written back as UTF-8: refuse it here, naming the field.
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            msg = f"lone surrogate U+{ord(s[e.start]):04X} at character {e.start} is not valid Unicode"
+            raise PydanticCustomError("invalid_unicode", msg) from None
+    return s
+
+
+Text = Annotated[str, AfterValidator(_unicode)]  # every string a request carries
+
+
 class TextPart(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(Strict):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None  # None only makes sense for assistant turns
-    name: str | None = None
-    tool_call_id: str | None = None
+    content: Text | list[TextPart] | None = None  # None only makes sense for assistant turns
+    name: Text | None = None
+    tool_call_id: Text | None = None
 
     def text(self) -> str:
         # Parts are joined with newlines, as vLLM does; OpenAI does not specify a separator.
@@ -46,14 +72,14 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
+Stop = Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None
 
 
 class SamplingFields(Strict):
     """Fields both completion endpoints share (OpenAI's names and ranges, plus vLLM's
     top_k / min_p / repetition_penalty)."""
 
-    model: str
+    model: Text
     max_tokens: int | None = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -67,7 +93,16 @@ class SamplingFields(Strict):
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None  # accepted and ignored, as the OpenAI API allows
+    user: Text | None = None  # accepted and ignored, as the OpenAI API allows
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _few_stops(cls, v):
+        # Before the union: after it, pydantic would blame the first branch ("should be a
+        # valid string") for a list that is merely too long.
+        if isinstance(v, list) and len(v) > MAX_STOP:
+            raise ValueError(f"stop: at most {MAX_STOP} sequences, got {len(v)}")
+        return v
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -100,9 +135,17 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 class CompletionRequest(SamplingFields):
     # One prompt (text or token ids) or a batch of them; each gets n choices.
-    prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _some_prompt(cls, v):
+        if isinstance(v, list) and not v:  # every branch would fail, the first one loudest
+            raise ValueError("prompt: the list is empty; give a string, a list of strings, "
+                             "a list of token ids or a list of such lists")
+        return v
 
     @property
     def max_new_tokens(self) -> int | None:
@@ -118,8 +161,8 @@ class CompletionRequest(SamplingFields):
 
 
 class TokenizeRequest(Strict):
-    model: str | None = None
-    prompt: str | None = None
+    model: Text | None = None
+    prompt: Text | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     add_generation_prompt: bool = True
 
@@ -131,8 +174,102 @@ class TokenizeRequest(Strict):
 
 
 class DetokenizeRequest(Strict):
-    model: str | None = None
+    model: Text | None = None
     tokens: list[Annotated[int, Field(ge=0)]]
+
+
+M = TypeVar("M", bound=BaseModel)
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
+
+
+def parse_request(raw: bytes, model: type[M]) -> M:
+    """A request body → `model`, or the 400 that says what is wrong with it. Costly on a
+    big body (JSON, then validation): the server calls it off the event loop.
+
+    >>> parse_request(b'{"prompt": "Hi"}', TokenizeRequest).prompt
+    'Hi'
+    """
+    if not raw or raw.isspace():
+        raise APIError(400, "the request body is empty: expected a JSON object")
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise APIError(400, f"malformed JSON in the request body: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise APIError(400, "the request body is not UTF-8 text") from None
+    except RecursionError:
+        raise APIError(400, "the JSON in the request body is nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {_JSON_KINDS.get(type(obj), 'a value')}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:  # FastAPI's shape, so one handler words every such error
+        errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "constrained-int"}
+_KINDS = {"string_type": "a string", "list_type": "an array", "int_type": "an integer", "float_type": "a number",
+          "bool_type": "a boolean", "dict_type": "an object", "model_type": "an object", "none_required": "null",
+          "model_attributes_type": "an object"}
+
+
+def _path(err: dict) -> tuple:
+    """pydantic's error location without "body" and the union-member tags pydantic inserts
+    (("body", "prompt", "list[str]", 1) → ("prompt", 1)); an unknown field keeps its name."""
+    loc = tuple(err.get("loc", ()))
+    loc = loc[1:] if loc[:1] == ("body",) else loc
+    key = loc[-1:] if err.get("type") == "extra_forbidden" else ()
+    body = loc[: len(loc) - len(key)]
+    return tuple(p for p in body if isinstance(p, int) or not ("[" in p or p in _TYPE_TAGS)) + key
+
+
+def _param(path: tuple) -> str | None:
+    """("messages", 0, "role") → OpenAI's `param` "messages[0].role"."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def _mismatch(err: dict) -> bool:
+    return err.get("type") in _KINDS or str(err.get("type", "")).endswith("_type")
+
+
+def describe_errors(errors: list[dict]) -> tuple[str, str | None]:
+    """The message and param of a validation failure. pydantic reports a union's failure
+    once per member, the first one ("should be a valid string") usually the wrong one: of
+    the first field's errors, report the member that matched the value's shape and got
+    furthest into it; if none did, list the shapes that would do."""
+    field = _path(errors[0])[:1]
+    group = [e for e in errors if _path(e)[:1] == field]
+
+    def rank(e):
+        path = _path(e)
+        return not _mismatch(e), len(path), [p for p in path if isinstance(p, int)]
+
+    best = max(group, key=rank)
+    path, kind = _path(best), best.get("type")
+    param = _param(path)
+    if kind == "value_error":  # our validators' messages name the field themselves
+        return str((best.get("ctx") or {}).get("error", best.get("msg"))), param
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'", param
+    msg = best.get("msg", "invalid value")
+    if _mismatch(best):
+        kinds = list(dict.fromkeys(_KINDS.get(e["type"]) for e in group if _mismatch(e) and _path(e) == path))
+        if len(kinds) > 1 and None not in kinds:
+            msg = "expected " + ", ".join(kinds[:-1]) + " or " + kinds[-1]
+    return (f"Invalid value for '{param}': {msg}" if param else msg), param
+
+
+def _utf8(s: str | None) -> str | None:
+    # An error may quote the client's text, which may hold a lone surrogate: write it as
+    # an escape rather than fail to encode the response.
+    return s if s is None or s.isascii() else s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
@@ -142,7 +279,7 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     >>> error_body("bad", param="n")["error"]["param"]
     'n'
     """
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return {"error": {"message": _utf8(message), "type": type, "param": _utf8(param), "code": code}}
 
 
 class APIError(Exception):
@@ -164,8 +301,6 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 def sse(obj) -> str:
     """One server-sent event (`[DONE]` goes as is)."""
-    import json
-
     data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
     return f"data: {data}\n\n"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .completions import check_model, encode_prompt, handle_chat, handle_completion, model_not_found
@@ -32,12 +33,17 @@ from .protocol import (
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
+    describe_errors,
     error_body,
+    parse_request,
 )
 from .worker import EngineWorker
 
 log = logging.getLogger("ember.serve")
 STATIC = Path(__file__).parent / "static"
+# A full 8k-token context is ~32 KB of text, ~200 KB as JSON \u escapes; a batch of 64
+# such prompts (lm_eval's completions) fits too. A bigger body is refused unread.
+MAX_BODY_BYTES = 8 * 2**20
 
 
 @dataclass
@@ -47,6 +53,7 @@ class ServerState:
     model_id: str
     max_queue: int
     metrics: Metrics
+    max_body_bytes: int = MAX_BODY_BYTES
     in_flight: int = 0  # engine requests submitted and not finished (event-loop side only)
 
     @property
@@ -58,15 +65,19 @@ class ServerState:
         return self.engine.max_seq_len
 
 
-def create_app(engine: Engine, model_id: str, max_queue: int = 64) -> FastAPI:
+def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app serving `engine` under the name `model_id`.
 
     max_queue: engine requests (each of n choices counts) allowed to wait or run at
-    once; past it, new requests get a 503 so clients can back off.
+    once; past it, new requests get a 503 so clients can back off (a request that alone
+    needs more gets a 400: it could never run). max_body_bytes: larger request bodies
+    get a 413 before they are read.
     """
     if max_queue < 1:
         raise ValueError(f"max_queue must be >= 1, got {max_queue}")
-    state = ServerState(engine, EngineWorker(engine), model_id, max_queue, Metrics())
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    state = ServerState(engine, EngineWorker(engine), model_id, max_queue, Metrics(), max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -77,16 +88,19 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64) -> FastAPI:
     app = FastAPI(title="ember", summary="OpenAI-compatible API over the ember engine", lifespan=lifespan)
     app.state.ember = state
     app.openapi = lambda: _openapi(app, model_id)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts the 413s
     _install_error_handlers(app)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
-        return await handle_chat(state, body, request)
+    # The bodies are parsed by the handlers in a worker thread, not by FastAPI on the event
+    # loop; the schema still declares them (see _openapi).
+    @app.post("/v1/chat/completions", openapi_extra=_body(ChatCompletionRequest))
+    async def chat_completions(request: Request):
+        return await handle_chat(state, request)
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
-        return await handle_completion(state, body, request)
+    @app.post("/v1/completions", openapi_extra=_body(CompletionRequest))
+    async def completions(request: Request):
+        return await handle_completion(state, request)
 
     @app.get("/v1/models")
     async def models():
@@ -103,26 +117,13 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64) -> FastAPI:
         w = state.worker
         return {"status": "ok", "model": state.model_id, "running": w.running, "waiting": w.waiting}
 
-    @app.post("/tokenize")
-    async def tokenize(body: TokenizeRequest):
-        check_model(state, body.model)
-        if body.messages is not None:
-            msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-            try:
-                ids, _ = state.tokenizer.render_chat(msgs, add_generation_prompt=body.add_generation_prompt)
-            except ValueError as e:  # the model's template refused these messages
-                raise APIError(400, str(e), param="messages") from None
-        else:
-            ids = encode_prompt(state.tokenizer, body.prompt)
-        return {"tokens": ids, "count": len(ids), "max_model_len": state.ctx}
+    @app.post("/tokenize", openapi_extra=_body(TokenizeRequest))
+    async def tokenize(request: Request):
+        return await run_in_threadpool(_tokenize, state, await request.body())
 
-    @app.post("/detokenize")
-    async def detokenize(body: DetokenizeRequest):
-        check_model(state, body.model)
-        try:
-            return {"prompt": state.tokenizer.decode(body.tokens)}
-        except ValueError as e:  # an id the vocabulary lacks
-            raise APIError(400, str(e), param="tokens") from None
+    @app.post("/detokenize", openapi_extra=_body(DetokenizeRequest))
+    async def detokenize(request: Request):
+        return await run_in_threadpool(_detokenize, state, await request.body())
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
@@ -138,13 +139,50 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64) -> FastAPI:
     return app
 
 
+def _tokenize(state: ServerState, raw: bytes) -> JSONResponse:
+    body = parse_request(raw, TokenizeRequest)
+    check_model(state, body.model)
+    if body.messages is not None:
+        msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            ids, _ = state.tokenizer.render_chat(msgs, add_generation_prompt=body.add_generation_prompt)
+        except ValueError as e:  # the model's template refused these messages
+            raise APIError(400, str(e), param="messages") from None
+    else:
+        ids = encode_prompt(state.tokenizer, body.prompt)
+    return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": state.ctx})
+
+
+def _detokenize(state: ServerState, raw: bytes) -> JSONResponse:
+    body = parse_request(raw, DetokenizeRequest)
+    check_model(state, body.model)
+    try:
+        return JSONResponse({"prompt": state.tokenizer.decode(body.tokens)})
+    except ValueError as e:  # an id the vocabulary lacks
+        raise APIError(400, str(e), param="tokens") from None
+
+
+BODIES = (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest)
+
+
+def _body(model) -> dict:
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
 def _openapi(app: FastAPI, model_id: str) -> dict:
-    """FastAPI's schema, with `model` narrowed to the one name this server answers to (so
-    generated clients and schema-driven tests send requests that can succeed)."""
+    """FastAPI's schema plus the request bodies the handlers parse themselves, with `model`
+    narrowed to the one name this server answers to (so generated clients and
+    schema-driven tests send requests that can succeed)."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
         spec = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        for model in BODIES:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
         for schema in spec.get("components", {}).get("schemas", {}).values():
             if "model" in schema.get("properties", {}):
                 schema["properties"]["model"] = {"type": "string", "enum": [model_id], "title": "Model"}
@@ -159,25 +197,6 @@ def _model_card(state: ServerState) -> dict:
 
 # ---- errors: every failure in OpenAI's shape, client mistakes never a 500 -----------------
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "constrained-int"}
-
-
-def _param(loc) -> str | None:
-    """pydantic's error location → OpenAI's `param` ("messages[0].role"), without the
-    union-member tags pydantic inserts ("prompt.list[str]")."""
-    out = ""
-    for part in loc:
-        if part == "body" and not out:
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "[" in str(part) or str(part) in _TYPE_TAGS:
-            break
-        else:
-            out += f".{part}" if out else str(part)
-    return out or None
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request, exc: APIError):
@@ -185,14 +204,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
-        errors = exc.errors()
-        err = errors[0] if errors else {"msg": "invalid request", "loc": ()}
-        if err.get("type") == "json_invalid":
-            detail = (err.get("ctx") or {}).get("error", "")
-            return JSONResponse(error_body(f"malformed JSON in the request body: {detail}"), 400)
-        param = _param(err.get("loc", ()))
-        msg = err.get("msg", "invalid value")
-        text = f"Invalid value for '{param}': {msg}" if param else msg
+        text, param = describe_errors(list(exc.errors()) or [{"msg": "invalid request", "loc": ()}])
         return JSONResponse(error_body(text, param=param), 400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -273,7 +285,7 @@ class MetricsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]  # an exception that escapes is a 500
+        t0, status = time.perf_counter(), [None]
 
         async def send_and_note(message):
             if message["type"] == "http.response.start":
@@ -282,5 +294,56 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_and_note)
-        finally:
-            self.metrics.observe(scope["path"], status[0], time.perf_counter() - t0)
+            if status[0] is None:  # no answer and no error: the client left first
+                status[0] = 499
+        finally:  # an exception that escapes is a 500
+            self.metrics.observe(scope["path"], status[0] or 500, time.perf_counter() - t0)
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body over max_bytes with a 413: at once when its Content-Length
+    says so, else as soon as a chunked upload passes the limit. The body is read here and
+    replayed to the app, so nothing ever buffers more than max_bytes of it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            return await self._refuse(scope, receive, send, f"is {declared} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left mid-body: nobody to answer
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(scope, receive, send, f"passed {self.max_bytes} bytes")
+            if not message.get("more_body", False):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():  # the body once, then the client's own messages (a disconnect)
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send, what: str) -> None:
+        msg = f"the request body {what}; this server accepts at most {self.max_bytes} (--max_body_bytes)"
+        # Connection: close, or the server would read the rest of the body to reuse the socket.
+        response = JSONResponse(error_body(msg, code="request_too_large"), 413, headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def _content_length(scope) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:  # the HTTP server rejects these before us
+                return None
+    return None

@@ -121,6 +121,9 @@ class EngineWorker:
             job.req = self.engine.add_request(job.prompt_ids, job.params)
         except ValueError as e:  # handlers check first; this is the engine's last word
             return self._send(job, Event(job.index, error=str(e)))
+        except Exception as e:  # an engine bug: fail this request, keep the thread serving
+            log.exception("engine refused a request")
+            return self._send(job, Event(job.index, error=f"internal error in the engine: {type(e).__name__}", status=500))
         self._jobs.append(job)
 
     def _abort(self, job: Job, error: str | None = None, status: int = 400) -> None:
