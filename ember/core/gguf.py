@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ember.core.registry import regular_file
+
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4  # GGML_MAX_DIMS
 DEFAULT_ALIGNMENT = 32
@@ -119,8 +121,10 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     path = Path(path)
-    if not path.is_file():
-        raise GGUFError(f"no such GGUF file: {path}")
+    try:
+        regular_file(path, "GGUF file")  # a directory, device or FIFO is refused before any read
+    except ValueError as e:
+        raise GGUFError(str(e)) from None
     size = path.stat().st_size
     if size < 24:
         raise GGUFError(f"{path} is not a GGUF file: only {size} bytes, shorter than a GGUF header")

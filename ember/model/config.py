@@ -14,6 +14,9 @@ NORMS = ("rmsnorm", "layernorm")
 POS_EMBS = ("rope", "learned", "sinusoidal")
 MLPS = ("swiglu", "gelu")
 # rope_scaling "type" → the keys it needs (besides "type"); see layers.rope_inv_freq.
+# Bound on every size field: far above any real model (vocabularies ~256k, contexts ~10M),
+# and low enough that products such as vocab_size * d_model stay inside int64.
+MAX_SIZE = 2**31 - 1
 ROPE_SCALINGS = {
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
@@ -53,8 +56,8 @@ class ModelConfig:
             self.n_kv_heads = self.n_heads
         for name in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIZE:
+                raise ValueError(f"ModelConfig.{name} must be a positive int (at most {MAX_SIZE}), got {v!r}")
         _check_choice("norm", self.norm, NORMS)
         _check_choice("pos_emb", self.pos_emb, POS_EMBS)
         _check_choice("mlp", self.mlp, MLPS)
@@ -66,9 +69,9 @@ class ModelConfig:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if self.pos_emb == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        if not self.norm_eps > 0:
+        if not _positive_number(self.norm_eps):
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-        if not self.rope_theta > 0:
+        if not _positive_number(self.rope_theta):
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if self.rope_scaling is not None:
             self._check_rope_scaling()
@@ -83,6 +86,9 @@ class ModelConfig:
         missing = [k for k in ROPE_SCALINGS[kind] if k not in rs]
         if missing:
             raise ValueError(f"rope_scaling of type {kind!r} lacks {missing}")
+        for k in ROPE_SCALINGS[kind]:
+            if not _positive_number(rs[k]):
+                raise ValueError(f"rope_scaling {k} must be a positive number, got {rs[k]!r}")
         if self.pos_emb != "rope":
             raise ValueError(f"rope_scaling is set but pos_emb is {self.pos_emb!r}, not 'rope'")
 
@@ -123,6 +129,10 @@ class ModelConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; valid presets: {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
+
+
+def _positive_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < float("inf")
 
 
 def _check_choice(name: str, value, choices):

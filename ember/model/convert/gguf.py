@@ -63,49 +63,77 @@ class GGUFTensor(NamedTuple):
 
 
 def config_from_gguf(reader) -> ModelConfig:
-    """GGUF metadata → ModelConfig; an architecture other than llama/gpt2 is a ValueError."""
+    """GGUF metadata → ModelConfig; an architecture other than llama/gpt2, or a missing or
+    mistyped field, is a ValueError naming the file and the key."""
+    where = str(reader.path)
     arch = gguf_field(reader, "general.architecture")
-    if arch not in TABLES:
-        raise ValueError(f"unsupported GGUF general.architecture {arch!r}; supported: {sorted(TABLES)}")
+    if not isinstance(arch, str) or arch not in TABLES:
+        raise ValueError(f"{where}: unsupported GGUF general.architecture {arch!r}; supported: {sorted(TABLES)}")
 
-    def need(key):
-        v = gguf_field(reader, f"{arch}.{key}")
-        if v is None:
-            raise ValueError(f"GGUF metadata lacks {arch}.{key}")
-        return v
+    def get(key, kind, default=_REQUIRED):
+        return _meta(reader, f"{arch}.{key}", kind, default)
 
     names = {t.name for t in reader.tensors}
     if "token_embd.weight" not in names:
-        raise ValueError("GGUF has no token_embd.weight tensor")
+        raise ValueError(f"{where}: GGUF has no token_embd.weight tensor")
     vocab = int(next(t for t in reader.tensors if t.name == "token_embd.weight").shape[1])
     common = dict(
-        vocab_size=vocab, n_layers=int(need("block_count")), d_model=int(need("embedding_length")),
-        n_heads=int(need("attention.head_count")), d_ff=int(need("feed_forward_length")),
-        max_seq_len=int(need("context_length")), tie_embeddings="output.weight" not in names,
+        vocab_size=vocab, n_layers=get("block_count", int), d_model=get("embedding_length", int),
+        n_heads=get("attention.head_count", int), d_ff=get("feed_forward_length", int),
+        max_seq_len=get("context_length", int), tie_embeddings="output.weight" not in names,
     )  # fmt: skip
+    try:
+        return _config(reader, arch, names, common, get)
+    except ValueError as e:  # ModelConfig's own checks name ember fields: add the file
+        raise ValueError(e.args[0] if str(e).startswith(where) else f"{where}: {e}") from None
+
+
+def _config(reader, arch: str, names: set[str], common: dict, get) -> ModelConfig:
     if arch == "gpt2":
-        eps = gguf_field(reader, "gpt2.attention.layer_norm_epsilon", 1e-5)
-        return ModelConfig(
-            **common, norm="layernorm", norm_eps=float(eps), pos_emb="learned", mlp="gelu", bias=True
-        )
+        eps = get("attention.layer_norm_epsilon", float, 1e-5)
+        return ModelConfig(**common, norm="layernorm", norm_eps=eps, pos_emb="learned", mlp="gelu", bias=True)
     if "rope_freqs.weight" in names:
         raise ValueError("GGUF carries rope_freqs.weight (Llama 3.1-style RoPE factors): not supported yet")
-    if gguf_field(reader, "llama.rope.dimension_count", common["d_model"] // common["n_heads"]) != (
-        common["d_model"] // common["n_heads"]
-    ):
+    head_dim = common["d_model"] // common["n_heads"]
+    if get("rope.dimension_count", int, head_dim) != head_dim:
         raise ValueError("partial RoPE (llama.rope.dimension_count < head dim) is not supported")
     scaling = None
-    kind = gguf_field(reader, "llama.rope.scaling.type", "none")
+    kind = get("rope.scaling.type", str, "none")
     if kind == "linear":
-        scaling = {"type": "linear", "factor": float(gguf_field(reader, "llama.rope.scaling.factor"))}
+        scaling = {"type": "linear", "factor": get("rope.scaling.factor", float)}
     elif kind != "none":
         raise ValueError(f"GGUF llama.rope.scaling.type {kind!r} is not supported (only 'linear')")
     return ModelConfig(
-        **common, n_kv_heads=int(gguf_field(reader, "llama.attention.head_count_kv", common["n_heads"])),
-        norm="rmsnorm", norm_eps=float(need("attention.layer_norm_rms_epsilon")), pos_emb="rope",
-        rope_theta=float(gguf_field(reader, "llama.rope.freq_base", 10000.0)), rope_scaling=scaling,
+        **common, n_kv_heads=get("attention.head_count_kv", int, common["n_heads"]),
+        norm="rmsnorm", norm_eps=get("attention.layer_norm_rms_epsilon", float), pos_emb="rope",
+        rope_theta=get("rope.freq_base", float, 10000.0), rope_scaling=scaling,
         rope_interleaved=True, mlp="swiglu", bias="blk.0.attn_q.bias" in names,
     )  # fmt: skip
+
+
+_REQUIRED = object()
+
+
+def _meta(reader, key: str, kind: type, default=_REQUIRED):
+    """Metadata `key` as a positive int, a positive finite float, or a str; else a ValueError
+    naming the file and the key.
+
+    GGUF stores numbers in any width, so an int is accepted where a float is expected.
+    """
+    v = gguf_field(reader, key)
+    if v is None:
+        if default is _REQUIRED:
+            raise ValueError(f"{reader.path}: GGUF metadata lacks {key}")
+        return default
+    if kind is str:
+        ok, text = isinstance(v, str), "a string"
+    elif kind is int:
+        ok, text = isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive int"
+    else:
+        ok, text = isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < float("inf"), "a positive number"
+    if not ok:
+        raise ValueError(f"{reader.path}: GGUF metadata {key} must be {text}, got {repr(v)[:60]}")
+    return kind(v)
 
 
 # ---- weights --------------------------------------------------------------------------------
@@ -164,7 +192,13 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tu
     >>> cfg.n_layers, sd["norm.weight"].shape  # doctest: +SKIP
     (30, torch.Size([576]))
     """
+    from ember.model.load import check_config_fits
+
     reader = open_gguf(path)
     cfg = config_from_gguf(reader)
     raw = gguf_raw_tensors(reader, gguf_field(reader, "general.architecture"))
+    # Shapes come from the header: a config claiming more than the file holds fails here,
+    # before any tensor is dequantized or any model built.
+    shapes = {name: t.shape for name, t in raw.items()}
+    check_config_fits(cfg, shapes, config_name=f"the metadata of {path}", weights_name="its tensors")
     return cfg, {name: dequantize(t, dtype) for name, t in raw.items()}

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ember.core.io import atomic_write_bytes, atomic_write_json, read_text_utf8
+from ember.core.registry import regular_file
 from ember.model.config import ModelConfig
 from ember.model.convert import fill, rope_rows_interleaved_to_half, split_layer, unknown_keys_error
 
@@ -63,55 +64,102 @@ TABLES = {"llama": (LLAMA_KEYS, set(), set(), "model."), "gpt2": (GPT2_KEYS, GPT
 
 # ---- config ---------------------------------------------------------------------------------
 
+_REQUIRED = object()
+_KINDS = {
+    "positive int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    "positive number": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < float("inf"),
+    "bool": lambda v: isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "JSON object": lambda v: isinstance(v, dict),
+}
 
-def config_from_hf(d: dict) -> ModelConfig:
-    """config.json (as a dict) → ModelConfig; an unknown model_type is a ValueError."""
+
+def _get(d: dict, key: str, kind: str, where: str, default=_REQUIRED):
+    """d[key] checked to be of `kind`; absent or null → `default`; else a ValueError naming file and key.
+
+    >>> _get({"n_layer": "4"}, "n_layer", "positive int", "config.json")
+    Traceback (most recent call last):
+    ...
+    ValueError: config.json: n_layer must be a positive int, got '4'
+    """
+    v = d.get(key)
+    if v is None:
+        if default is _REQUIRED:
+            raise ValueError(f"{where}: missing {key!r}")
+        return default
+    if not _KINDS[kind](v):
+        raise ValueError(f"{where}: {key} must be a {kind}, got {_show(v)}")
+    return v
+
+
+def _show(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
+    """config.json (as a dict) → ModelConfig; an unknown model_type or a bad field is a ValueError
+    naming `where` and the field."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: must hold a JSON object, got {type(d).__name__}")
     arch = d.get("model_type")
-    if arch == "llama":
-        return _llama_config(d)
-    if arch == "gpt2":
-        return _gpt2_config(d)
-    raise ValueError(f"unsupported HF model_type {arch!r}; supported: {sorted(TABLES)}")
+    builders = {"llama": _llama_config, "gpt2": _gpt2_config}
+    if not isinstance(arch, str) or arch not in builders:
+        raise ValueError(f"{where}: unsupported HF model_type {_show(arch)}; supported: {sorted(TABLES)}")
+    try:
+        return builders[arch](d, where)
+    except ValueError as e:  # ModelConfig's own checks (e.g. d_model % n_heads) name ember fields
+        raise ValueError(e.args[0] if str(e).startswith(where) else f"{where}: {e}") from None
 
 
-def _llama_config(d: dict) -> ModelConfig:
-    n_heads, d_model = d["num_attention_heads"], d["hidden_size"]
-    if d.get("head_dim") not in (None, d_model // n_heads):
+def _llama_config(d: dict, where: str) -> ModelConfig:
+    def get(key, kind, default=_REQUIRED):
+        return _get(d, key, kind, where, default)
+
+    n_heads, d_model = get("num_attention_heads", "positive int"), get("hidden_size", "positive int")
+    if get("head_dim", "positive int", None) not in (None, d_model // n_heads):
         raise ValueError(f"head_dim {d['head_dim']} != hidden_size / num_attention_heads is not supported")
-    if d.get("hidden_act", "silu") != "silu":
+    if get("hidden_act", "string", "silu") != "silu":
         raise ValueError(f"Llama hidden_act {d['hidden_act']!r} is not supported (only 'silu')")
-    bias = bool(d.get("attention_bias", False))
-    if bool(d.get("mlp_bias", False)) != bias:
+    bias = get("attention_bias", "bool", False)
+    if get("mlp_bias", "bool", False) != bias:
         raise ValueError("attention_bias != mlp_bias is not supported (ember has one `bias` switch)")
     # transformers ≥ 5 writes rope_parameters; older versions rope_theta + rope_scaling.
-    rope = dict(d.get("rope_parameters") or {})
-    theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
-    scaling = d.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    rope = dict(get("rope_parameters", "JSON object", {}))
+    theta = _get(rope, "rope_theta", "positive number", f"{where}: rope_parameters", None)
+    theta = get("rope_theta", "positive number", 10000.0) if theta is None else theta
+    rope.pop("rope_theta", None)
+    scaling = get("rope_scaling", "JSON object", None) or (rope if rope.get("rope_type", "default") != "default" else None)
     if scaling is not None:
         scaling = {k: v for k, v in scaling.items() if k not in ("rope_type", "type", "rope_theta")} | {
             "type": scaling.get("rope_type", scaling.get("type"))
         }
     return ModelConfig(
-        vocab_size=d["vocab_size"], n_layers=d["num_hidden_layers"], d_model=d_model, n_heads=n_heads,
-        n_kv_heads=d.get("num_key_value_heads") or n_heads, d_ff=d["intermediate_size"],
-        max_seq_len=d.get("max_position_embeddings", 2048), norm="rmsnorm", norm_eps=d.get("rms_norm_eps", 1e-6),
-        pos_emb="rope", rope_theta=float(theta), rope_scaling=scaling, mlp="swiglu", bias=bias,
-        tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+        vocab_size=get("vocab_size", "positive int"), n_layers=get("num_hidden_layers", "positive int"),
+        d_model=d_model, n_heads=n_heads, n_kv_heads=get("num_key_value_heads", "positive int", n_heads),
+        d_ff=get("intermediate_size", "positive int"), max_seq_len=get("max_position_embeddings", "positive int", 2048),
+        norm="rmsnorm", norm_eps=get("rms_norm_eps", "positive number", 1e-6), pos_emb="rope",
+        rope_theta=float(theta), rope_scaling=scaling, mlp="swiglu", bias=bias,
+        tie_embeddings=get("tie_word_embeddings", "bool", False),
     )  # fmt: skip
 
 
-def _gpt2_config(d: dict) -> ModelConfig:
-    act = d.get("activation_function", "gelu_new")
+def _gpt2_config(d: dict, where: str) -> ModelConfig:
+    def get(key, kind, default=_REQUIRED):
+        return _get(d, key, kind, where, default)
+
+    act = get("activation_function", "string", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"GPT-2 activation_function {act!r} is not supported (only the tanh GELU)")
-    if d.get("scale_attn_by_inverse_layer_idx") or not d.get("scale_attn_weights", True):
+    if get("scale_attn_by_inverse_layer_idx", "bool", False) or not get("scale_attn_weights", "bool", True):
         raise ValueError("GPT-2 attention scaling other than 1/sqrt(head_dim) is not supported")
-    d_model = d["n_embd"]
+    d_model = get("n_embd", "positive int")
     return ModelConfig(
-        vocab_size=d["vocab_size"], n_layers=d["n_layer"], d_model=d_model, n_heads=d["n_head"],
-        d_ff=d.get("n_inner") or 4 * d_model, max_seq_len=d["n_positions"], norm="layernorm",
-        norm_eps=d.get("layer_norm_epsilon", 1e-5), pos_emb="learned", mlp="gelu", bias=True,
-        tie_embeddings=bool(d.get("tie_word_embeddings", True)),
+        vocab_size=get("vocab_size", "positive int"), n_layers=get("n_layer", "positive int"), d_model=d_model,
+        n_heads=get("n_head", "positive int"), d_ff=get("n_inner", "positive int", 4 * d_model),
+        max_seq_len=get("n_positions", "positive int"), norm="layernorm",
+        norm_eps=get("layer_norm_epsilon", "positive number", 1e-5), pos_emb="learned", mlp="gelu", bias=True,
+        tie_embeddings=get("tie_word_embeddings", "bool", True),
     )  # fmt: skip
 
 
@@ -223,29 +271,44 @@ def _rope_rows_for_hf(t: torch.Tensor, name: str, cfg: ModelConfig) -> torch.Ten
 
 
 def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Read config.json and every *.safetensors in `folder` → (ModelConfig, ember state dict)."""
-    from safetensors import SafetensorError, safe_open
+    """Read config.json and every *.safetensors in `folder` → (ModelConfig, ember state dict).
+
+    The config is checked against the tensor shapes in the safetensors headers before any
+    tensor is read, so a config that claims more than the files hold fails at once.
+    """
+    from ember.model.load import check_config_fits
 
     folder = Path(folder)
+    config_path = regular_file(folder / "config.json", "config.json file")
     try:
-        d = json.loads(read_text_utf8(folder / "config.json"))
+        d = json.loads(read_text_utf8(config_path))
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{folder}: unreadable config.json ({e})") from None
-    cfg = config_from_hf(d)
-    files = sorted(folder.glob("*.safetensors"))
+        raise ValueError(f"{config_path}: unreadable ({e})") from None
+    cfg = config_from_hf(d, str(config_path))
+    files = [regular_file(f, "safetensors file") for f in sorted(folder.glob("*.safetensors"))]
     if not files:
         raise ValueError(f"{folder}: no *.safetensors files beside config.json")
+    weights_name = files[0].name if len(files) == 1 else f"the {len(files)} safetensors files"
+    shapes = {k: t.shape for k, t in from_hf(_read_safetensors(files, None), cfg, d["model_type"]).items()}
+    check_config_fits(cfg, shapes, config_name=str(config_path), weights_name=weights_name)
+    return cfg, from_hf(_read_safetensors(files, dtype), cfg, d["model_type"])
 
-    def items():
-        for f in files:
-            try:
-                with safe_open(f, framework="pt") as h:
-                    for k in h.keys():
-                        yield k, h.get_tensor(k).to(dtype)  # one tensor at a time: no second copy
-            except SafetensorError as e:
-                raise ValueError(f"{f}: corrupt safetensors file ({e})") from None
 
-    return cfg, from_hf(items(), cfg, d["model_type"])
+def _read_safetensors(files: list[Path], dtype: torch.dtype | None):
+    """(key, tensor) pairs, one tensor at a time (no second copy). dtype None: shapes only, as
+    meta tensors built from the headers, with no tensor data read."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        try:
+            with safe_open(f, framework="pt") as h:
+                for k in h.keys():
+                    if dtype is None:
+                        yield k, torch.empty(h.get_slice(k).get_shape(), device="meta")
+                    else:
+                        yield k, h.get_tensor(k).to(dtype)
+        except SafetensorError as e:
+            raise ValueError(f"{f}: corrupt safetensors file ({e})") from None
 
 
 def save_hf(model, folder: str | Path) -> Path:
