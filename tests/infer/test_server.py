@@ -367,8 +367,13 @@ def test_a_client_that_hangs_up_on_a_plain_request_frees_its_slot(live):
 
     with pytest.raises(httpx.ReadTimeout):
         live.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 220, "temperature": 1.0}, timeout=0.3)
+    # The request may still be in its worker thread (template, tokenizer) when the client
+    # leaves, and /health answers meanwhile: wait for its answer before checking the engine.
+    deadline = time.time() + 10
+    while 'status="499"' not in live.http.get("/metrics").text:
+        assert time.time() < deadline, "the hang-up was never noticed"
+        time.sleep(0.02)
     assert _wait_idle(live)
-    assert 'status="499"' in live.http.get("/metrics").text
 
 
 def test_closing_a_stream_early_frees_the_engine_slot(live):
@@ -448,3 +453,6 @@ def test_ember_serve_builds_the_app_from_the_cli(tmp_path, monkeypatch, tiny):
     assert state.engine.batch_invariant is True  # the default keeps seeded outputs batch-independent
     assert main(["serve", "--model", str(tmp_path), "--batch_invariant", "false"]) == 0
     assert seen["app"].state.ember.engine.batch_invariant is False
+    assert state.max_body_bytes == 8 * 2**20  # a long 8k-token chat fits many times over
+    assert main(["serve", "--model", str(tmp_path), "--max_body_bytes", "1000"]) == 0
+    assert seen["app"].state.ember.max_body_bytes == 1000
