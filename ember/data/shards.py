@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ember.core.io import atomic_write_bytes, atomic_write_json
+from ember.core.lock import LOCK_NAME, locked_dir
 from ember.data.tokens import (  # noqa: F401  (re-exported: the reader half lives there)
     FORMAT,
     SPLITS,
@@ -46,6 +47,7 @@ _MIN_DOCS_FOR_DOC_SPLIT = 20  # fewer documents: each one gives its tail to val 
 _CALIBRATION_CHARS = 100_000  # text tokenized up front to turn shard_tokens into characters
 
 
+@locked_dir("out", "data folder")  # two preparations into one folder would mix their shards
 def prepare_shards(
     out: str | Path, tokenizer: Tokenizer, inputs: list[str | Path] | None = None,
     texts: list[str] | None = None, *, val_fraction: float = 0.05, shard_tokens: int = 1 << 22,
@@ -247,7 +249,7 @@ def _claim_folder(out: Path, plan: dict) -> None:
                 f"pick a new --out or delete {out}"
             )
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder of shards; pick a new --out")
     atomic_write_json(plan_path, plan)
 

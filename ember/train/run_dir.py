@@ -18,9 +18,14 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ember.core.lock import dir_lock
+from ember.parallel import DistInfo, broadcast_object
 from ember.train.checkpoint import LATEST, checkpoint_folders
+
+if TYPE_CHECKING:
+    from ember.train.loop import TrainConfig
 
 # Everything a training run writes into its folder (the loop, the metrics logger and every
 # recipe's outputs). Only these are removed by --train.overwrite: the folder may be one the
@@ -85,18 +90,30 @@ def open_run_dir(
     """Hold `out`'s lock for the `with` block, after `check_run_dir` has passed under it."""
     if resume and resume_from is None and not Path(out).is_dir():
         check_run_dir(out, resume, overwrite)  # refuse before the lock makes a misspelt folder
-    with dir_lock(out, "run") as folder:
+    with dir_lock(out, "run folder") as folder:
         check_run_dir(folder, resume, overwrite, resume_from)
         yield folder
 
 
-def prepare_run_dir(
-    out: str | os.PathLike, resume: bool, overwrite: bool, resume_from: str | None = None
-) -> Path:
-    """`check_run_dir` under the folder's lock, for a recipe that writes into `out` before its
-    Trainer starts (the Trainer checks again, a no-op by then, and holds the lock for the run).
+def prepare_run_dir(train: TrainConfig, info: DistInfo | None = None) -> Path:
+    """`check_run_dir` on `train.out` under its lock, for a recipe that writes into the folder
+    before its Trainer starts (the Trainer checks again, a no-op by then, and holds the lock
+    for the run). Under torchrun rank 0 decides and every rank gets its answer.
 
-    >>> prepare_run_dir("runs/sft", resume=False, overwrite=False)  # doctest: +SKIP
+    >>> prepare_run_dir(cfg.train, info)  # doctest: +SKIP
     """
-    with open_run_dir(out, resume, overwrite, resume_from) as folder:
-        return folder
+    args = (train.out, train.resume, train.overwrite, train.resume_from)
+    error = None
+    if info is None or info.is_main:
+        try:
+            with open_run_dir(*args):
+                pass
+        except ValueError as e:
+            if info is None or not info.distributed:
+                raise
+            error = str(e)
+    if info is not None:
+        error = broadcast_object(error, info)  # a collective: every rank reaches it
+    if error is not None:
+        raise ValueError(error)
+    return Path(train.out)

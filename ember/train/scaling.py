@@ -3,17 +3,22 @@ Chinchilla law L(N, D) = E + A/N^α + B/D^β, and check it on a larger run left 
 
 Each run trains with a cosine schedule matched to its own length (Hoffmann et al. 2022 §3:
 a schedule longer than the run overstates the loss), so every (N, D) point is a finished run.
-The sweep is resumable: runs already in points.jsonl are skipped.
+`--resume true` continues a sweep (runs already in points.jsonl are kept, an unfinished run
+resumes from its checkpoint); a folder holding a sweep is otherwise refused, unless
+`--overwrite true` asks to delete it.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ember.core.io import atomic_write_json, atomic_write_text
+from ember.core.lock import LOCK_NAME, dir_lock
 from ember.eval.scaling import (
     ScalingPoint,
     fit_scaling_law,
@@ -21,6 +26,10 @@ from ember.eval.scaling import (
     plot_scaling,
     save_points,
 )
+from ember.train.checkpoint import checkpoint_folders
+from ember.train.run_dir import clear_run, run_files
+
+RUN_NAME = re.compile(r"\d+x\d+-\d+")  # the sweep's own run folders: runs/<LAYERSxD_MODEL>-<TOKENS>
 
 
 @dataclass
@@ -39,6 +48,8 @@ class ScalingSweepConfig:
     out: str = "runs/scaling"
     seed: int = 0
     threads: int | None = None
+    resume: bool = False  # continue the sweep in out: finished runs are kept, unfinished ones resume
+    overwrite: bool = False  # delete the sweep in out (points, runs) and start again
 
 
 @dataclass
@@ -71,6 +82,13 @@ def train_point(spec: str, tokens: int, cfg: ScalingSweepConfig, info) -> Scalin
     layers, width = parse_model(spec)
     steps = max(1, tokens // (cfg.batch_size * cfg.seq_len))
     heads = width // 32
+    run_dir = Path(cfg.out) / "runs" / f"{spec}-{tokens}"
+    # The sweep owns its run folders (its own claim was checked): a run it did not finish
+    # resumes from its checkpoint (one saved on Ctrl-C), or else starts again.
+    resume = bool(checkpoint_folders(run_dir))
+    overwrite = not resume and bool(run_files(run_dir))
+    if resume or overwrite:
+        print(f"{run_dir}: unfinished, {'resuming' if resume else 'starting it again'}", file=sys.stderr)
     pcfg = PretrainConfig(
         preset="tiny",
         model=ModelOverrides(n_layers=layers, d_model=width, n_heads=heads, n_kv_heads=heads,
@@ -78,7 +96,7 @@ def train_point(spec: str, tokens: int, cfg: ScalingSweepConfig, info) -> Scalin
         data=DataConfig(dir=cfg.data, seq_len=cfg.seq_len),
         train=TrainConfig(steps=steps, batch_size=cfg.batch_size, eval_every=0, eval_windows=128,
                           sample_every=0, save_every=0, keep_checkpoints=1, log_every=max(1, steps // 20),
-                          seed=cfg.seed, out=str(Path(cfg.out) / "runs" / f"{spec}-{tokens}"), progress=False),
+                          seed=cfg.seed, out=str(run_dir), resume=resume, overwrite=overwrite, progress=False),
         optim=OptimConfig(lr=cfg.lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1),
         export_hf=False,
         sample_tokens=0,
@@ -97,7 +115,6 @@ def _swiglu_width(d: int) -> int:
 
 def sweep(cfg: ScalingSweepConfig) -> dict:
     import torch
-    from tqdm import tqdm
 
     from ember.parallel import init_distributed
 
@@ -114,6 +131,17 @@ def sweep(cfg: ScalingSweepConfig) -> dict:
         held.append((spec, int(tok)))
     for spec, _ in grid + held:
         parse_model(spec)  # fail on a bad spec before hours of training
+    if cfg.resume and not out.is_dir():
+        _claim_sweep(cfg)  # refuses before the lock would make a misspelt folder
+    with dir_lock(out, "scaling sweep folder"):
+        _claim_sweep(cfg)
+        return _run_sweep(cfg, grid, held, info)
+
+
+def _run_sweep(cfg: ScalingSweepConfig, grid: list, held: list, info) -> dict:
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
     results = {}
     for name, jobs in (("points", grid), ("holdout", held)):
         path = out / f"{name}.jsonl"
@@ -127,6 +155,43 @@ def sweep(cfg: ScalingSweepConfig) -> dict:
             print(f"{key:>16}  N={p.n_params:>9,}  D={p.n_tokens:>9,}  loss={p.loss:.4f}", file=sys.stderr)
         results[name] = [done[f"{s}:{t}"] for s, t in jobs]
     return results
+
+
+# What makes two sweeps' points comparable: a resumed sweep must train its runs alike.
+SWEEP_SETTINGS = ("seq_len", "batch_size", "lr", "data", "seed")
+SWEEP_FILES = ("points.jsonl", "holdout.jsonl", "sweep.json", "fit.json", "fit.txt", "scaling.png")
+
+
+def _claim_sweep(cfg: ScalingSweepConfig) -> None:
+    """Refuse a folder holding another sweep unless --resume (same settings) or --overwrite,
+    the rules of a training run folder (ember.train.run_dir) applied to the whole sweep."""
+    out = Path(cfg.out)
+    runs = sorted(p for p in (out / "runs").glob("*") if p.is_dir() and RUN_NAME.fullmatch(p.name))
+    found = [out / n for n in SWEEP_FILES if (out / n).exists()] + runs
+    settings = {k: getattr(cfg, k) for k in SWEEP_SETTINGS}
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+    if cfg.resume and not found:
+        raise ValueError(f"--resume true: nothing to resume in {out} (no points.jsonl, no runs/); check --out")
+    if found and not (cfg.resume or cfg.overwrite):
+        raise ValueError(
+            f"{out} already holds a scaling sweep ({', '.join(p.name for p in found[:4])}): pass --resume true "
+            "to continue it (finished runs are kept) or --overwrite true to delete it and start again"
+        )
+    if cfg.overwrite:
+        for path in found:
+            if path.is_dir():  # a run folder: its run's files, then the folder if nothing else is left
+                clear_run(path)
+                if {p.name for p in path.iterdir()} <= {LOCK_NAME}:
+                    shutil.rmtree(path)
+            else:
+                path.unlink()
+    elif cfg.resume and (out / "sweep.json").is_file():
+        saved = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+        diff = [f"{k}: {saved.get(k)!r} in the sweep vs {v!r} now" for k, v in settings.items() if saved.get(k) != v]
+        if diff:
+            raise ValueError(f"--resume true: {out} holds a sweep with other settings ({'; '.join(diff)})")
+    atomic_write_json(out / "sweep.json", settings)
 
 
 def fit(cfg: ScalingFitConfig) -> dict:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ember.core.io import atomic_write_json
 from ember.data.sft import IGNORE, RowLoader, encode_conversations, pack, read_chat_jsonl
 from ember.parallel import init_distributed
-from ember.train.loop import TrainConfig, Trainer
+from ember.train.loop import TrainConfig, Trainer, prepare_run_dir
 from ember.train.optim import OptimConfig
 
 
@@ -134,6 +134,7 @@ def build_sft(cfg: SFTConfig) -> Trainer:
     cfg = apply_preset(cfg)
     torch.manual_seed(cfg.train.seed)  # adapter init (LoRA A, heads): the same run every time
     info = init_distributed(cfg.train.device)
+    prepare_run_dir(cfg.train, info)  # before the tool-use preset writes its data into out
     conversations = load_conversations(cfg)
     model, tok = ember.load(cfg.model)
     pad = tok.bos_token_id if tok.bos_token_id is not None else min(tok.eos_token_ids, default=0)

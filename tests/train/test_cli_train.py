@@ -58,7 +58,7 @@ def test_scaling_sweep_then_fit(shards, tmp_path, capsys):
     assert len(points) == 6 and len((out / "holdout.jsonl").read_text().splitlines()) == 1
     first = [json.loads(p) for p in points]
     assert {p["n_tokens"] for p in first} == {2048, 4096}
-    assert main(sweep) == 0  # resumable: every run is already done, nothing retrains
+    assert main([*sweep, "--resume", "true"]) == 0  # resumable: every run is already done, nothing retrains
     assert (out / "points.jsonl").read_text().splitlines() == points
     capsys.readouterr()
     assert main(["scaling", "fit", "--out", str(out), "--bootstrap", "4"]) == 0

@@ -59,17 +59,17 @@ def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path)
     with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))} already holds a run.*--train.resume true.*--train.overwrite true"):
         _trainer(tmp_path, steps=6).fit()
     with pytest.raises(ValueError, match="already holds a run"):
-        prepare_run_dir(tmp_path, resume=False, overwrite=False)  # what recipes call before writing
+        prepare_run_dir(TrainConfig(out=str(tmp_path)))  # what recipes call before writing
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()} == before
     assert (tmp_path / "metrics.jsonl").read_text() == metrics
 
 
 def test_any_run_file_counts_and_other_files_do_not(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    prepare_run_dir(tmp_path, resume=False, overwrite=False)  # a folder of unrelated files is free
+    prepare_run_dir(TrainConfig(out=str(tmp_path)))  # a folder of unrelated files is free
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(ValueError, match=r"already holds a run \(summary.json\)"):
-        prepare_run_dir(tmp_path, resume=False, overwrite=False)
+        prepare_run_dir(TrainConfig(out=str(tmp_path)))
 
 
 def test_overwrite_starts_again_and_leaves_nothing_of_the_old_run(tmp_path):
@@ -148,11 +148,11 @@ def test_corrupt_latest_names_the_previous_intact_checkpoint(tmp_path, damage):
 
 
 def test_a_locked_run_folder_is_refused_at_once_naming_the_holder(tmp_path):
-    with dir_lock(tmp_path, "run"):
+    with dir_lock(tmp_path):
         with pytest.raises(ValueError, match=rf"run folder {re.escape(str(tmp_path))} is in use by process {os.getpid()}"):
             _trainer(tmp_path, steps=2).fit()
         with pytest.raises(ValueError, match="in use by process"):
-            prepare_run_dir(tmp_path, resume=False, overwrite=False)
+            prepare_run_dir(TrainConfig(out=str(tmp_path)))
     assert not (tmp_path / "metrics.jsonl").exists()
     _trainer(tmp_path, steps=2).fit()  # released: the folder trains again
 
@@ -224,3 +224,50 @@ def test_ctrl_c_before_any_step_saves_nothing_and_says_so(tmp_path, capsys):
         _trainer(tmp_path, steps=4, loss_fn=at_once).fit()
     assert not (tmp_path / "checkpoints").exists()
     assert "--train.overwrite true" in capsys.readouterr().err
+
+
+def test_data_preparation_locks_its_folder(tmp_path):
+    from ember.data.shards import prepare_shards
+
+    with dir_lock(tmp_path):
+        # refused before reading a byte: the tokenizer is never touched
+        with pytest.raises(ValueError, match=rf"data folder {re.escape(str(tmp_path))} is in use by process"):
+            prepare_shards(tmp_path, tokenizer=None, texts=["some text"])
+
+
+def test_sft_checks_its_folder_before_writing_into_it(tmp_path):
+    from ember.train.sft import SFTConfig, build_sft
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(ValueError, match="already holds a run"):
+        build_sft(SFTConfig(preset="tool-use", train=TrainConfig(out=str(tmp_path), progress=False)))
+    assert not (tmp_path / "tool_use_train.jsonl").exists()  # the preset's data was not written
+
+
+def test_scaling_sweep_folder_follows_the_same_rules(shards, tmp_path):
+    from ember.train.scaling import ScalingSweepConfig, sweep
+
+    def cfg(**kw):
+        kw = {"models": ["1x32"], "tokens": [256], **kw}
+        return ScalingSweepConfig(holdout=[], seq_len=32, batch_size=4, data=str(shards), out=str(tmp_path), **kw)
+
+    sweep(cfg())
+    points = (tmp_path / "points.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a scaling sweep.*--resume true.*--overwrite true"):
+        sweep(cfg())
+    with pytest.raises(ValueError, match="lr: 0.004 in the sweep vs 0.001 now"):
+        sweep(cfg(resume=True, lr=1e-3))  # points of another lr must not join these
+    # a run the sweep never finished (no point, no checkpoint) starts again; finished ones stay
+    leftover = tmp_path / "runs" / "1x64-256"
+    leftover.mkdir(parents=True)
+    (leftover / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    sweep(cfg(resume=True, models=["1x32", "1x64"]))
+    lines = (tmp_path / "points.jsonl").read_text().splitlines()
+    assert lines[0] == points.strip() and len(lines) == 2
+    assert [json.loads(r)["step"] for r in (leftover / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    sweep(cfg(overwrite=True, tokens=[512]))
+    assert [json.loads(r)["name"] for r in (tmp_path / "points.jsonl").read_text().splitlines()] == ["1x32:512"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["1x32-512"]
+    with pytest.raises(ValueError, match="nothing to resume"):
+        sweep(ScalingSweepConfig(out=str(tmp_path / "typo"), resume=True))
+    assert not (tmp_path / "typo").exists()
