@@ -142,5 +142,5 @@ def test_val_fraction_zero_holds_nothing_out(tiny_chat_model, tmp_path, capsys):
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2] and not any("val_loss" in r for r in recs)
     assert main(["sft", "--model", str(tiny_chat_model), "--data", str(data), "--val_fraction", "1",
-                 "--train.out", str(out)]) == 2
+                 "--train.out", str(tmp_path / "other")]) == 2
     assert "val_fraction must be in [0, 1), got 1.0" in capsys.readouterr().err
