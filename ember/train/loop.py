@@ -46,7 +46,7 @@ from ember.train.checkpoint import (
     set_rng_state,
 )
 from ember.train.metrics import MetricsLogger, peak_flops, plot_loss_curve
-from ember.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from ember.train.optim import OptimConfig, build_optimizer, lr_at, set_lr, warn_long_warmup
 from ember.train.run_dir import open_run_dir, prepare_run_dir
 
 __all__ = ["TrainConfig", "Trainer", "broadcast_config", "prepare_run_dir", "resolve_precision", "split_micro"]
@@ -163,6 +163,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.plain, optim)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         self.start_step, self.tokens_seen, self.history = 0, 0, []
+        # for a checkpoint on Ctrl-C: (last completed step, RNG state after it), see _steps
+        self._safe, self._last_saved, self._mid_update = (0, None), 0, False
         # PEFT: checkpoints hold the adapters alone (MBs, not the frozen base's GBs)
         self.save_trainable_only = save_trainable_only
         self.autocast_dtype = torch.bfloat16 if resolve_precision(cfg.precision, self.info) == "bf16" else None
@@ -301,6 +303,7 @@ class Trainer:
         logger = MetricsLogger(self.out, resume_step=resumed_at) if info.is_main else None
         if info.is_main:
             atomic_write_json(self.out / "config.json", self.run_config)
+            warn_long_warmup(self.optim_cfg, cfg.steps)
         if self.start_step == 0 and cfg.sample_every:
             self._show_sample(0, None)  # the untrained model, to compare later samples with
         bar = _progress(cfg, info, self.start_step)
@@ -325,12 +328,12 @@ class Trainer:
     def _steps(self, logger: MetricsLogger | None, bar) -> dict:
         """The optimizer steps, with logs, evals, samples and saves between them → last eval."""
         cfg, info = self.cfg, self.info
-        peak = peak_flops(info.device.type, self.autocast_dtype or torch.float32) if self.flops_per_token else None
         # What a checkpoint taken on Ctrl-C may hold: the last completed step and the RNG state
         # the next step starts from. `_mid_update` covers optimizer.step → bookkeeping, where
         # the weights are already the next step's but the counters are not.
         self._last_saved, self._mid_update = self.start_step, False
         self._safe = (self.start_step, rng_state())
+        peak = peak_flops(info.device.type, self.autocast_dtype or torch.float32) if self.flops_per_token else None
         # tok/s counts time inside train steps only: eval, samples and saves stay out of it
         t_window, tokens_window, last_eval = 0.0, 0, {}
         for step in range(self.start_step, cfg.steps):
@@ -372,8 +375,11 @@ class Trainer:
         done, rng = self._safe
         saved = False
         if done > self._last_saved and not self._mid_update and not self.info.distributed:
-            self.save(done, rng)
-            self._last_saved, saved = done, True
+            try:
+                self.save(done, rng)
+                self._last_saved, saved = done, True
+            except Exception as e:  # the interrupt, not a failed save, is what the caller sees
+                print(f"interrupted: could not save step {done}: {e}", file=sys.stderr)
         if not self.info.is_main:
             return
         if self._last_saved == 0:

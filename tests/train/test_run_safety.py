@@ -271,3 +271,20 @@ def test_scaling_sweep_folder_follows_the_same_rules(shards, tmp_path):
     with pytest.raises(ValueError, match="nothing to resume"):
         sweep(ScalingSweepConfig(out=str(tmp_path / "typo"), resume=True))
     assert not (tmp_path / "typo").exists()
+
+
+def test_ctrl_c_inside_the_optimizer_update_saves_nothing_half_done(tmp_path, capsys):
+    t = _trainer(tmp_path, steps=6, save_every=2)
+    real_step, calls = t.optimizer.step, {"n": 0}
+
+    def step_then_interrupt(*a, **kw):
+        calls["n"] += 1
+        real_step(*a, **kw)
+        if calls["n"] == 3:  # the weights are step 3's, the counters still step 2's
+            raise KeyboardInterrupt
+
+    t.optimizer.step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert _ckpts(tmp_path) == ["step_000002"]
+    assert "the last checkpoint is step 2" in capsys.readouterr().err
