@@ -5,8 +5,8 @@ internals, but not from spending: `{{ 'A' * 300000000 }}` allocates gigabytes an
 `range(100000)` loops run for hours, and either would take a server down with it. A single
 C-level operation (a string repeat, a big power) cannot be interrupted from Python, so the
 template runs in a child process that the parent kills when time is up, with its address
-space capped; the commonest blow-ups (`*`, `**`, `+`, `%`, `~` on big operands) are refused
-before they allocate. The environment is the one Hugging Face's `apply_chat_template` builds,
+space capped; the commonest blow-ups (`*`, `**`, `+`, `%`, `~` on big operands, widths
+given to `center`, `format` and kin) are refused before they allocate. The environment is the one Hugging Face's `apply_chat_template` builds,
 so templates render exactly as they do there.
 
 Run as a script, this file is the worker: one JSON request per line on stdin, one JSON reply
@@ -58,8 +58,8 @@ def _projected_chars(op: str, left, right) -> int:
         return len(left) + len(right)
     elif op == "%" and isinstance(left, str):
         # printf widths and precisions ('%0999999999d'); '*' takes them from the arguments
-        args = right if isinstance(right, tuple) else (right,)
-        specs = re.findall(r"%[-#0 +]*(\d*)(?:\.(\d*))?", left)
+        args = right if isinstance(right, tuple) else tuple(right.values()) if isinstance(right, dict) else (right,)
+        specs = re.findall(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?", left)
         widths = [int(x) for pair in specs for x in pair if x]
         if "*" in left:
             widths += [a for a in args if isinstance(a, int)]
@@ -73,13 +73,16 @@ def _projected_call(name: str, s: str, args: tuple) -> int:
     if name in ("center", "ljust", "rjust", "zfill", "expandtabs", "indent", "batch"):
         lines = s.count("\n") + 1 if name in ("indent", "expandtabs") else 1
         return len(s) + lines * max(ints + [len(a) for a in args if isinstance(a, str)] + [0])
+    if name in ("format", "format_map"):  # '{:>999999999}': every number in it may be a width
+        named = [a for v in args if isinstance(v, dict) for a in v.values()]
+        return _projected_chars("%", "%" + "%".join(re.findall(r"\d+", s)) + "*", args + tuple(named))
     if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         hits = s.count(args[0]) if args[0] else len(s) + 1
         return len(s) + hits * max(len(args[1]) - len(args[0]), 0)
     return 0
 
 
-_SIZED = ("center", "ljust", "rjust", "zfill", "expandtabs", "replace")
+_SIZED = ("center", "ljust", "rjust", "zfill", "expandtabs", "replace", "format", "format_map")
 
 
 def build_environment():
@@ -123,7 +126,8 @@ def build_environment():
             return super().call_binop(context, operator, left, right)
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (the sandbox's own signature)
-            owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
+            target = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+            owner, name = getattr(target, "__self__", None), getattr(target, "__name__", "")
             if isinstance(owner, str) and name in _SIZED:
                 if _projected_call(name, owner, args + tuple(kwargs.values())) > __self.max_chars:
                     raise _limit(__self.max_chars)
@@ -174,7 +178,7 @@ def build_environment():
         return datetime.now().strftime(fmt)
 
     env = Env(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
-    for name in ("center", "indent", "replace", "batch"):  # the filters that take a size
+    for name in ("center", "indent", "replace", "batch", "format"):  # the filters that take a size
         env.filters[name] = _sized_filter(env, name, env.filters[name])
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now, dict=TemplateDict(),
@@ -187,7 +191,9 @@ def _sized_filter(env, name, fn):
 
     def checked(*args, **kwargs):
         value, rest = args[skip], args[skip + 1 :] + tuple(kwargs.values())
-        if _projected_call(name, value if isinstance(value, str) else "", rest) > env.max_chars:
+        size = (_projected_chars("%", value, rest) if name == "format" else
+                _projected_call(name, value if isinstance(value, str) else "", rest))
+        if size > env.max_chars:
             raise _limit(env.max_chars)
         return fn(*args, **kwargs)
 
@@ -362,10 +368,15 @@ def render_many(template: str, renders: list[dict], time_limit: float | None = N
         raise ValueError(f"chat template variables must be JSON data: {e}") from None
     max_chars = MIN_OUTPUT_CHARS + 8 * len(body) // max(len(renders), 1)
     request = f'{{"template": {json.dumps(template)}, "max_chars": {max_chars}, "renders": {body}}}\n'
-    if os.name == "nt":  # no select() on pipes: render here, bounded in size but not in time
-        reply = handle(json.loads(request), _local_environment(), _LOCAL_CACHE)
-    else:
-        reply = _get_pool().ask(request.encode("ascii"), time_limit)
+    reply = None
+    if os.name != "nt":  # Windows has no select() on pipes
+        try:
+            reply = _get_pool().ask(request.encode("ascii"), time_limit)
+        except OSError:  # no child processes here (a locked-down sandbox)
+            pass
+    if reply is None:  # render here: bounded in size, not in time or memory
+        with _LOCAL_LOCK:
+            reply = handle(json.loads(request), _local_environment(), _LOCAL_CACHE)
     if "error" in reply:
         raise ValueError(reply["error"])
     for out in reply["outputs"]:
@@ -375,6 +386,7 @@ def render_many(template: str, renders: list[dict], time_limit: float | None = N
 
 
 _LOCAL_CACHE: dict = {}
+_LOCAL_LOCK = threading.Lock()  # the environment's max_chars is per render
 
 
 def _local_environment():

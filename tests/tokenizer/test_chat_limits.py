@@ -23,6 +23,10 @@ def _tok(template):
     "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
     "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
     "{{ '%0999999999d' % 1 }}",
+    "{{ '%(a)999999999s' % {'a': 1} }}",
+    "{{ '%0999999999d' | format(1) }}",
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ '{:>{w}}'.format(1, w=999999999) }}",
     "{{ 'x' | center(3000000000) }}",
     "{{ 'x'.rjust(3000000000) }}",
     "{{ 'a\nb' | indent(3000000000) }}",
@@ -86,3 +90,19 @@ def test_template_errors_are_value_errors():
         render_text(_tok("{{ raise_exception('no system role') }}"), USER)
     with pytest.raises(ValueError, match="must be JSON data"):
         render_text(_tok("{{ x }}"), USER, x=object())
+
+
+def test_without_child_processes_rendering_stays_bounded_in_size(monkeypatch):
+    def no_processes(self):
+        raise OSError("cannot start processes here")
+
+    monkeypatch.setattr(template_sandbox, "_pool", None)
+    monkeypatch.setattr(template_sandbox._Worker, "__init__", no_processes)
+    assert render_text(_tok("{{ messages[0].content | upper }}"), USER) == "HI"
+    with pytest.raises(ValueError, match="exceeded the output limit"):
+        render_text(_tok("{{ 'A' * 3000000000 }}"), USER)
+
+
+def test_ordinary_formatting_still_works():
+    tmpl = "{{ '{} and {:>5}'.format('x', 'y') }}|{{ '%s-%05d' | format('a', 3) }}|{{ 'ab' | center(6) }}|"
+    assert render_many(tmpl, [{}]) == [{"text": "x and     y|a-00003|  ab  |"}]
