@@ -17,6 +17,7 @@ from ember.train.checkpoint import (
     flatten_state,
     latest_checkpoint,
     load_checkpoint,
+    load_resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -90,6 +91,30 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
         f.unlink()
     with pytest.raises(ValueError, match="corrupt"):
         load_checkpoint(path)
+
+
+def test_malformed_file_table_is_a_clear_error(tmp_path):
+    model, opt = _optimizer_after_steps(1)
+    path = save_checkpoint(tmp_path, 1, model.state_dict(), opt.state_dict(), {"rng": rng_state()})
+    doc = json.loads((path / "state.json").read_text())
+    (tmp_path / "outside.bin").write_bytes(b"x")
+    doc["files"]["../../outside.bin"] = {"bytes": 1, "sha256": "0" * 64}  # must not be read
+    (path / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="file table is malformed"):
+        load_checkpoint(path)
+
+
+def test_resume_checkpoint_without_latest_is_the_newest_intact_one(tmp_path):
+    model, opt = _optimizer_after_steps(1)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model.state_dict(), opt.state_dict(), {"rng": rng_state()}, keep=3)
+    assert load_resume_checkpoint(tmp_path)[0]["step"] == 3  # latest intact: no note
+    assert load_resume_checkpoint(tmp_path)[1] is None
+    (tmp_path / "checkpoints" / "latest").unlink()
+    (tmp_path / "checkpoints" / "step_000003" / "model.safetensors").write_bytes(b"garbage")
+    ck, note = load_resume_checkpoint(tmp_path)
+    assert ck["step"] == 2 and "latest is missing" in note and "step_000003" in note  # the skip is said
+    assert load_resume_checkpoint(tmp_path / "nothing") == (None, None)
 
 
 def test_lr_schedule_shape():
