@@ -19,14 +19,14 @@ Batch invariance: a request gets the same tokens whatever else runs beside it (s
 same tokens, bit for bit on CPU). Float results depend on op shapes, not only values: on
 CPU the matmul kernels pick their reduction order by the number of rows (1-2 rows round
 differently from 3+ at d_model 64; below ~16 rows from more at d_model 576), and SDPA's
-vectorised softmax sums a key span that is not a multiple of its vector width differently,
+vectorised softmax sums a key length that is not a multiple of its vector width differently,
 even when the extra keys are masked. Right-padding a prompt beside a longer one changed
 its logits by ~1e-7. So no shape depends on the neighbours: each prompt is prefilled
-alone, every decode step runs all `max_batch_size` rows, and it attends over a key span
-rounded up to 64 (extra masked keys add exact zeros). The price is that an underfull batch
+alone, every decode step runs all `max_batch_size` rows, and it attends over a key length
+(`kv_len`) rounded up to 64 (extra masked keys add exact zeros). The price is that an underfull batch
 still computes its parked rows: SmolLM2-135M fp32 on one CPU thread decodes one request
 at 20 tok/s with max_batch_size=1 and 8 tok/s with 8 (a full batch of 8: 65 tok/s in all).
-`batch_invariant=False` decodes only rows 0..(highest busy slot) over the exact span:
+`batch_invariant=False` decodes only rows 0..(highest busy slot) over the exact kv_len:
 faster when underfull, and the tokens then match a lone run only up to float ties. On
 GPUs, cuBLAS and attention kernels give no such promise either way.
 
@@ -42,182 +42,32 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 from ember.model.kv_cache import KVCache
 
+from .request import (
+    GenerationResult,
+    Request,
+    StopStringMatcher,
+    StreamChunk,
+    find_stop,
+    partial_stop_len,
+)
 from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprobs
 
-__all__ = ["Engine", "GenerationResult", "Request", "StreamChunk", "TokenLogprob"]
+# Request bookkeeping and stop strings live in request.py; their names stay importable from here.
+__all__ = [
+    "Engine", "GenerationResult", "Request", "StopStringMatcher", "StreamChunk", "TokenLogprob", "find_stop",
+    "partial_stop_len",
+]  # fmt: skip
 
-# Decode attends over a key span rounded up to this (and the cache is sized in multiples
-# of it), so the span, and with it the float rounding, never depends on the neighbours.
-SPAN_STEP = 64
-
-
-@dataclass
-class GenerationResult:
-    """What one request produced. token_ids include a final EOS/stop token if one ended it
-    (the text never does); finish_reason is "stop" (EOS, stop token or stop string) or
-    "length" (max_tokens). logprobs (aligned with token_ids) and prompt_logprobs (aligned
-    with the prompt, first entry None) are None unless the request asked for them."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float  # request added → first token sampled (queue wait included)
-    decode_tok_s: float  # tokens after the first / time after the first (0 if only one)
-    logprobs: list[TokenLogprob] | None = None
-    prompt_logprobs: list[TokenLogprob | None] | None = None
-
-
-@dataclass
-class StreamChunk:
-    """A piece of streamed text; the last chunk of a stream also carries the result."""
-
-    text: str
-    result: GenerationResult | None = None
-
-
-# ---- stop strings ---------------------------------------------------------------------
-
-
-def find_stop(text: str, stops: Sequence[str]) -> int:
-    """Index of the earliest occurrence of any stop string in text, or -1.
-
-    >>> find_stop("a END b STOP", ["STOP", "END"])
-    2
-    """
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits, default=-1)
-
-
-def partial_stop_len(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of text that is a proper prefix of a stop string: the
-    text that must be held back while streaming, because the next token may complete it.
-
-    >>> partial_stop_len("Hello <|e", ["<|end|>"])
-    3
-    """
-    longest = max((len(s) for s in stops), default=1) - 1
-    for n in range(min(longest, len(text)), 0, -1):
-        tail = text[-n:]
-        if any(s.startswith(tail) for s in stops):
-            return n
-    return 0
-
-
-class StopStringMatcher:
-    """Streaming stop-string cutter: `push(piece) -> (text safe to emit, stopped)`.
-
-    It holds back the longest tail that could begin a stop string. Any stop occurrence
-    must start inside that tail or later, so only the held tail plus the new piece is
-    searched (no re-scan of the whole text), and emitted text never contains part of a stop.
-
-    >>> m = StopStringMatcher(["END"])
-    >>> m.push("abc E"), m.push("NDxyz")
-    (('abc ', False), ('', True))
-    """
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = tuple(stops)
-        self._held = ""
-
-    def push(self, piece: str) -> tuple[str, bool]:
-        if not self.stops:
-            return piece, False
-        buf = self._held + piece
-        i = find_stop(buf, self.stops)
-        if i >= 0:
-            self._held = ""
-            return buf[:i], True
-        n = partial_stop_len(buf, self.stops)
-        self._held = buf[len(buf) - n :]
-        return buf[: len(buf) - n], False
-
-    def flush(self) -> str:
-        """Release the held tail (the stream ended without completing a stop string)."""
-        held, self._held = self._held, ""
-        return held
-
-
-# ---- one request --------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Request:
-    """One request's state from admission to finish."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    decoder: object  # the tokenizer's stream decoder
-    stopper: StopStringMatcher
-    stop_ids: frozenset[int]
-    slot: int = -1
-    token_ids: list[int] = field(default_factory=list)
-    text_parts: list[str] = field(default_factory=list)
-    delta: str = ""  # text produced since the last `take_delta()`
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token_ids entry, if asked
-    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)  # one per prompt token
-    finish_reason: str | None = None
-    t_arrival: float = 0.0  # add_request time: TTFT includes any wait in the queue
-    t_first: float = 0.0
-    t_last: float = 0.0
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def _emit(self, text: str) -> None:
-        if text:
-            self.text_parts.append(text)
-            self.delta += text
-
-    def append(self, token_id: int, now: float) -> None:
-        """Take one sampled token: detokenize, check stops and length."""
-        if not self.token_ids:
-            self.t_first = now
-        self.t_last = now
-        self.token_ids.append(token_id)
-        if token_id in self.stop_ids:  # EOS / stop token: its text is not part of the reply
-            return self._finish("stop", self.decoder.flush())
-        text, stopped = self.stopper.push(self.decoder.push(token_id))
-        self._emit(text)
-        if stopped:
-            self.finish_reason = "stop"
-        elif len(self.token_ids) >= self.params.max_tokens:
-            self._finish("length", self.decoder.flush())
-
-    def _finish(self, reason: str, tail: str) -> None:
-        text, stopped = self.stopper.push(tail)
-        self._emit(text)
-        if not stopped:
-            self._emit(self.stopper.flush())
-        self.finish_reason = "stop" if stopped else reason
-
-    def take_delta(self) -> str:
-        d, self.delta = self.delta, ""
-        return d
-
-    def result(self) -> GenerationResult:
-        n = len(self.token_ids)
-        span = self.t_last - self.t_first
-        return GenerationResult(
-            text="".join(self.text_parts),
-            token_ids=list(self.token_ids),
-            finish_reason=self.finish_reason or "length",
-            prompt_tokens=len(self.prompt_ids),
-            completion_tokens=n,
-            ttft_ms=1000.0 * (self.t_first - self.t_arrival) if n else 0.0,
-            decode_tok_s=(n - 1) / span if n > 1 and span > 0 else 0.0,
-            logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
-            prompt_logprobs=list(self.prompt_logprobs) if self.params.prompt_logprobs else None,
-        )
+# Decode attends over a key length (kv_len) rounded up to this (and the cache is sized in
+# multiples of it), so kv_len, and with it the float rounding, never depends on the neighbours.
+KV_LEN_STEP = 64
 
 
 # ---- the engine ---------------------------------------------------------------------
@@ -235,6 +85,10 @@ class Engine:
     batch_invariant (see the module docstring): decode shapes that never depend on the
     neighbours, so a request's tokens are bitwise those of a lone run (default), or, with
     False, decode only as many rows as are busy.
+
+    The model is left in the mode the caller gave it (a training recipe samples mid-run):
+    each forward pass of the engine runs in eval mode and under inference mode, and gives
+    the modules that were training their mode back afterwards.
 
     compile=True runs decode steps through `torch.compile(model, dynamic=True)`: one graph
     for every cache length, so Python and dispatch overhead per token shrinks (the first
@@ -254,7 +108,7 @@ class Engine:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if not isinstance(batch_invariant, bool):
             raise ValueError(f"batch_invariant must be a bool, got {batch_invariant!r}")
-        self.model = model.eval()
+        self.model = model  # left in the mode it came in: see _eval_mode
         self._decode_model = torch.compile(self.model, dynamic=True) if compile else self.model
         self.tokenizer = tokenizer
         self.config = model.config
@@ -337,7 +191,8 @@ class Engine:
         """Admit waiting requests (prefill) or advance the running ones by one token
         (decode); returns the requests that got a token in this step."""
         kind, reqs = self._schedule()
-        logits = self._run(kind, reqs)  # [N, V], row j for reqs[j]
+        with self._eval_mode():
+            logits = self._run(kind, reqs)  # [N, V], row j for reqs[j]
         self._postprocess(reqs, logits)
         return reqs
 
@@ -355,11 +210,11 @@ class Engine:
     def _run(self, kind: str, reqs: list[Request]) -> Tensor:
         if kind == "prefill":
             return torch.cat([self._prefill_request(r) for r in reqs])  # [N, V]
-        span = max(len(r.prompt_ids) + len(r.token_ids) for r in reqs)  # largest position fed + 1
+        kv_len = max(len(r.prompt_ids) + len(r.token_ids) for r in reqs)  # largest position fed + 1
         if self.batch_invariant:
-            n, kv_len = self.max_batch_size, _round_up(span)
+            n, kv_len = self.max_batch_size, _round_up(kv_len)
         else:  # rows past the highest busy slot sit out (admission fills the lowest slots)
-            n, kv_len = max(r.slot for r in reqs) + 1, span
+            n = max(r.slot for r in reqs) + 1
         logits = self.decode(self._tokens[:n], self._positions[:n], kv_len=kv_len)  # [n, V]
         self._positions += self._active  # free slots stay parked at position 0
         return logits[[r.slot for r in reqs]]  # [N, V]
@@ -396,7 +251,7 @@ class Engine:
 
     def _free(self, i: int) -> None:
         # A free slot may still ride along in decode steps (every row does when
-        # batch_invariant), fed at position 0 so it neither widens the attention span nor
+        # batch_invariant), fed at position 0 so it neither lengthens kv_len nor
         # runs off the cache. The next prompt prefilled into it overwrites its stale K/V.
         self.slots[i] = None
         self._active[i] = 0
@@ -426,6 +281,24 @@ class Engine:
             for buf in (*self.cache.k, *self.cache.v):  # (B, Hkv, Tmax, Dh)
                 torch._dynamo.mark_dynamic(buf, 2)
 
+    @contextmanager
+    def _eval_mode(self):
+        """Eval mode for the engine's own forward passes; the modules that were training
+        (a recipe's model mid-run, LoRA dropout) get it back afterwards. A model whose root
+        is in eval mode (model.eval(), as loaders return it) is taken as in eval mode
+        throughout: that check is O(1), a walk over the modules is not (~1 ms for SmolLM2)."""
+        if not self.model.training:
+            yield
+            return
+        training = [m for m in self.model.modules() if m.training]
+        for m in training:
+            m.training = False
+        try:
+            yield
+        finally:
+            for m in training:
+                m.training = True
+
     # ---- the two forward passes ---------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], rows: Sequence[int] | None = None) -> Tensor:
@@ -433,7 +306,8 @@ class Engine:
         0..len-1; returns the logits [B, V] of each prompt's last token. One forward per
         prompt, not one padded batch: padding changes the shapes and so the rounding."""
         rows = range(len(prompts)) if rows is None else rows
-        return torch.cat([self._prefill_row(p, i) for p, i in zip(prompts, rows)])  # [B, V]
+        with self._eval_mode():
+            return torch.cat([self._prefill_row(p, i) for p, i in zip(prompts, rows)])  # [B, V]
 
     def _prefill_row(self, prompt: list[int], row: int, every_position: bool = False) -> Tensor:
         """One prompt into cache row `row`: logits [T, V] (every_position) or [1, V] (last)."""
@@ -461,7 +335,8 @@ class Engine:
         n = len(tokens)
         cache = self.cache if n == self.cache.batch_size else self.cache.rows(0, n)
         model = self._decode_model if kv_len is not None else self.model
-        return model(tokens[:, None], cache, positions[:, None], kv_len=kv_len)[:, 0]  # [n, V]
+        with self._eval_mode():
+            return model(tokens[:, None], cache, positions[:, None], kv_len=kv_len)[:, 0]  # [n, V]
 
     # ---- front doors ------------------------------------------------------------------
     def generate(
@@ -511,6 +386,6 @@ class Engine:
                 self.abort(req)
 
 
-def _round_up(n: int, step: int = SPAN_STEP) -> int:
+def _round_up(n: int, step: int = KV_LEN_STEP) -> int:
     """n rounded up to a multiple of step: `_round_up(65)` is 128."""
     return -(-n // step) * step
