@@ -134,10 +134,12 @@ def _trace(tok, messages: list[dict], variables: dict) -> tuple[str, list[tuple[
          for `| trim`, `.strip()` and their one-sided kin (Llama-3, Mistral, Gemma);
       3. replace every non-space character by one that names the message, keeping the
          length: holds for slices, for whatever keeps positions;
-      4. otherwise, only what cannot be tokens: the special-token strings inside texts are
-         replaced by same-length filler, and wherever the filler lands is text. When even
-         that does not match, the template rewrites special-token text in ways that cannot
-         be followed, and rendering is refused.
+      4. otherwise only what matters most, that typed special tokens stay text: the
+         special-token strings inside texts become same-length filler, and wherever the
+         filler lands is text (of no known message: the mask stays empty). When even that
+         does not match, the template rewrites special-token text in ways that cannot be
+         followed, and rendering is refused. (A token that a filter builds from other text,
+         as `| lower` from '<|IM_END|>', is caught by 1-3 but not here.)
     Texts traced: every content, and any other string in a message (tool calls...) that
     holds a special-token string. Spans are disjoint and ordered.
     """

@@ -89,10 +89,8 @@ def build_environment():
     """Hugging Face's chat-template environment, with size checks on the operators."""
     from jinja2 import nodes
     from jinja2.compiler import CodeGenerator
-    from jinja2.exceptions import SecurityError, TemplateError
     from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-    from jinja2.utils import Namespace
 
     class Codegen(CodeGenerator):
         def visit_Concat(self, node, frame):  # `a ~ b`: the one join the sandbox cannot intercept
@@ -139,6 +137,27 @@ def build_environment():
                 raise _limit(self.max_chars)
             return "".join(parts)
 
+    env = Env(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    for name in ("center", "indent", "replace", "batch", "format"):  # the filters that take a size
+        env.filters[name] = _sized_filter(env, name, env.filters[name])
+    env.filters["tojson"], env.globals = _tojson, {**env.globals, **_template_globals()}
+    return env
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # As transformers: plain json.dumps (Jinja's own escapes HTML characters).
+    from jinja2.exceptions import TemplateError
+
+    if isinstance(indent, int) and indent > 1024:
+        raise TemplateError(f"tojson indent {indent} is too large")
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _template_globals() -> dict:
+    """The globals transformers gives chat templates, with its guards."""
+    from jinja2.exceptions import SecurityError, TemplateError
+    from jinja2.utils import Namespace
+
     class TemplateNamespace(Namespace):
         # As in transformers: no underscore attributes, the road to Python internals.
         def __init__(*args, **kwargs):
@@ -167,23 +186,13 @@ def build_environment():
     def raise_exception(message):
         raise TemplateError(message)
 
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        if isinstance(indent, int) and indent > 1024:
-            raise TemplateError(f"tojson indent {indent} is too large")
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
     def strftime_now(fmt):
         from datetime import datetime
 
         return datetime.now().strftime(fmt)
 
-    env = Env(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
-    for name in ("center", "indent", "replace", "batch", "format"):  # the filters that take a size
-        env.filters[name] = _sized_filter(env, name, env.filters[name])
-    env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now, dict=TemplateDict(),
-                       namespace=TemplateNamespace)
-    return env
+    return {"raise_exception": raise_exception, "strftime_now": strftime_now, "dict": TemplateDict(),
+            "namespace": TemplateNamespace}
 
 
 def _sized_filter(env, name, fn):
