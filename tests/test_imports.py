@@ -1,15 +1,25 @@
 """The import rule of DESIGN.md: a module imports only from layers before it; packages in the
-same layer do not import each other."""
+same layer do not import each other. And no two modules import each other, even lazily."""
 
 import ast
 from pathlib import Path
 
+# `__init__` is the top-level package (`import ember`, `ember.load`): it builds on core,
+# tokenizer, model and quant, so it sits just after them, and recipes above may use it.
 LAYERS = [
-    ["core"], ["tokenizer", "model"], ["data", "peft", "quant", "parallel"], ["infer"], ["prompting"],
-    ["eval"], ["train"], ["rag"], ["agents"], ["cli", "__main__", "__init__"],
+    ["core"], ["tokenizer", "model"], ["data", "peft", "quant", "parallel"], ["__init__"], ["infer"], ["prompting"],
+    ["eval"], ["train"], ["rag"], ["agents"], ["cli", "__main__"],
 ]
 RANK = {pkg: k for k, layer in enumerate(LAYERS) for pkg in layer}
 ROOT = Path(__file__).resolve().parents[1] / "ember"
+# Import cycles between modules of packages owned elsewhere, to be broken there:
+# (importer, imported) pairs, as paths relative to ember/.
+KNOWN_CYCLES: set[tuple[str, str]] = {
+    ("infer/server.py", "infer/completions.py"),  # completions.py: ServerState, for type hints
+    ("model/load.py", "model/convert/gguf.py"),  # gguf.py and hf.py: load.check_config_fits
+    ("model/load.py", "model/convert/hf.py"),
+    ("train/loop.py", "train/run_dir.py"),  # run_dir.py: TrainConfig, for type hints
+}
 
 
 def _package_of(path: Path) -> str:
@@ -17,23 +27,39 @@ def _package_of(path: Path) -> str:
     return rel[0] if len(rel) > 1 else rel[0].removesuffix(".py")
 
 
-def _imported_packages(path: Path):
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def _imported_modules(path: Path, source: str | None = None):
+    """(dotted module under ember, or "" for the package itself; line) for every import in
+    the file, function-level ones included. `from ember.x import y` yields x.y as well as
+    x, since y may be a module."""
+    tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source)
     own = path.relative_to(ROOT).parts[:-1]
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this file's package
-                base = own[: len(own) - node.level + 1]
-                mod = list(base) + (node.module.split(".") if node.module else [])
-                if mod:
-                    yield mod[0], node.lineno
-            elif node.module and node.module.split(".")[0] == "ember" and "." in node.module:
-                yield node.module.split(".")[1], node.lineno
+                base = list(own[: len(own) - node.level + 1])
+                mod = base + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.split(".")[0] == "ember":
+                mod = node.module.split(".")[1:]
+            else:
+                continue
+            yield ".".join(mod), node.lineno
+            for a in node.names:
+                yield ".".join([*mod, a.name]), node.lineno
         elif isinstance(node, ast.Import):
             for a in node.names:
                 parts = a.name.split(".")
-                if parts[0] == "ember" and len(parts) > 1:
-                    yield parts[1], node.lineno
+                if parts[0] == "ember":
+                    yield ".".join(parts[1:]), node.lineno
+
+
+def _imported_packages(path: Path, source: str | None = None):
+    """(package, line): `import ember` and `from ember import load` are package `__init__`."""
+    seen = set()
+    for mod, line in _imported_modules(path, source):
+        pkg = mod.split(".")[0] if mod else "__init__"
+        if pkg in RANK and (pkg, line) not in seen:
+            seen.add((pkg, line))
+            yield pkg, line
 
 
 def test_layering():
@@ -46,6 +72,50 @@ def test_layering():
         for dep, line in _imported_packages(f):
             if dep == me or dep not in RANK:
                 continue
-            if RANK[dep] >= RANK[me] and me not in ("cli", "__main__", "__init__"):
+            if RANK[dep] >= RANK[me] and me not in ("cli", "__main__"):
                 bad.append(f"{f.relative_to(ROOT.parent)}:{line} ({me}) imports {dep}")
     assert not bad, "layer violations:\n" + "\n".join(bad)
+
+
+def test_layering_sees_a_bare_import_ember():
+    """`import ember` reaches the top-level package (`ember.load`): fine from a recipe, a
+    violation from the model layer."""
+    src = "import ember\nfrom ember import load\n"
+    assert list(_imported_packages(ROOT / "model" / "x.py", src)) == [("__init__", 1), ("__init__", 2)]
+    assert RANK["model"] < RANK["__init__"] < RANK["train"]
+
+
+def _module_files() -> dict[str, Path]:
+    """dotted name under ember ("model.layers", "peft" for peft/__init__.py) → file."""
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = list(f.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+def test_no_import_cycles():
+    files = _module_files()
+    graph = {name: set() for name in files}
+    for name, f in files.items():
+        for mod, _ in _imported_modules(f):
+            if mod in files and mod != name and not name.startswith(mod + "."):
+                graph[name].add(mod)  # a package's submodule importing its own __init__ is no cycle
+    rel = {name: str(f.relative_to(ROOT)) for name, f in files.items()}
+    known = KNOWN_CYCLES | {(y, x) for x, y in KNOWN_CYCLES}
+    cycles = sorted(
+        f"{rel[a]} -> {rel[b]}" for a, deps in graph.items() for b in deps
+        if a in _reachable(graph, b) and (rel[a], rel[b]) not in known
+    )  # fmt: skip
+    assert not cycles, "imports on a cycle (the module imported leads back to the importer):\n" + "\n".join(cycles)
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen

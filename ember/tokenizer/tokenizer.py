@@ -22,6 +22,7 @@ import regex
 
 from ember.core.io import atomic_write_json
 
+from .chat import render_chat
 from .patterns import resolve_pattern
 
 FORMAT_NAME = "ember-tokenizer"
@@ -133,8 +134,17 @@ class Tokenizer:
             )
         return allowed
 
+    def split_special(self, text: str, allowed_special: Iterable[str] | str = ()):
+        """Yield (is_special, piece): the text cut at the special-token strings that are
+        allowed; the pieces between are ordinary text (chat rendering builds on this).
+
+        >>> list(tok.split_special("a<|im_end|>b", "all"))  # doctest: +SKIP
+        [(False, 'a'), (True, '<|im_end|>'), (False, 'b')]
+        """
+        return self._segments(text, self._allowed(allowed_special))
+
     def _segments(self, text: str, allowed: set[str]):
-        """Yield (is_special, piece): special-token strings only where allowed."""
+        """split_special for an already-checked set of allowed specials."""
         if not allowed or self._special_split is None:
             yield False, text
             return
@@ -144,16 +154,35 @@ class Tokenizer:
             elif piece:
                 yield False, piece
 
-    def encode(self, text: str, allowed_special: Iterable[str] | str = ()) -> list[int]:
+    def encode(self, text: str, allowed_special: Iterable[str] | str = (), add_bos: bool | None = False) -> list[int]:
         """Text → ids. Special-token strings are plain text unless listed in `allowed_special`.
+
+        add_bos: True puts the BOS token first (an error if the tokenizer has none); None
+        does what this tokenizer's `add_bos` setting says (the model's own convention, e.g.
+        GGUF's tokenizer.ggml.add_bos_token); False, the default, never does, so plain
+        `encode(text)` keeps giving just the text's ids (data shards, chat rendering and
+        offsets rely on that).
 
         >>> tok.encode("<|im_start|>", allowed_special={"<|im_start|>"})  # doctest: +SKIP
         [1]
         """
         _check_text(text)
+        bos = self._bos_prefix(add_bos)
         if self._fast is None or self._has_missing_byte(text):
-            return self.encode_pure(text, allowed_special)
-        return self._fast.encode(text, self._allowed(allowed_special))
+            return bos + self.encode_pure(text, allowed_special)
+        return bos + self._fast.encode(text, self._allowed(allowed_special))
+
+    def _bos_prefix(self, add_bos: bool | None) -> list[int]:
+        """[bos id] or [] for encode's add_bos (True, False, or None = this tokenizer's setting)."""
+        if add_bos is None:
+            add_bos = self.add_bos and self.bos_token is not None
+        elif not isinstance(add_bos, bool):
+            raise ValueError(f"add_bos must be True, False or None, got {add_bos!r}")
+        if not add_bos:
+            return []
+        if self.bos_token is None:
+            raise ValueError("add_bos=True, but this tokenizer has no BOS token")
+        return [self.special_tokens[self.bos_token]]
 
     def _has_missing_byte(self, text: str) -> bool:
         return any(c in text for c in self._missing_ascii)  # `in` scans in C: ~4 ms per MB
@@ -170,14 +199,16 @@ class Tokenizer:
                     ids.extend(self._encode_chunk(chunk.encode("utf-8")))
         return ids
 
-    def encode_batch(self, texts: Sequence[str], allowed_special=()) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], allowed_special=(), add_bos: bool | None = False) -> list[list[int]]:
+        """`encode` for every text (in threads when tiktoken is there); add_bos as encode's."""
+        bos = self._bos_prefix(add_bos)
         if self._fast is not None:
             for t in texts:
                 _check_text(t)
                 if self._has_missing_byte(t):
-                    return [self.encode(t, allowed_special) for t in texts]
-            return self._fast.encode_batch(list(texts), self._allowed(allowed_special))
-        return [self.encode_pure(t, allowed_special) for t in texts]
+                    return [bos + self.encode(t, allowed_special) for t in texts]
+            return [bos + ids for ids in self._fast.encode_batch(list(texts), self._allowed(allowed_special))]
+        return [bos + self.encode_pure(t, allowed_special) for t in texts]
 
     def _encode_chunk(self, chunk: bytes) -> list[int]:
         cached = self._cache.get(chunk)
@@ -219,9 +250,8 @@ class Tokenizer:
 
     # ---- chat -------------------------------------------------------------------------
     def render_chat(self, messages, add_generation_prompt: bool = True, **template_vars):
-        """Messages → (ids, assistant_mask) through this model's chat template (see chat.py)."""
-        from .chat import render_chat
-
+        """Messages → (ids, assistant_mask) through this model's chat template (see chat.py,
+        which uses only this class's public methods and imports nothing of this module)."""
         return render_chat(self, messages, add_generation_prompt=add_generation_prompt, **template_vars)
 
     # ---- persistence ------------------------------------------------------------------
