@@ -119,3 +119,18 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
             seen.add(nxt)
             todo.append(nxt)
     return seen
+
+
+def test_no_module_imports_another_packages_private_names():
+    """A name starting with _ is its module's own: another package that needs it gets it
+    made public (as prompt tuning got model.transformer.segment_positions)."""
+    bad = []
+    for f in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith("ember."):
+                continue
+            dep = node.module.split(".")[1]
+            private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if private and dep != _package_of(f):
+                bad.append(f"{f.relative_to(ROOT.parent)}:{node.lineno} imports {private} from {node.module}")
+    assert not bad, "\n".join(bad)
