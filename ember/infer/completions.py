@@ -1,13 +1,15 @@
 """The two generation endpoints of `ember serve`: `/v1/chat/completions` and
 `/v1/completions`.
 
-A request becomes a `Plan` (prompt ids checked against the context, one SamplingParams per
-choice: n per prompt, choice i seeded with seed + i), then a `Generation` (its engine
-requests submitted together), then either one JSON response or a stream of SSE chunks in
-OpenAI's shapes. max_tokens 0 (how `lm_eval` scores a prompt with `echo`) runs the engine
-for one token that nobody sees, since the engine always makes at least one.
+A request's body becomes a `Plan` (parsed, prompt ids checked against the context, one
+SamplingParams per choice: n per prompt, choice i seeded with seed + i), then a
+`Generation` (its engine requests submitted together), then either one JSON response or a
+stream of SSE chunks in OpenAI's shapes. Parsing, planning and the final JSON run in a
+worker thread: their cost grows with the body, and the event loop must keep answering.
+max_tokens 0 (how `lm_eval` scores a prompt with `echo`) runs the engine for one token
+that nobody sees, since the engine always makes at least one.
 
-    >>> await handle_chat(state, ChatCompletionRequest(...), request)  # doctest: +SKIP
+    >>> await handle_chat(state, request)  # doctest: +SKIP
 """
 
 from __future__ import annotations
