@@ -50,7 +50,8 @@ def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], device="cpu") -> 
 
     >>> model = build_model(ModelConfig.tiny(), Transformer(ModelConfig.tiny()).state_dict())
     """
-    check_config_fits(cfg, {k: v.shape for k, v in sd.items()})  # before building: n_layers is unchecked
+    # Before building, even on meta: a config claiming 10**6 layers would create 10**6 modules.
+    check_config_fits(cfg, {k: v.shape for k, v in sd.items()})
     with torch.device("meta"):
         model = Transformer(cfg)
     check_state_dict(model, sd)

@@ -219,6 +219,10 @@ def test_directories_where_a_file_is_expected(tmp_path, hf_folder):
     (cfg_dir / "config.json").mkdir(parents=True)
     with pytest.raises(ValueError, match="config.json is a directory, not a config.json file"):
         load_model(cfg_dir)
+    with open(hf_folder / "config.json", "r+b") as f:
+        f.truncate(1 << 30)  # sparse: 1 GiB on paper, nothing on disk
+    with pytest.raises(ValueError, match="config.json is 1073741824 bytes, more than a model config needs"):
+        load_model(hf_folder)
     (tmp_path / "weights.gguf").mkdir()
     with pytest.raises(ValueError, match="weights.gguf is a directory, not a GGUF file"):
         load_model(tmp_path / "weights.gguf")

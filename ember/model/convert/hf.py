@@ -59,6 +59,8 @@ GPT2_CONV1D = {f"transformer.h.{{}}.{m}.weight" for m in ("attn.c_attn", "attn.c
 # Old GPT-2 checkpoints carry the causal mask as a tensor; it is not a weight.
 GPT2_IGNORED = {"transformer.h.{}.attn.bias", "transformer.h.{}.attn.masked_bias"}
 
+# A config.json is a few KB; a far larger one is not a config and is refused before reading.
+MAX_CONFIG_BYTES = 16 << 20
 TABLES = {"llama": (LLAMA_KEYS, set(), set(), "model."), "gpt2": (GPT2_KEYS, GPT2_CONV1D, GPT2_IGNORED, "transformer.")}
 
 
@@ -280,6 +282,8 @@ def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Mod
 
     folder = Path(folder)
     config_path = regular_file(folder / "config.json", "config.json file")
+    if config_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{config_path} is {config_path.stat().st_size} bytes, more than a model config needs")
     try:
         d = json.loads(read_text_utf8(config_path))
     except (OSError, json.JSONDecodeError) as e:
