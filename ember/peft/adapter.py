@@ -32,18 +32,30 @@ class Adapter(nn.Module):
 def named_plain_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """(name, module) like named_modules(), but the `base` hop of each Adapter wrapper is
     left out of the names: "layers.0.attention.wq", not "layers.0.attention.base.wq"."""
+    for _, plain, module in _walk(model, prefix):
+        yield plain, module
+
+
+def plain_names(model: nn.Module) -> dict[str, str]:
+    """Qualified name (as named_modules gives it) → the name without wrappers' `base` hops."""
+    return {real: plain for real, plain, _ in _walk(model, "")}
+
+
+def _walk(model: nn.Module, prefix: str):
+    """(real name, plain name, module) for every module once, parents first."""
     seen: set[int] = set()
 
-    def walk(module: nn.Module, name: str):
+    def walk(module: nn.Module, real: str, plain: str):
         if id(module) in seen:
             return
         seen.add(id(module))
-        yield name, module
-        for child_name, child in module.named_children():
-            hop = isinstance(module, Adapter) and child_name == "base"
-            yield from walk(child, name if hop else f"{name}.{child_name}" if name else child_name)
+        yield real, plain, module
+        for name, child in module.named_children():
+            hop = isinstance(module, Adapter) and name == "base"
+            yield from walk(child, f"{real}.{name}" if real else name,
+                            plain if hop else f"{plain}.{name}" if plain else name)  # fmt: skip
 
-    yield from walk(model, prefix)
+    yield from walk(model, prefix, prefix)
 
 
 def base_model(model: nn.Module) -> nn.Module:

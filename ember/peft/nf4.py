@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ember.peft.adapter import plain_names
+
 BLOCK = 64  # weights per absmax (paper: 64)
 SCALE_BLOCK = 256  # absmaxes per second-level scale (paper: 256)
 DEFAULT_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
@@ -185,7 +187,8 @@ def select_linears(model: nn.Module, targets) -> list[str]:
     """Qualified names of the linear layers (nn.Linear or NF4Linear) that `targets` name.
 
     A target matches a module whose name equals it or ends with "." + target, so "wq" is
-    every layer's query projection and "layers.0.attention.wq" only the first one's. A
+    every layer's query projection and "layers.0.attention.wq" only the first one's; names
+    are the plain model's, whatever adapter wraps the layer (see adapter.plain_names). A
     target that matches no linear layer is a ValueError listing the leaf names there are.
 
     >>> from ember.model import ModelConfig, Transformer
@@ -196,10 +199,11 @@ def select_linears(model: nn.Module, targets) -> list[str]:
         targets = [targets]
     if not targets:
         raise ValueError("targets is empty: name at least one linear layer, e.g. 'wq'")
+    plain = plain_names(model)
     linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, NF4Linear))]
     picked, unknown = [], []
     for t in targets:
-        hit = [n for n in linears if n == t or n.endswith("." + t)]
+        hit = [n for n in linears if plain[n] == t or plain[n].endswith("." + t)]
         if not hit:
             unknown.append(t)
         picked += [n for n in hit if n not in picked]

@@ -234,3 +234,8 @@ def test_adapter_names_do_not_depend_on_the_order_of_transforms():
     assert "layers.1.attention.wo.lora_B" in peft_state_dict(after)
     assert "layers.1.attention.prefix.keys" in peft_state_dict(after)
     assert not any(".base." in k for k in peft_state_dict(after))
+
+
+def test_lora_targets_name_the_plain_model_under_a_prefix_wrapper():
+    model = apply_lora(apply_prefix_tuning(tiny(), 2), LoraConfig(rank=2, targets=["layers.1.attention.wq"]))
+    assert sorted(k for k in peft_state_dict(model) if "lora" in k) == ["layers.1.attention.wq.lora_A", "layers.1.attention.wq.lora_B"]
