@@ -177,6 +177,8 @@ def _prune(root: Path, keep: int, protect: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(".step_*.tmp"):  # leftovers of an interrupted save
         shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(f".{LATEST}.*.tmp"):  # ... and of an interrupted write of `latest`
+        p.unlink(missing_ok=True)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:

@@ -117,6 +117,14 @@ def test_resume_checkpoint_without_latest_is_the_newest_intact_one(tmp_path):
     assert load_resume_checkpoint(tmp_path / "nothing") == (None, None)
 
 
+def test_a_save_removes_leftovers_of_a_killed_save_and_pointer_write(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / ".step_000001.x1.tmp").mkdir(parents=True)
+    (root / ".latest.x2.tmp").write_text("step_0000")  # kill -9 during the pointer's atomic write
+    save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, None, {})
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000001"]
+
+
 def test_lr_schedule_shape():
     cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     lrs = [lr_at(s, 100, cfg) for s in range(100)]
