@@ -45,6 +45,9 @@ def run_chat(
     conversation no longer fits the context, the oldest turns are dropped (and we say so).
     """
     params = params or SamplingParams(temperature=0.7, top_p=0.9, max_tokens=512)
+    if params.max_tokens >= engine.max_seq_len:  # else every message would be "too long"
+        raise ValueError(f"max_tokens {params.max_tokens} leaves no room for a message in the "
+                         f"context of {engine.max_seq_len} tokens; lower --max-tokens")
     read = input_fn or _stdin_lines
     head = [{"role": "system", "content": system}] if system else []
     history: list[dict] = []

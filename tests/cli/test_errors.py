@@ -264,3 +264,9 @@ def test_sigint_to_a_real_process_exits_130(tmp_path):
         proc.kill()
     assert proc.returncode == 130, err.decode()
     assert b"Traceback" not in err and err.decode().strip().endswith("ember: interrupted")
+
+
+def test_chat_max_tokens_that_fill_the_context_is_one_line(tiny, capsys):
+    # before: every message was refused as "too long", one turn at a time
+    assert main(["chat", "--model", tiny, "--max-tokens", "300"]) == 2
+    one_error_line(capsys, "max_tokens 300", "256")
