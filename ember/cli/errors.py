@@ -12,6 +12,7 @@ EMBER_DEBUG=1 to see the traceback of every error, for a bug report.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 from collections.abc import Callable
@@ -36,6 +37,8 @@ def guarded(fn: Callable[[], int]) -> int:
         print(("\n" if sys.stderr.isatty() else "") + "ember: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
+        if isinstance(e, BrokenPipeError) and not debug and _stdout_is_gone():
+            return 1  # the reader left (`ember ... | head`): nobody is listening, say nothing
         message = one_line(e)
         if message is None or debug:
             raise
@@ -53,6 +56,22 @@ def one_line(e: BaseException) -> str | None:
     if isinstance(e, ValueError):  # also json.JSONDecodeError and UnicodeDecodeError
         return _flatten(str(e)) or type(e).__name__
     return None
+
+
+def _stdout_is_gone() -> bool:
+    """True when stdout is a pipe whose reader has left (the write end then polls as an
+    error); stdout then goes to /dev/null, so the interpreter's own flush at exit does not
+    report the same broken pipe once more."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(ev & select.POLLERR for _, ev in poll.poll(0))
+        if gone:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        return gone
+    except (OSError, ValueError, AttributeError):  # no descriptor, or no poll() here
+        return False
 
 
 def _os_message(e: OSError) -> str:

@@ -270,3 +270,21 @@ def test_chat_max_tokens_that_fill_the_context_is_one_line(tiny, capsys):
     # before: every message was refused as "too long", one turn at a time
     assert main(["chat", "--model", tiny, "--max-tokens", "300"]) == 2
     one_error_line(capsys, "max_tokens 300", "256")
+
+
+def test_a_reader_that_leaves_early_is_not_an_error_message(tiny, tmp_path):
+    """`ember tokenize ... | head -c 1`: exit 1, nothing on stderr (no traceback, no error)."""
+    big = tmp_path / "big.txt"
+    big.write_text("a" * 400_000)  # ~2 MB of output: far more than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ember", "tokenize", "--model", tiny, "--file", str(big), "--format", "pieces"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout.read(1) == b"["
+        proc.stdout.close()  # the reader leaves
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and err == b"", err.decode()
