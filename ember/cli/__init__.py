@@ -288,6 +288,7 @@ class ServeConfig(ModelOptions):
         at_least("--max-batch", self.max_batch, 1)
         at_least("--ctx", self.ctx, 1)
         at_least("--max-queue", self.max_queue, 1)
+        at_least("--max-body-bytes", self.max_body_bytes, 1)
 
 
 def serve(cfg: ServeConfig) -> None:

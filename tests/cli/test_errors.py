@@ -75,6 +75,7 @@ def test_generate_bad_values_are_one_line(tiny, capsys, monkeypatch, args, needl
         (["serve", "--port", "-1"], ("--port", "-1")),
         (["serve", "--max-batch", "0"], ("--max-batch", "0")),
         (["serve", "--ctx", "0"], ("--ctx", "0")),
+        (["serve", "--max-body-bytes", "0"], ("--max-body-bytes", "0")),
         (["serve", "--threads", "-1"], ("--threads", "-1")),
         (["perplexity", "--ctx", "-5"], ("--ctx", "-5")),
         (["chat", "--temperature", "1e308"], ("temperature",)),
