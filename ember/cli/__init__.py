@@ -373,7 +373,8 @@ def _normalize_argv(argv: list[str], positional: dict[str, str]) -> list[str]:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="ember", description="ember: one codebase for the whole life of an LLM")
+    parser = ArgumentParser(prog="ember", description="ember: one codebase for the whole life of an LLM",
+                            epilog="An error is one line; EMBER_DEBUG=1 shows its traceback.")
     sub = parser.add_subcommands(dest="command")
 
     tokenizer = ArgumentParser(description="tokenizer tools")
