@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+from ember.quant.fuse import FusedAttention
+from ember.quant.int4 import Int4Linear
+
 
 @pytest.fixture(scope="module")
 def smollm2_path():
@@ -39,7 +42,11 @@ def test_load_int4_fused_matches_unfused(smollm2_path):
 
     fused, tok = ember.load("smollm2", quant="int4", fuse=True)
     plain, _ = ember.load("smollm2", quant="int4")
-    assert fused.layers[0].attention.wqkv is not None and plain.layers[0].attention.wqkv is None
+    # fusion replaces the module; the plain model keeps wq/wk/wv and has no wqkv at all
+    assert isinstance(fused.layers[0].attention, FusedAttention)
+    assert isinstance(fused.layers[0].attention.wqkv, Int4Linear)
+    assert not isinstance(plain.layers[0].attention, FusedAttention)
+    assert not hasattr(plain.layers[0].attention, "wqkv")
     assert fused.norm.weight.dtype == torch.float32  # float tensors in the asked dtype
     assert fused.tok_embeddings(torch.tensor([5])).dtype == torch.float32
     ids = torch.tensor([tok.encode("Fusing stacks rows, so the products are the same numbers.")])
