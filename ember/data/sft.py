@@ -24,6 +24,7 @@ from ember.data.jsonl import jsonl_lines
 from ember.tokenizer.chat import validate_messages
 
 IGNORE = -100
+"""Label of a position that is not scored (prompt tokens, padding): cross-entropy's ignore_index."""
 
 
 @dataclass
@@ -109,7 +110,7 @@ def encode_conversations(tok, conversations, max_len: int, overlong: str = "trun
         print(f"warning: {long} of {len(conversations)} conversations {verb} {max_len} tokens", file=sys.stderr)
     if empty:
         print(f"warning: dropped {empty} conversations with no assistant token within {max_len} tokens",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr)
     if not out:
         raise ValueError("no conversation left to train on (all too long, or no assistant tokens)")
     return out

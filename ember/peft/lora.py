@@ -30,19 +30,20 @@ from ember.peft.nf4 import DEFAULT_TARGETS, NF4Linear, select_linears
 
 @dataclass
 class LoraConfig:
-    """What apply_lora wraps and how.
-
-    rank r and alpha α: the update is scaled by α / r. dropout: on the adapter's input only.
-    targets: leaf names of linear layers ("wq") or dotted suffixes ("layers.0.attention.wq").
+    """What apply_lora wraps and how; a recipe's config holds it as its `lora` field.
 
     >>> LoraConfig(rank=8).alpha / LoraConfig(rank=8).rank
     4.0
     """
 
     rank: int = 16
+    """r, the inner dimension of B A: trainable parameters grow linearly with it."""
     alpha: float = 32.0
+    """α: the update is scaled by α / r, so a new rank needs no new learning rate."""
     dropout: float = 0.0
+    """Dropout on the adapter's input only (the frozen path sees the input unchanged)."""
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """Linear layers to wrap: leaf names ("wq") or dotted suffixes ("layers.0.attention.wq")."""
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -109,7 +110,7 @@ class LoraLinear(Adapter):
     def _fold(self, sign: int) -> None:
         if not isinstance(self.base, nn.Linear):
             raise ValueError("cannot merge LoRA into an NF4 weight in place; merge_lora(model) "
-                             "replaces it by a float nn.Linear")  # fmt: skip
+                             "replaces it by a float nn.Linear")
         if self.merged == (sign > 0):
             raise ValueError(f"LoRA is already {'merged' if self.merged else 'unmerged'}")
         with torch.no_grad():

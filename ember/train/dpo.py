@@ -36,12 +36,11 @@ from ember.data.preference import (
     encode_pairs,
     encode_unpaired,
     file_kind,
-    make_style_pairs,
     read_preference_jsonl,
-    style_violation,
     unpair,
 )
 from ember.data.sft import RowLoader
+from ember.data.style import make_style_pairs, style_violation
 from ember.parallel import init_distributed
 from ember.train.loop import TrainConfig, Trainer
 from ember.train.losses import IGNORE

@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100  # target id that contributes no loss (prompt tokens, padding)
+from ember.data.sft import IGNORE
+
+__all__ = ["IGNORE", "bradley_terry_loss", "cross_entropy", "lm_loss"]
+
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ember.core.io import atomic_write_json
-from ember.data.preference import style_violation
+from ember.data.style import style_violation
 from ember.model.heads import RewardModel, ValueHead
 from ember.parallel import init_distributed
 from ember.train.dpo import load_pairs

@@ -7,16 +7,12 @@ import pytest
 
 from ember.data.preference import (
     IGNORE,
-    STYLE_SYSTEM_PROMPT,
-    VIOLATIONS,
-    collate_pairs,
     encode_completion,
     encode_pair,
-    make_style_pairs,
     read_preference_jsonl,
-    style_violation,
     write_preference_jsonl,
 )
+from ember.data.style import STYLE_SYSTEM_PROMPT, VIOLATIONS, make_style_pairs, style_violation
 
 USER = [{"role": "user", "content": "What is 2 plus 2?"}]
 
@@ -132,15 +128,6 @@ def test_style_violation_reasons():
 
 
 # ---- encoding -----------------------------------------------------------------------------
-
-
-def test_collate_pairs_puts_chosen_first_and_pads_right():
-    p = [{"chosen_ids": [1, 2, 3], "chosen_labels": [2, 3, IGNORE], "rejected_ids": [1, 4], "rejected_labels": [4, IGNORE]},
-         {"chosen_ids": [5], "chosen_labels": [IGNORE], "rejected_ids": [6, 7, 8, 9], "rejected_labels": [7, 8, 9, IGNORE]}]  # fmt: skip
-    batch = collate_pairs(p, pad_id=0)
-    assert batch["ids"].tolist() == [[1, 2, 3, 0], [5, 0, 0, 0], [1, 4, 0, 0], [6, 7, 8, 9]]
-    assert batch["labels"][1].tolist() == [IGNORE] * 4
-    assert batch["attention_mask"].sum(1).tolist() == [3, 1, 2, 4]
 
 
 def test_encode_pair_labels_only_the_reply(smollm2_tokenizer):
