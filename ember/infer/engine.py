@@ -23,8 +23,10 @@ vectorised softmax sums a key length that is not a multiple of its vector width 
 even when the extra keys are masked. Right-padding a prompt beside a longer one changed
 its logits by ~1e-7. So no shape depends on the neighbours: each prompt is prefilled
 alone, every decode step runs all `max_batch_size` rows, and it attends over a key length
-(`kv_len`) rounded up to 64 (extra masked keys add exact zeros). The price is that an underfull batch
-still computes its parked rows: SmolLM2-135M fp32 on one CPU thread decodes one request
+(`kv_len`) rounded up to 64 (extra masked keys add exact zeros) through SDPA's math
+backend (CPU flash attention with 2+ threads rounds the rows its worker threads compute
+differently from the calling thread's, so a row's numbers depended on its slot). The
+price is that an underfull batch still computes its parked rows: SmolLM2-135M fp32 on one CPU thread decodes one request
 at 20 tok/s with max_batch_size=1 and 8 tok/s with 8 (a full batch of 8: 65 tok/s in all).
 `batch_invariant=False` decodes only rows 0..(highest busy slot) over the exact kv_len:
 faster when underfull, and the tokens then match a lone run only up to float ties. On
@@ -42,10 +44,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ember.model.kv_cache import KVCache
 
@@ -335,7 +338,7 @@ class Engine:
         n = len(tokens)
         cache = self.cache if n == self.cache.batch_size else self.cache.rows(0, n)
         model = self._decode_model if kv_len is not None else self.model
-        with self._eval_mode():
+        with self._eval_mode(), _batch_invariant_attention(self.batch_invariant):
             return model(tokens[:, None], cache, positions[:, None], kv_len=kv_len)[:, 0]  # [n, V]
 
     # ---- front doors ------------------------------------------------------------------
@@ -384,6 +387,14 @@ class Engine:
         finally:  # the consumer stopped early (or an error): free the slot
             if not req.finished:
                 self.abort(req)
+
+
+def _batch_invariant_attention(on: bool):
+    """SDPA's math backend where batch invariance is asked for. CPU flash attention with
+    more than one thread rounds the (batch, head) items its worker threads compute
+    differently from those of the calling thread, so a row's numbers depended on its slot.
+    The math backend gives every row the same numbers in any slot, at any thread count."""
+    return sdpa_kernel(SDPBackend.MATH) if on else nullcontext()
 
 
 def _round_up(n: int, step: int = KV_LEN_STEP) -> int:

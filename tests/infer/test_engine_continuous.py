@@ -43,7 +43,17 @@ def run_staggered(engine: Engine, arrivals: dict[int, list[int]], ps, params) ->
 # ---- scheduling --------------------------------------------------------------------------
 
 
-def test_staggered_arrivals_give_each_request_what_it_gets_alone():
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Both thread counts: with 2, CPU flash attention rounds the rows that its worker
+    thread computes differently, so a request's log-probs depended on its slot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_staggered_arrivals_give_each_request_what_it_gets_alone(threads):
     # fp32 on purpose: the engine keeps every shape independent of the neighbours, so even
     # the log-probs agree bit for bit, not just the tokens.
     model, tok = make_model(), make_tokenizer()
