@@ -18,7 +18,6 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -36,21 +35,10 @@ from .protocol import (
     legacy_logprobs,
 )
 from .sampling import SamplingParams
+from .state import ServerState
 from .worker import Event, Job
 
-if TYPE_CHECKING:
-    from .server import ServerState
-
 DISCONNECT_POLL_S = 0.25  # how often a plain (non-streaming) request checks for a hang-up
-
-
-def encode_prompt(tok, text: str) -> list[int]:
-    """A raw prompt's ids, as `ember generate` encodes them (BOS first if the model wants it;
-    special-token strings stay plain text)."""
-    ids = tok.encode(text)
-    if tok.add_bos and tok.bos_token_id is not None:
-        ids = [tok.bos_token_id, *ids]
-    return ids
 
 
 def model_not_found(name: str, state: ServerState) -> APIError:
@@ -317,7 +305,9 @@ def _prepare_completion(state: ServerState, raw: bytes) -> tuple[CompletionReque
     check_model(state, body.model)
     texts, tok = body.prompts(), state.tokenizer
     check_fits_queue(state, len(texts), body.n)  # before tokenizing what can never run
-    prompts = [encode_prompt(tok, p) if isinstance(p, str) else list(p) for p in texts]
+    # a raw prompt as `ember generate` encodes it: BOS first if the model wants it, and
+    # special-token strings stay plain text
+    prompts = [tok.encode(p, add_bos=None) if isinstance(p, str) else list(p) for p in texts]
     echo_lp = body.echo and body.logprobs is not None
     plan = _plan(state, body, prompts, body.logprobs, prompt_logprobs=echo_lp)
     echoes = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in texts]

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -25,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .completions import check_model, encode_prompt, handle_chat, handle_completion, model_not_found
+from .completions import check_model, handle_chat, handle_completion, model_not_found
 from .engine import Engine
 from .protocol import (
     APIError,
@@ -37,32 +35,12 @@ from .protocol import (
     error_body,
     parse_request,
 )
+from .state import MAX_BODY_BYTES, Metrics, ServerState
 from .worker import EngineWorker
 
 log = logging.getLogger("ember.serve")
 STATIC = Path(__file__).parent / "static"
-# A full 8k-token context is ~32 KB of text, ~200 KB as JSON \u escapes; a batch of 64
-# such prompts (lm_eval's completions) fits too. A bigger body is refused unread.
-MAX_BODY_BYTES = 8 * 2**20
 
-
-@dataclass
-class ServerState:
-    engine: Engine
-    worker: EngineWorker
-    model_id: str
-    max_queue: int
-    metrics: Metrics
-    max_body_bytes: int = MAX_BODY_BYTES
-    in_flight: int = 0  # engine requests submitted and not finished (event-loop side only)
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
-
-    @property
-    def ctx(self) -> int:
-        return self.engine.max_seq_len
 
 
 def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
@@ -149,7 +127,7 @@ def _tokenize(state: ServerState, raw: bytes) -> JSONResponse:
         except ValueError as e:  # the model's template refused these messages
             raise APIError(400, str(e), param="messages") from None
     else:
-        ids = encode_prompt(state.tokenizer, body.prompt)
+        ids = state.tokenizer.encode(body.prompt, add_bos=None)  # BOS as generation adds it
     return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": state.ctx})
 
 
@@ -225,56 +203,7 @@ def _install_error_handlers(app: FastAPI) -> None:
                                        type="server_error", code="internal_error"), 500)  # fmt: skip
 
 
-# ---- metrics (Prometheus text format) ---------------------------------------------------
-
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/tokenize",
-             "/detokenize", "/metrics", "/")  # fmt: skip
-
-
-class Metrics:
-    BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-
-    def __init__(self):
-        self.started = int(time.time())
-        self.requests: Counter = Counter()  # (endpoint, status) → count
-        self.latency: dict[str, list] = {}  # endpoint → [count per bucket..., sum, count]
-        self.prompt_tokens = self.generation_tokens = 0
-
-    def tokens(self, prompt: int, generated: int) -> None:
-        self.prompt_tokens += prompt
-        self.generation_tokens += generated
-
-    def observe(self, path: str, status: int, seconds: float) -> None:
-        endpoint = path if path in ENDPOINTS else "other"  # bounded label values
-        self.requests[endpoint, status] += 1
-        h = self.latency.setdefault(endpoint, [0] * (len(self.BUCKETS) + 2))
-        for b, le in enumerate(self.BUCKETS):
-            h[b] += seconds <= le
-        h[-2] += seconds
-        h[-1] += 1
-
-    def render(self, worker: EngineWorker) -> str:
-        lines = ["# HELP ember_requests_total HTTP requests by endpoint and status.",
-                 "# TYPE ember_requests_total counter"]  # fmt: skip
-        for (ep, status), n in sorted(self.requests.items()):
-            lines.append(f'ember_requests_total{{endpoint="{ep}",status="{status}"}} {n}')
-        for name, value, kind, doc in [
-            ("ember_requests_running", worker.running, "gauge", "Engine requests in a batch slot."),
-            ("ember_requests_waiting", worker.waiting, "gauge", "Engine requests queued for a slot."),
-            ("ember_prompt_tokens_total", self.prompt_tokens, "counter", "Prompt tokens processed."),
-            ("ember_generation_tokens_total", self.generation_tokens, "counter", "Tokens generated."),
-        ]:
-            lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        lines += ["# HELP ember_request_duration_seconds Time from request to last byte.",
-                  "# TYPE ember_request_duration_seconds histogram"]  # fmt: skip
-        for ep, h in sorted(self.latency.items()):
-            for le, n in zip(self.BUCKETS, h):
-                lines.append(f'ember_request_duration_seconds_bucket{{endpoint="{ep}",le="{le}"}} {n}')
-            lines.append(f'ember_request_duration_seconds_bucket{{endpoint="{ep}",le="+Inf"}} {h[-1]}')
-            lines.append(f'ember_request_duration_seconds_sum{{endpoint="{ep}"}} {h[-2]:.6f}')
-            lines.append(f'ember_request_duration_seconds_count{{endpoint="{ep}"}} {h[-1]}')
-        return "\n".join(lines) + "\n"
-
+# ---- metrics middleware ---------------------------------------------------------------
 
 class MetricsMiddleware:
     """Counts every HTTP request by endpoint and status, and times it to its last byte."""

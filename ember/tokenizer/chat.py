@@ -286,7 +286,7 @@ def _template_atoms(tok, text: str, atoms: list) -> None:
     """Split template output on special tokens (which the template may write)."""
     if not text:
         return
-    for is_special, piece in tok._segments(text, set(tok.special_tokens)):
+    for is_special, piece in tok.split_special(text, "all"):
         atoms.append((piece, None, is_special))
 
 

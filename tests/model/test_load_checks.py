@@ -17,7 +17,8 @@ from ember.model.convert import fill, split_layer
 from ember.model.convert.gguf import LLAMA_KEYS as GGUF_LLAMA_KEYS
 from ember.model.convert.gguf import load_gguf
 from ember.model.convert.hf import config_from_hf, load_hf, save_hf
-from ember.model.load import build_model, check_config_fits, expected_shapes
+from ember.model.load import build_model
+from ember.model.shapes import check_config_fits, expected_shapes
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import torch
 from ember.core.gguf import gguf_field, open_gguf
 from ember.model.config import ModelConfig
 from ember.model.convert import fill, split_layer, unknown_keys_error
+from ember.model.shapes import check_config_fits
 
 LLAMA_KEYS: dict[str, str | tuple[str, ...]] = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -192,8 +193,6 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tu
     >>> cfg.n_layers, sd["norm.weight"].shape  # doctest: +SKIP
     (30, torch.Size([576]))
     """
-    from ember.model.load import check_config_fits
-
     reader = open_gguf(path)
     cfg = config_from_gguf(reader)
     raw = gguf_raw_tensors(reader, gguf_field(reader, "general.architecture"))

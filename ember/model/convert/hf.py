@@ -16,6 +16,7 @@ from ember.core.io import atomic_write_bytes, atomic_write_json, read_text_utf8
 from ember.core.registry import regular_file
 from ember.model.config import ModelConfig
 from ember.model.convert import fill, rope_rows_interleaved_to_half, split_layer, unknown_keys_error
+from ember.model.shapes import check_config_fits
 
 
 def _with_bias(linears: dict[str, str]) -> dict[str, str]:
@@ -278,8 +279,6 @@ def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Mod
     The config is checked against the tensor shapes in the safetensors headers before any
     tensor is read, so a config that claims more than the files hold fails at once.
     """
-    from ember.model.load import check_config_fits
-
     folder = Path(folder)
     config_path = regular_file(folder / "config.json", "config.json file")
     if config_path.stat().st_size > MAX_CONFIG_BYTES:
