@@ -15,14 +15,16 @@ from ember.parallel.distributed import (
     barrier,
     broadcast_object,
     destroy_distributed,
-    full_optim_state_dict,
-    full_state_dict,
     init_distributed,
     is_fsdp,
-    load_full_optim_state_dict,
-    load_full_state_dict,
     no_sync,
     unwrap,
+)
+from ember.parallel.state_dict import (
+    full_optim_state_dict,
+    full_state_dict,
+    load_full_optim_state_dict,
+    load_full_state_dict,
 )
 
 __all__ = [
