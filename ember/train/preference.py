@@ -1,7 +1,7 @@
 """Preference losses as pure functions: DPO and its family (cDPO, IPO, SimPO, ORPO, KTO).
 
 Every loss takes per-sequence log-probabilities (B,) — one entry per pair (or per example for
-KTO) — and returns (scalar loss, metrics). The model forward lives in the recipe; here is only
+KTO) — and returns (scalar loss, metrics). The model forward lives in the kit; here is only
 the arithmetic, each function citing its paper's equation. Sums vs averages matter:
 
 - DPO, cDPO, KTO take SUMMED log-probs, log π(y|x) = Σ_t log π(y_t|…) (`average=False`).
@@ -9,7 +9,8 @@ the arithmetic, each function citing its paper's equation. Sums vs averages matt
   define them.
 - IPO is written for whatever you pass; TRL feeds it averages (see `ipo_loss`).
 
-`sequence_logprobs` turns (logits, labels) into either.
+ember.train.kit.sequence_logprobs gives the sums and token counts (sum / count is the
+average).
 """
 
 from __future__ import annotations
@@ -18,34 +19,6 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-
-from ember.train.losses import IGNORE
-
-
-def sequence_logprobs(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE, average: bool = False
-) -> torch.Tensor:
-    """Σ_t log p(labels[t] | logits[t]) per row (or the mean over non-ignored t), in fp32.
-
-    logits (B, T, V), labels (B, T) → (B,). labels are aligned with logits exactly as in
-    `cross_entropy` (labels[t] is the token logits[t] predicts); prompt and padding positions
-    carry ignore_index. A uniform model over V=4 gives log(1/4) per token:
-    >>> sequence_logprobs(torch.zeros(1, 3, 4), torch.tensor([[1, 2, -100]]))
-    tensor([-2.7726])
-    """
-    B, T, V = logits.shape
-    if labels.shape != (B, T):
-        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
-    # cross_entropy(reduction="none") is log-softmax + gather without materialising a second
-    # (B, T, V) tensor of log-probs; fp32 for the same reason as in cross_entropy.
-    tok = -F.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=ignore_index, reduction="none"
-    )  # (B, T), 0 at ignored positions
-    total = tok.sum(-1)
-    if not average:
-        return total
-    n = (labels != ignore_index).sum(-1).clamp(min=1)
-    return total / n
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:
@@ -115,7 +88,7 @@ def ipo_loss(
     regresses the log-ratio margin to the fixed target 1/(2β) instead of pushing it to ∞.
     Deviation note: the paper writes h with sequence log-probs; TRL's `loss_type="ipo"` feeds
     AVERAGE per-token log-probs (length-normalised, else long pairs dominate the square). This
-    function is agnostic — pass `sequence_logprobs(..., average=True)` to match TRL (our
+    function is agnostic — pass per-token averages to match TRL (our
     recipe's choice), or sums to match the paper. At h = 0 the loss is (1/(2β))²:
     >>> z = torch.tensor([-1.0])
     >>> round(ipo_loss(z, z, z, z, beta=0.1)[0].item(), 4)
@@ -138,7 +111,7 @@ def simpo_loss(
     """SimPO, Meng et al. 2024, eq. 6: −log σ(β·avg_c − β·avg_r − γ).
 
     Reference-free and length-normalised: avg_* are AVERAGE per-token log-probs (B,) of the
-    policy (`sequence_logprobs(..., average=True)`); γ is the target reward margin. Equal
+    policy (sum / count from the kit's `sequence_logprobs`); γ is the target reward margin. Equal
     averages give −log σ(−γ) = log(1 + e^0.5) at γ = 0.5:
     >>> z = torch.tensor([-1.0])
     >>> round(simpo_loss(z, z)[0].item(), 4)

@@ -35,7 +35,7 @@ def test_read_normalises_layouts_and_counts_skips(tmp_path, capsys):
         {"chosen": USER + [{"role": "assistant", "content": "4."}],
          "rejected": USER + [{"role": "assistant", "content": "5."}]},  # 8 ok: implicit prompt
         {"rejected": "x"},  # 9 missing_field
-    ])  # fmt: skip
+    ])
     rows, report = read_preference_jsonl(path)
     assert report == {"bad_json": 1, "missing_field": 2, "identical": 1, "bad_type": 1}
     assert [r["chosen"] for r in rows] == ["4.", "4.", "4."]
@@ -49,7 +49,7 @@ def test_read_normalises_layouts_and_counts_skips(tmp_path, capsys):
 
 def test_fail_mode_names_the_line(tmp_path):
     path = _write(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"},
-                                         {"prompt": "q", "chosen": "a", "rejected": "a"}])  # fmt: skip
+                                         {"prompt": "q", "chosen": "a", "rejected": "a"}])
     with pytest.raises(ValueError, match=r"p\.jsonl:2: identical"):
         read_preference_jsonl(path, on_error="fail")
     with pytest.raises(ValueError, match="on_error"):
@@ -61,7 +61,7 @@ def test_bad_prompts_and_empty_files(tmp_path):
         {"prompt": USER + [{"role": "assistant", "content": "hm"}], "chosen": "a", "rejected": "b"},
         {"prompt": [{"role": "wizard", "content": "q"}], "chosen": "a", "rejected": "b"},
         {"prompt": "q", "chosen": " ", "rejected": "b"},
-    ])  # fmt: skip
+    ])
     with pytest.raises(ValueError, match="no valid pair rows"):
         read_preference_jsonl(path)
 
@@ -71,7 +71,7 @@ def test_unpaired_kto_rows(tmp_path):
         {"prompt": "q", "completion": "good.", "label": True},
         {"prompt": "q", "completion": "bad", "label": "yes"},
         {"prompt": "q", "completion": "meh"},
-    ])  # fmt: skip
+    ])
     rows, report = read_preference_jsonl(path, kind="unpaired")
     assert rows == [{"prompt": [{"role": "user", "content": "q"}], "completion": "good.", "label": True}]
     assert report == {"bad_type": 1, "missing_field": 1}
@@ -101,7 +101,7 @@ def test_style_pairs_chosen_keeps_style_rejected_breaks_it():
             assert style_violation(r["chosen"], r["answer"]) is None, r
             assert style_violation(r["rejected"], r["answer"]) is not None, r
         expect = {"trail": "unfinished", "deflect": "no answer", "repeat": "several sentences",
-                  "ramble": "several sentences"}  # fmt: skip
+                  "ramble": "several sentences"}
         assert all(style_violation(r["rejected"], r["answer"]) == expect[r["violation"]] for r in rows)
 
 

@@ -159,10 +159,10 @@ def loop_resume_run(out: Path, interrupt_at: int | None = None, resume: bool = F
 def grpo_run(model: Path, out: Path) -> None:
     """GRPO with a reward that varies within groups (a random model never earns the built-in
     exact-match and format rewards, so their advantages, and the whole run, would be 0)."""
+    from ember.peft import LoraConfig
     from ember.train.grpo import GRPOConfig, main
     from ember.train.loop import TrainConfig
     from ember.train.optim import OptimConfig
-    from ember.train.sft import LoraArgs
 
     def text_checksum(row, text):
         return float(sum(map(ord, text)) % 5)
@@ -171,7 +171,7 @@ def grpo_run(model: Path, out: Path) -> None:
     train = TrainConfig(steps=3, batch_size=4, save_every=0, out=str(out), seed=3, **QUIET)
     optim = OptimConfig(lr=1e-2, warmup_steps=0)
     sizes = dict(group_size=2, prompts_per_step=2, max_new_tokens=4, n_eval=2, beta=0.04)
-    cfg = GRPOConfig(model=str(model), lora=LoraArgs(rank=4), train=train, optim=optim, **sizes)
+    cfg = GRPOConfig(model=str(model), lora=LoraConfig(rank=4), train=train, optim=optim, **sizes)
     main(cfg, reward_fns=[text_checksum])
 
 
@@ -211,7 +211,7 @@ def run_sft(tmp: Path, chat_model: Path, **_) -> dict:
 
 
 PREFERENCE = (
-    "--preset style --n_train 8 --n_eval 4 --lora.rank 4 --train.batch_size 4 --train.eval_every 0"
+    "--dataset style --n_train 8 --n_eval 4 --lora.rank 4 --train.batch_size 4 --train.eval_every 0"
 )
 
 

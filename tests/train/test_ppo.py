@@ -8,14 +8,14 @@ import torch
 from ember.cli import main
 from ember.model import ModelConfig, Transformer
 from ember.model.heads import RewardModel
+from ember.train.kit import load_reward_model
 from ember.train.ppo import PPOConfig, end_of_turn_id, score_replies
-from ember.train.reward import load_reward_model
 
 
 @pytest.fixture(scope="module")
 def reward_run(tiny_chat_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm")
-    code = main(["reward", "--model", str(tiny_chat_model), "--preset", "style", "--n_train", "8", "--n_eval", "4",
+    code = main(["reward", "--model", str(tiny_chat_model), "--dataset", "style", "--n_train", "8", "--n_eval", "4",
                  "--lora.rank", "4", "--train.steps", "2", "--train.batch_size", "4", "--train.eval_every", "0",
                  "--train.out", str(out), "--train.progress", "false"])  # fmt: skip
     assert code == 0

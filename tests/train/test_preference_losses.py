@@ -11,7 +11,6 @@ from ember.train.preference import (
     kto_loss,
     orpo_loss,
     preference_loss,
-    sequence_logprobs,
     simpo_loss,
 )
 
@@ -24,39 +23,6 @@ def t(*xs, grad=False):
 
 def close(a, b, tol=1e-5):
     return abs(float(torch.as_tensor(a).detach()) - b) < tol
-
-
-# --- sequence_logprobs ---------------------------------------------------------------
-
-
-def test_sequence_logprobs_sum_and_average_by_hand():
-    # row 0: logits favour token 0 by log 3 over 2 others → p(0) = 3/5, p(1) = 1/5
-    logits = torch.zeros(2, 3, 3)
-    logits[0, :, 0] = math.log(3)
-    labels = torch.tensor([[0, 1, -100], [2, -100, -100]])
-    got = sequence_logprobs(logits, labels)
-    assert close(got[0], math.log(3 / 5) + math.log(1 / 5))
-    assert close(got[1], math.log(1 / 3))  # uniform row, one label
-    avg = sequence_logprobs(logits, labels, average=True)
-    assert close(avg[0], (math.log(3 / 5) + math.log(1 / 5)) / 2)
-    assert close(avg[1], math.log(1 / 3))
-
-
-def test_sequence_logprobs_is_fp32_and_matches_log_softmax():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7).bfloat16()
-    labels = torch.randint(0, 7, (2, 5))
-    labels[1, 3:] = -100
-    got = sequence_logprobs(logits, labels)
-    assert got.dtype == torch.float32
-    lp = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-    want = (lp * (labels != -100)).sum(-1)
-    torch.testing.assert_close(got, want)
-
-
-def test_sequence_logprobs_shape_error():
-    with pytest.raises(ValueError, match="labels"):
-        sequence_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
 
 
 # --- DPO / cDPO ----------------------------------------------------------------------
@@ -90,7 +56,7 @@ def test_cdpo_hand_value():
     via = preference_loss(
         "cdpo", pol_chosen=t(-10.0), pol_rejected=t(-12.0), ref_chosen=t(-11.0),
         ref_rejected=t(-11.0), beta=0.1, label_smoothing=0.25,
-    )[0]  # fmt: skip
+    )[0]
     assert close(via, 0.6481388693815918)
 
 

@@ -240,7 +240,7 @@ def test_sft_checks_its_folder_before_writing_into_it(tmp_path):
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     with pytest.raises(ValueError, match="already holds a run"):
-        build_sft(SFTConfig(preset="tool-use", train=TrainConfig(out=str(tmp_path), progress=False)))
+        build_sft(SFTConfig(dataset="tool-use", train=TrainConfig(out=str(tmp_path), progress=False)))
     assert not (tmp_path / "tool_use_train.jsonl").exists()  # the preset's data was not written
 
 

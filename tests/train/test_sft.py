@@ -46,7 +46,7 @@ def test_malformed_lines_are_reported_by_number_then_skipped_or_fatal(tmp_path, 
     path = _jsonl(tmp_path / "c.jsonl", [
         {"messages": CHATS[0]}, "{not json", {"messages": [{"role": "wizard", "content": "hi"}]},
         {"messages": [{"role": "user", "content": "no reply"}]}, {"messages": CHATS[1]},
-    ])  # fmt: skip
+    ])
     convs = read_chat_jsonl(path, "skip")
     err = capsys.readouterr().err
     assert len(convs) == 2
@@ -77,13 +77,14 @@ def test_sft_cli_trains_and_saves(tiny_chat_model, tmp_path, capsys, variant):
     code = main(["sft", "--model", str(tiny_chat_model), "--data", str(data), "--max_len", "64",
                  "--lora.rank", "4", "--train.steps", "12", "--train.batch_size", "4", "--train.eval_every", "6",
                  "--train.sample_every", "0", "--train.out", str(out), "--train.progress", "false",
-                 "--n_samples", "1", "--optim.lr", "1e-2", *variant])  # fmt: skip
+                 "--n_samples", "1", "--optim.lr", "1e-2", *variant])
     assert code == 0, capsys.readouterr().err
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["loss"] < recs[0]["loss"]  # it learns
     assert "val_loss" in recs[5]
-    if "none" in variant:
-        assert (out / "model" / "model.safetensors").is_file()
+    if "none" in variant:  # an HF folder transformers can load: weights and tokenizer files
+        for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
+            assert (out / "model" / name).is_file(), name
     else:
         adapter = out / "adapter" / "adapter.safetensors"
         assert adapter.is_file() and adapter.stat().st_size < 2_000_000  # the adapter alone
@@ -97,22 +98,21 @@ def test_sft_bad_input_is_a_clear_error(tiny_chat_model, tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
 
 
-def test_tool_use_preset_fills_defaults_but_flags_win():
-    from ember.train.loop import TrainConfig
-    from ember.train.sft import SFTConfig, apply_preset
+def test_tool_use_preset_sets_the_dataset_and_sizes_but_overrides_win():
+    from ember.core.config import with_preset
+    from ember.train.sft import SFTConfig
 
-    cfg = apply_preset(SFTConfig(preset="tool-use"))
-    assert cfg.max_len == 448 and cfg.train.steps == 110 and cfg.train.out == "runs/sft-tool-use"
-    mine = SFTConfig(preset="tool-use", train=TrainConfig(steps=7, batch_size=8, eval_every=50, sample_every=100,
-                                                             save_every=100, out="runs/sft", keep_checkpoints=1))
-    assert apply_preset(mine).train.steps == 7
+    cfg = with_preset(SFTConfig, "tool-use")
+    assert cfg.dataset == "tool-use" and cfg.max_len == 448 and cfg.train.steps == 110
+    assert cfg.train.out == "runs/sft-tool-use" and cfg.lora.rank == 16
+    assert with_preset(SFTConfig, "tool-use", **{"train.steps": 7}).train.steps == 7
 
 
 def test_eval_tool_use_json_line_and_adapter(tiny_chat_model, tmp_path, capsys):
     """`ember eval tool-use --json` prints exactly one JSON line, with or without an adapter
     (a random tiny model scores 0: this checks the plumbing, the demo checks accuracy)."""
     data = _jsonl(tmp_path / "q.jsonl", [{"question": "What is 2 plus 3?", "answer": 5},
-                                         {"question": "Compute 7 * 6.", "answer": 42}])  # fmt: skip
+                                         {"question": "Compute 7 * 6.", "answer": 42}])
     base = ["eval", "tool-use", "--model", str(tiny_chat_model), "--data", str(data), "--json"]
     assert main(base) == 0
     line = capsys.readouterr().out.strip().splitlines()
@@ -121,7 +121,7 @@ def test_eval_tool_use_json_line_and_adapter(tiny_chat_model, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["sft", "--model", str(tiny_chat_model), "--data", str(chats), "--max_len", "64", "--lora.rank", "2",
                  "--train.steps", "2", "--train.batch_size", "2", "--train.sample_every", "0",
-                 "--train.out", str(out), "--train.progress", "false"]) == 0  # fmt: skip
+                 "--train.out", str(out), "--train.progress", "false"]) == 0
     capsys.readouterr()
     assert main([*base, "--adapter", str(out / "adapter")]) == 0
     assert json.loads(capsys.readouterr().out.strip())["n"] == 2

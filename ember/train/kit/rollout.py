@@ -12,22 +12,24 @@ from ember.data.style import make_style_pairs
 from ember.train.kit.model import context_len
 
 
-def generate(model, tok, ids: list[list[int]], params) -> list:
-    """Engine.generate over one batch of every prompt, the cache sized to the longest prompt
-    plus max_tokens (at most the model's context). params: one SamplingParams or one per
-    prompt. The engine puts a training model back in train mode itself.
+def generate(model, tok, ids: list[list[int]], params, max_batch_size: int | None = None) -> list:
+    """Engine.generate over every prompt, the cache sized to the longest prompt plus
+    max_tokens (at most the model's context). params: one SamplingParams or one per prompt.
+    max_batch_size: cache rows (default: one per prompt); on CPU the decode matmuls round by
+    the row count, so a recipe keeps the count its numbers were made with. The engine puts a
+    training model back in train mode itself.
 
     >>> outs = generate(model, tok, [tok.encode("Hi")], SamplingParams(max_tokens=8))  # doctest: +SKIP
     """
     from ember.infer.engine import Engine
 
     max_tokens = max(p.max_tokens for p in params) if isinstance(params, list) else params.max_tokens
-    engine = Engine(model, tok, max_batch_size=len(ids),
+    engine = Engine(model, tok, max_batch_size=max_batch_size or len(ids),
                     max_seq_len=min(context_len(model), max(map(len, ids)) + max_tokens))
     return engine.generate(ids, params)
 
 
-def greedy_replies(model, tok, prompts: list[list[dict]], max_tokens: int) -> list:
+def greedy_replies(model, tok, prompts: list[list[dict]], max_tokens: int, max_batch_size: int | None = None) -> list:
     """Greedy replies (GenerationResults) to chat prompts, each rendered with the generation
     prompt: evaluation by generation.
 
@@ -36,7 +38,7 @@ def greedy_replies(model, tok, prompts: list[list[dict]], max_tokens: int) -> li
     from ember.infer.sampling import SamplingParams
 
     ids = [tok.render_chat(p, add_generation_prompt=True)[0] for p in prompts]
-    return generate(model, tok, ids, SamplingParams(temperature=0, max_tokens=max_tokens))
+    return generate(model, tok, ids, SamplingParams(temperature=0, max_tokens=max_tokens), max_batch_size)
 
 
 def load_preference_rows(cfg, unpaired_ok: bool = False) -> tuple[list[dict], list[dict]]:
