@@ -28,9 +28,9 @@ DEFAULT_ALIGNMENT = 32
 _SCALARS = {
     0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
     6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
-}  # fmt: skip
+}
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32,
-          6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}  # fmt: skip
+          6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 _STRING, _ARRAY = 8, 9
 
 
@@ -118,8 +118,6 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
     >>> f.fields["general.architecture"], len(f.tensors)  # doctest: +SKIP
     ('llama', 272)
     """
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
     path = Path(path)
     try:
         regular_file(path, "GGUF file")  # a directory, device or FIFO is refused before any read
@@ -149,21 +147,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
         key = cur.string(f"metadata key #{i}")
         fields[key] = cur.value(cur.u32(f"type of {key!r}"), f"metadata {key!r}")
 
-    infos = []
-    for i in range(n_tensors):
-        name = cur.string(f"tensor #{i} name")
-        n_dims = cur.u32(f"tensor {name!r} n_dims")
-        if not 1 <= n_dims <= MAX_DIMS:
-            cur.fail(f"tensor {name!r} has {n_dims} dims (1..{MAX_DIMS} allowed)")
-        dims = tuple(cur.u64(f"tensor {name!r} dim") for _ in range(n_dims))
-        raw_type = cur.u32(f"tensor {name!r} type")
-        offset = cur.u64(f"tensor {name!r} offset")
-        try:
-            ttype = GGMLQuantizationType(raw_type)
-            block, type_size = GGML_QUANT_SIZES[ttype]
-        except (ValueError, KeyError):
-            cur.fail(f"tensor {name!r} has unknown ggml type {raw_type}")
-        infos.append((name, dims, ttype, block, type_size, offset))
+    infos = [_tensor_info(cur, i) for i in range(n_tensors)]
 
     alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
@@ -171,28 +155,56 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
     data_start = -(-cur.pos // alignment) * alignment
 
     tensors, seen = [], set()
-    for name, dims, ttype, block, type_size, offset in infos:
-        if name in seen:
-            raise GGUFError(f"{path}: tensor {name!r} appears twice")
-        seen.add(name)
-        n_elements = int(np.prod(dims, dtype=np.uint64)) if dims else 0
-        if any(d <= 0 for d in dims) or dims[0] % block:
-            raise GGUFError(f"{path}: tensor {name!r} has shape {dims}, not whole {ttype.name} blocks of {block}")
-        n_bytes = n_elements // block * type_size
-        start = data_start + offset
-        if offset % alignment or start + n_bytes > size:
-            raise GGUFError(
-                f"{path}: tensor {name!r} spans bytes {start}..{start + n_bytes}, "
-                f"past the end of the {size}-byte file (truncated) or misaligned"
-            )
-        np_shape = tuple(reversed(dims))
-        float_types = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
-        if ttype in float_types:
-            data = mm[start : start + n_bytes].view(float_types[ttype]).reshape(np_shape)
-        else:  # raw blocks: rows of bytes, as gguf.quants.dequantize expects
-            data = mm[start : start + n_bytes].reshape(*np_shape[:-1], np_shape[-1] // block * type_size)
-        tensors.append(GGUFTensorInfo(name, ttype, dims, n_elements, n_bytes, start, data))
+    for info in infos:
+        if info[0] in seen:
+            raise GGUFError(f"{path}: tensor {info[0]!r} appears twice")
+        seen.add(info[0])
+        tensors.append(_map_tensor(mm, path, data_start, alignment, info))
     return GGUFFile(path, version, fields, tensors)
+
+
+def _tensor_info(cur: _Cursor, i: int) -> tuple:
+    """Tensor info record #i → (name, dims, ggml type, block, type_size, offset)."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    name = cur.string(f"tensor #{i} name")
+    n_dims = cur.u32(f"tensor {name!r} n_dims")
+    if not 1 <= n_dims <= MAX_DIMS:
+        cur.fail(f"tensor {name!r} has {n_dims} dims (1..{MAX_DIMS} allowed)")
+    dims = tuple(cur.u64(f"tensor {name!r} dim") for _ in range(n_dims))
+    raw_type = cur.u32(f"tensor {name!r} type")
+    offset = cur.u64(f"tensor {name!r} offset")
+    try:
+        ttype = GGMLQuantizationType(raw_type)
+        block, type_size = GGML_QUANT_SIZES[ttype]
+    except (ValueError, KeyError):
+        cur.fail(f"tensor {name!r} has unknown ggml type {raw_type}")
+    return name, dims, ttype, block, type_size, offset
+
+
+def _map_tensor(mm: np.memmap, path: Path, data_start: int, alignment: int, info: tuple) -> GGUFTensorInfo:
+    """One tensor's bytes as a view of the memory map, after checking they lie in the file."""
+    from gguf.constants import GGMLQuantizationType
+
+    name, dims, ttype, block, type_size, offset = info
+    size = len(mm)
+    n_elements = int(np.prod(dims, dtype=np.uint64)) if dims else 0
+    if any(d <= 0 for d in dims) or dims[0] % block:
+        raise GGUFError(f"{path}: tensor {name!r} has shape {dims}, not whole {ttype.name} blocks of {block}")
+    n_bytes = n_elements // block * type_size
+    start = data_start + offset
+    if offset % alignment or start + n_bytes > size:
+        raise GGUFError(
+            f"{path}: tensor {name!r} spans bytes {start}..{start + n_bytes}, "
+            f"past the end of the {size}-byte file (truncated) or misaligned"
+        )
+    np_shape = tuple(reversed(dims))
+    float_types = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
+    if ttype in float_types:
+        data = mm[start : start + n_bytes].view(float_types[ttype]).reshape(np_shape)
+    else:  # raw blocks: rows of bytes, as gguf.quants.dequantize expects
+        data = mm[start : start + n_bytes].reshape(*np_shape[:-1], np_shape[-1] // block * type_size)
+    return GGUFTensorInfo(name, ttype, dims, n_elements, n_bytes, start, data)
 
 
 def gguf_field(reader: GGUFFile, key: str, default=None):
