@@ -32,24 +32,40 @@ class ModelConfig:
     """
 
     vocab_size: int = 256
+    """number of token ids the embedding and the output head cover"""
     n_layers: int = 2
+    """Transformer blocks"""
     d_model: int = 64
+    """width of the residual stream"""
     n_heads: int = 4
-    n_kv_heads: int | None = None  # None → n_heads (MHA); 1 → MQA; in between → GQA
+    """query heads per attention layer"""
+    n_kv_heads: int | None = None
+    """key/value heads: None means n_heads (MHA), 1 is MQA, in between GQA"""
     d_ff: int = 256
+    """hidden width of the feed-forward block"""
     max_seq_len: int = 256
+    """longest context: position tables and KV caches are this long"""
     norm: str = "rmsnorm"
+    """rmsnorm (Llama) or layernorm (GPT-2)"""
     norm_eps: float = 1e-5
+    """epsilon added to the variance inside each norm"""
     pos_emb: str = "rope"
+    """positions: rope (rotary), learned (GPT-2) or sinusoidal"""
     rope_theta: float = 10000.0
+    """RoPE base frequency"""
     rope_scaling: dict[str, Any] | None = None
-    # True: RoPE rotates adjacent pairs (x[2i], x[2i+1]), the layout llama.cpp's GGUF
-    # converter leaves Q/K rows in. False: rotate-half (x[i], x[i + Dh/2]) as in HF Llama.
+    """RoPE context extension, e.g. {"type": "linear", "factor": 2.0}; see ROPE_SCALINGS"""
     rope_interleaved: bool = False
+    """true: RoPE rotates adjacent pairs (x[2i], x[2i+1]), the layout llama.cpp's GGUF
+    converter leaves Q/K rows in; false: rotate-half (x[i], x[i + Dh/2]) as in HF Llama"""
     mlp: str = "swiglu"
+    """feed-forward block: swiglu (Llama) or gelu (GPT-2)"""
     bias: bool = False
+    """biases on the linear layers (GPT-2 has them)"""
     tie_embeddings: bool = False
+    """the output head reuses the token embedding matrix"""
     causal: bool = True
+    """causal attention (a decoder); false: bidirectional (an encoder such as BERT)"""
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -145,7 +161,7 @@ def _gpt2(n_layers: int, d_model: int, n_heads: int) -> dict[str, Any]:
         vocab_size=50257, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
         d_ff=4 * d_model, max_seq_len=1024, norm="layernorm", pos_emb="learned", mlp="gelu",
         bias=True, tie_embeddings=True,
-    )  # fmt: skip
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -157,10 +173,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         vocab_size=256, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=176,
         max_seq_len=256, norm="rmsnorm", pos_emb="rope", mlp="swiglu",
-    ),  # fmt: skip
+    ),
     "smollm2-135m": dict(
         vocab_size=49152, n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_ff=1536,
         max_seq_len=8192, norm="rmsnorm", norm_eps=1e-5, pos_emb="rope", rope_theta=100000.0,
         mlp="swiglu", tie_embeddings=True,
-    ),  # fmt: skip
+    ),
 }

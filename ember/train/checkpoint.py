@@ -154,7 +154,7 @@ def save_checkpoint(
             _write_safetensors(tmp / fname, tensors)
             meta[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
         doc = {"format": FORMAT, "version": VERSION, "step": step, "files": meta,
-               "optimizer": opt_skeleton, "state": state_skeleton}  # fmt: skip
+               "optimizer": opt_skeleton, "state": state_skeleton}
         atomic_write_json(tmp / "state.json", doc)
         fsync_dir(tmp)
         final = root / name

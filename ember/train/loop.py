@@ -15,9 +15,8 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -37,71 +36,15 @@ from ember.parallel import (
     load_full_state_dict,
     no_sync,
 )
-from ember.train.checkpoint import (
-    config_mismatch,
-    load_checkpoint,
-    load_resume_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from ember.train.checkpoint import config_mismatch, rng_state, save_checkpoint, set_rng_state
+from ember.train.config import TrainConfig
 from ember.train.metrics import MetricsLogger, peak_flops, plot_loss_curve
 from ember.train.optim import OptimConfig, build_optimizer, lr_at, set_lr, warn_long_warmup
-from ember.train.run_dir import open_run_dir, prepare_run_dir
+from ember.train.run_dir import claim_run_dir, interrupted_message, prepare_run_dir
 
 __all__ = ["TrainConfig", "Trainer", "broadcast_config", "prepare_run_dir", "resolve_precision", "split_micro"]
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict]]
-
-
-@dataclass
-class TrainConfig:
-    """How long and how a run trains. Sizes count sequences; `batch_size` is global."""
-
-    steps: int = 600
-    batch_size: int = 16  # sequences per optimizer step, summed over processes
-    micro_batch_size: int | None = None  # sequences per forward per process (None: all at once)
-    eval_every: int = 100  # 0: only at the end
-    eval_windows: int = 64  # validation windows per evaluation
-    sample_every: int = 200  # 0: never during the run
-    save_every: int = 200  # 0: only at the end
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 1337
-    # bf16 = autocast (weights stay fp32). auto: bf16 on GPUs; on CPUs whichever matmul is
-    # faster here (CPUs with AMX/fast bf16 gain ~2.8x; some AVX-512 parts run bf16 at half speed)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool = False  # torch.compile the model (one-off compile cost)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP, or FSDP2 fully_shard
-    out: str = "runs/pretrain"
-    resume: bool = False  # continue from out/checkpoints/latest
-    resume_from: str | None = None  # continue from this checkpoint folder (e.g. an older step_*)
-    overwrite: bool = False  # delete the earlier run in out (checkpoints, metrics) and start again
-    progress: bool = True
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_windows", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"train.{name} must be a positive int, got {v!r}")
-        for name in ("eval_every", "sample_every", "save_every", "keep_checkpoints"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"train.micro_batch_size must be >= 1, got {self.micro_batch_size!r}")
-        if self.overwrite and self.resume:
-            raise ValueError("train.resume and train.overwrite contradict each other: pass one of them")
-
-    def micro_batches(self, world_size: int) -> tuple[int, int]:
-        """(micro-batch size, accumulation steps) for this many processes."""
-        if self.batch_size % world_size:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by {world_size} processes")
-        per_rank = self.batch_size // world_size
-        micro = min(self.micro_batch_size or per_rank, per_rank)
-        if per_rank % micro:
-            raise ValueError(f"per-process batch {per_rank} is not divisible by micro_batch_size {micro}")
-        return micro, per_rank // micro
 
 
 def split_micro(batch, micro: int) -> list:
@@ -203,34 +146,6 @@ class Trainer:
         set_rng_state(ckpt["state"]["rng"])
         self.start_step, self.tokens_seen = ckpt["step"], int(ckpt["state"]["tokens"])
 
-    def _open_run(self, stack: contextlib.ExitStack) -> None:
-        """Lock out/ for the run, refuse or clear an earlier run there, and resume if asked.
-        Rank 0 decides and every rank learns its answer, so a refusal stops them all instead
-        of leaving the others waiting in a collective."""
-        cfg, info = self.cfg, self.info
-        error, ckpt, path = None, None, None
-        if info.is_main:
-            try:
-                stack.enter_context(open_run_dir(self.out, cfg.resume, cfg.overwrite, cfg.resume_from))
-                if cfg.resume_from is not None:
-                    ckpt = load_checkpoint(cfg.resume_from)
-                elif cfg.resume:
-                    ckpt, note = load_resume_checkpoint(self.out)
-                    if note:
-                        print(note, file=sys.stderr)
-                path = None if ckpt is None else str(ckpt["path"])
-            except ValueError as e:
-                if not info.distributed:
-                    raise
-                error = str(e)
-        error, path = broadcast_object((error, path), info)
-        if error is not None:
-            raise ValueError(error)
-        if path is not None:
-            self.resume(ckpt if ckpt is not None else load_checkpoint(path))
-            if info.is_main:
-                print(f"resumed from step {self.start_step} ({path})", file=sys.stderr)
-
     # ---- one step -----------------------------------------------------------------------------
     def autocast(self):
         """The autocast context of the loss (a no-op in fp32): use it for anything that must
@@ -294,7 +209,11 @@ class Trainer:
     def fit(self) -> dict:
         """Train from step 0, or from the checkpoint to resume, holding out/'s lock throughout."""
         with contextlib.ExitStack() as stack:
-            self._open_run(stack)
+            ckpt = claim_run_dir(stack, self.cfg, self.info)
+            if ckpt is not None:
+                self.resume(ckpt)
+                if self.info.is_main:
+                    print(f"resumed from step {self.start_step} ({ckpt['path']})", file=sys.stderr)
             return self._run()
 
     def _run(self) -> dict:
@@ -382,13 +301,7 @@ class Trainer:
                 print(f"interrupted: could not save step {done}: {e}", file=sys.stderr)
         if not self.info.is_main:
             return
-        if self._last_saved == 0:
-            msg = "interrupted before the first checkpoint: start again with --train.overwrite true"
-        else:
-            what = "saved" if saved else "the last checkpoint is"
-            msg = (f"interrupted: {what} step {self._last_saved} in {self.out / 'checkpoints'}; "
-                   "continue with --train.resume true")
-        print(msg, file=sys.stderr)
+        print(interrupted_message(self.out, self._last_saved, saved), file=sys.stderr)
 
     def _show_sample(self, step: int, bar) -> str | None:
         text = self.sample()

@@ -107,7 +107,7 @@ def plot_curves(records: list[dict], path: str | Path, series: list[tuple[str, s
 def plot_loss_curve(records: list[dict], path: str | Path, title: str = "training") -> Path | None:
     """Train loss (and val loss where recorded) against step → PNG."""
     return plot_curves(records, path, [("loss", "train loss"), ("val_loss", "val loss")],
-                       "loss (nats/token)", title)  # fmt: skip
+                       "loss (nats/token)", title)
 
 
 # ---- MFU ------------------------------------------------------------------------------------

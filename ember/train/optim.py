@@ -19,15 +19,24 @@ import torch.nn as nn
 class OptimConfig:
     """AdamW + warmup + decay. Defaults suit the small models trained on a laptop."""
 
-    lr: float = 3e-3  # peak learning rate, reached after warmup
-    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    lr: float = 3e-3
+    """peak learning rate, reached after warmup"""
+    min_lr_ratio: float = 0.1
+    """the decay ends at lr * min_lr_ratio"""
     warmup_steps: int = 50
+    """steps of linear warmup from lr / warmup_steps to lr"""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = 0.1  # decoupled (Loshchilov & Hutter 2019); matrices only
+    """decay after warmup"""
+    weight_decay: float = 0.1
+    """decoupled weight decay (Loshchilov & Hutter 2019), on matrices only"""
     beta1: float = 0.9
+    """AdamW's first-moment decay"""
     beta2: float = 0.95
+    """AdamW's second-moment decay"""
     eps: float = 1e-8
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    """AdamW's denominator epsilon"""
+    grad_clip: float = 1.0
+    """max global gradient norm; 0 disables clipping"""
 
     def __post_init__(self):
         for name in ("lr", "eps"):

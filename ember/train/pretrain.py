@@ -1,6 +1,6 @@
 """`ember pretrain`: a GPT from scratch on token shards, on the one training loop.
 
-With no arguments it trains the `tiny` preset on the bundled corpus (pydoc topics and
+With no arguments it trains the `mini-llama` arch on the bundled corpus (pydoc topics and
 stdlib docstrings, on every machine) with a 4,096-token BPE trained on that corpus, in a
 few minutes on 2 cores; samples go from noise to word-like text. The same command runs
 under `torchrun --nproc-per-node N -m ember pretrain ...` with DDP or FSDP2.
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from ember.model.config import PRESETS, ModelConfig
+from ember.model.config import PRESETS as MODEL_PRESETS
+from ember.model.config import ModelConfig
 from ember.model.transformer import Transformer
 from ember.parallel import DistInfo, barrier, init_distributed
 from ember.train.loop import TrainConfig, Trainer, broadcast_config
@@ -24,22 +26,37 @@ from ember.train.losses import cross_entropy, lm_loss
 from ember.train.metrics import flops_per_token, non_embedding_params
 from ember.train.optim import OptimConfig
 
-# Model shapes for training from scratch; vocab_size always comes from the tokenizer.
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+# Every model shape `--arch` names, in one table: ModelConfig's presets and the shapes for
+# training from scratch. vocab_size always comes from the tokenizer.
+ARCHS: dict[str, dict[str, Any]] = {
+    **{name: {k: v for k, v in shape.items() if k != "vocab_size"} for name, shape in MODEL_PRESETS.items()},
     # Llama-style, ~3.4 M non-embedding parameters: minutes on a laptop
-    "tiny": dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, d_ff=688, max_seq_len=256,
-                 norm="rmsnorm", pos_emb="rope", mlp="swiglu", tie_embeddings=True),
+    "mini-llama": dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, d_ff=688, max_seq_len=256,
+                       norm="rmsnorm", pos_emb="rope", mlp="swiglu", tie_embeddings=True),
     # the nanoGPT "baby GPT" shape used by bench/train.py
     "gpt2-mini": dict(n_layers=6, d_model=384, n_heads=6, d_ff=1536, max_seq_len=256, norm="layernorm",
                       pos_emb="learned", mlp="gelu", bias=True, tie_embeddings=True),
-    "gpt2-small": {k: v for k, v in PRESETS["gpt2"].items() if k != "vocab_size"},
-}  # fmt: skip
+}
 
-# A config-file/CLI view of ModelConfig where every field is optional: set fields override the preset.
-ModelOverrides = dataclasses.make_dataclass(
-    "ModelOverrides",
-    [(f.name, f.type if isinstance(f.type, type) else Any, field(default=None)) for f in dataclasses.fields(ModelConfig)],
-)
+
+def _overrides_class() -> type:
+    """ModelConfig with every field optional (None: the arch's value), each with its help."""
+    import docstring_parser
+
+    hints = typing.get_type_hints(ModelConfig)
+    docs = {p.arg_name: p.description for p in docstring_parser.parse_from_object(ModelConfig).params}
+    cls = dataclasses.make_dataclass(
+        "ModelOverrides", [(f.name, hints[f.name] | None, field(default=None)) for f in dataclasses.fields(ModelConfig)]
+    )
+    # jsonargparse reads option help from this docstring's Attributes section
+    cls.__doc__ = "Model fields that override the arch.\n\nAttributes:\n" + "".join(
+        f"    {name}: {' '.join(doc.split())}\n" for name, doc in docs.items()
+    )
+    return cls
+
+
+# A config-file/CLI view of ModelConfig where every field is optional: set fields override the arch.
+ModelOverrides = _overrides_class()
 
 
 @dataclass
@@ -48,13 +65,20 @@ class DataConfig:
     every data option given (input, tokenizer, vocab_size, val_fraction): a difference is an
     error, never a silent reuse. Without --data.dir: the bundled corpus under runs/data."""
 
-    input: list[str] | str = field(default_factory=list)  # text file(s) or folder(s): notes.txt or [a.txt, b/]
-    dir: str | None = None  # shard folder: reused if it holds shards, else prepared from --data.input
-    tokenizer: str | None = None  # name or path; default: a BPE of vocab_size trained on the data
-    vocab_size: int | None = None  # for that BPE; default 4096 (with an existing --data.dir: checked if given)
-    loader: Literal["random", "packed"] = "random"  # random windows, or shuffled packed documents
+    input: list[str] | str = field(default_factory=list)
+    """text file(s) or folder(s): notes.txt or [a.txt, b/]"""
+    dir: str | None = None
+    """shard folder: reused if it holds shards, else prepared from --data.input"""
+    tokenizer: str | None = None
+    """tokenizer name or path; default: a BPE of vocab_size trained on the data"""
+    vocab_size: int | None = None
+    """vocabulary of that BPE; default 4096 (with an existing --data.dir: checked if given)"""
+    loader: Literal["random", "packed"] = "random"
+    """random windows, or shuffled packed documents"""
     seq_len: int = 256
-    val_fraction: float | None = None  # held-out share; default 0.05 (with an existing --data.dir: checked if given)
+    """tokens per training window"""
+    val_fraction: float | None = None
+    """held-out share; default 0.05 (with an existing --data.dir: checked if given)"""
 
     def __post_init__(self):
         # one path is the natural spelling (--data.input notes.txt); keep a list from here on
@@ -68,28 +92,35 @@ DEFAULT_VOCAB_SIZE, DEFAULT_VAL_FRACTION = 4096, 0.05
 class PretrainConfig:
     """Train a decoder from scratch."""
 
-    preset: str = "tiny"  # tiny | gpt2-mini | gpt2-small | any ModelConfig preset
-    model: ModelOverrides = field(default_factory=ModelOverrides)  # e.g. --model.n_layers 6
+    arch: str = "mini-llama"
+    """model shape: a name of ARCHS (mini-llama, gpt2-mini, gpt2, tiny, smollm2-135m, ...)"""
+    model: ModelOverrides = field(default_factory=ModelOverrides)
+    """fields that override the arch's shape, e.g. --model.n_layers 6"""
     data: DataConfig = field(default_factory=DataConfig)
+    """the token shards to train on"""
     # ~1.2 M tokens (2.5 passes over the bundled corpus): a few minutes on 2 cores
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=300, eval_every=50, sample_every=100, save_every=100)
     )
+    """how long and how to train"""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=30))
+    """optimizer and learning-rate schedule"""
     sample_prompt: str = "The"
-    sample_tokens: int = 48  # 0: no samples
-    export_hf: bool = True  # also write out/hf: an HF safetensors folder transformers loads
+    """prompt of the samples shown during the run"""
+    sample_tokens: int = 48
+    """tokens per sample; 0: no samples"""
+    export_hf: bool = True
+    """also write out/hf: an HF safetensors folder transformers loads"""
 
 
-def model_config(preset: str, overrides, vocab_size: int, seq_len: int) -> ModelConfig:
-    """Preset < explicit overrides; vocab from the tokenizer; context at least seq_len."""
-    if preset in TRAIN_PRESETS:
-        base = dict(TRAIN_PRESETS[preset])
-    elif preset in PRESETS:
-        base = dict(PRESETS[preset])
-    else:
-        valid = sorted(set(TRAIN_PRESETS) | set(PRESETS))
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {valid}")
+Config = PretrainConfig
+
+
+def model_config(arch: str, overrides, vocab_size: int, seq_len: int) -> ModelConfig:
+    """Arch < explicit overrides; vocab from the tokenizer; context at least seq_len."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {sorted(ARCHS)}")
+    base = dict(ARCHS[arch])
     given = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None} if overrides else {}
     base.update(given)
     base["vocab_size"] = vocab_size
@@ -188,7 +219,7 @@ def _tokenizer_for(data: DataConfig, texts: list[str] | None, folder: Path):
     vocab_size = data.vocab_size or DEFAULT_VOCAB_SIZE
     print(f"training a {vocab_size}-token BPE on the data", file=sys.stderr)
     return train_bpe(texts, vocab_size, pattern="gpt4", special_tokens=["<|endoftext|>"],
-                     eos_tokens=["<|endoftext|>"], progress=False)  # fmt: skip
+                     eos_tokens=["<|endoftext|>"], progress=False)
 
 
 def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer:
@@ -201,11 +232,11 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
     folder = prepare_data(cfg.data, info, cfg.train.progress)
     manifest = load_manifest(folder)
     tok = load_tokenizer(folder / "tokenizer")
-    mcfg = model_config(cfg.preset, cfg.model, tok.vocab_size, cfg.data.seq_len)
+    mcfg = model_config(cfg.arch, cfg.model, tok.vocab_size, cfg.data.seq_len)
     train_split, val_split = open_split(folder, "train"), open_split(folder, "val")
     T = cfg.data.seq_len
     loader = build_loader(cfg.data.loader, train_split, T, cfg.train.batch_size, cfg.train.seed,
-                          info.rank, info.world_size)  # fmt: skip
+                          info.rank, info.world_size)
     eval_windows(val_split, T, 1)  # a val split too short for one window fails now, not at step 100
     device = info.device
 
@@ -229,14 +260,14 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
     run_config = broadcast_config(run_config, info)
     if info.is_main:
         n = non_embedding_params(mcfg)
-        print(f"model: {cfg.preset}, {n / 1e6:.2f} M non-embedding parameters, vocab {mcfg.vocab_size}, "
-              f"ctx {T}; data: {manifest.splits['train'].n_tokens:,} train tokens", file=sys.stderr)  # fmt: skip
+        print(f"model: {cfg.arch}, {n / 1e6:.2f} M non-embedding parameters, vocab {mcfg.vocab_size}, "
+              f"ctx {T}; data: {manifest.splits['train'].n_tokens:,} train tokens", file=sys.stderr)
     trainer = Trainer(
         model, cfg.train, cfg.optim, lm_loss, batches, run_config, eval_fn=evaluate,
         sample_fn=(lambda m: sample_text(m, tok, cfg.sample_prompt, cfg.sample_tokens, cfg.train.seed))
         if cfg.sample_tokens > 0 else None,
         tokens_per_step=cfg.train.batch_size * T, flops_per_token=flops_per_token(mcfg, T), info=info,
-    )  # fmt: skip
+    )
     trainer.tokenizer = tok
     return trainer
 

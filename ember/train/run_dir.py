@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ember.core.lock import dir_lock
 from ember.parallel import DistInfo, broadcast_object
-from ember.train.checkpoint import LATEST, checkpoint_folders
-
-if TYPE_CHECKING:
-    from ember.train.loop import TrainConfig
+from ember.train.checkpoint import (
+    LATEST,
+    checkpoint_folders,
+    load_checkpoint,
+    load_resume_checkpoint,
+)
+from ember.train.config import TrainConfig
 
 # Everything a training run writes into its folder (the loop, the metrics logger and every
 # recipe's outputs). Only these are removed by --train.overwrite: the folder may be one the
@@ -117,3 +120,44 @@ def prepare_run_dir(train: TrainConfig, info: DistInfo | None = None) -> Path:
     if error is not None:
         raise ValueError(error)
     return Path(train.out)
+
+
+def claim_run_dir(stack: ExitStack, train: TrainConfig, info: DistInfo) -> dict | None:
+    """Lock train.out for the run (held until `stack` closes), refuse or clear an earlier run
+    there, and load the checkpoint to resume from (None: a new run). Rank 0 decides and
+    every rank learns its answer, so a refusal stops them all instead of leaving the others
+    waiting in a collective; every rank then loads the checkpoint rank 0 chose."""
+    error, ckpt, path = None, None, None
+    if info.is_main:
+        try:
+            stack.enter_context(open_run_dir(train.out, train.resume, train.overwrite, train.resume_from))
+            if train.resume_from is not None:
+                ckpt = load_checkpoint(train.resume_from)
+            elif train.resume:
+                ckpt, note = load_resume_checkpoint(Path(train.out))
+                if note:
+                    print(note, file=sys.stderr)
+            path = None if ckpt is None else str(ckpt["path"])
+        except ValueError as e:
+            if not info.distributed:
+                raise
+            error = str(e)
+    error, path = broadcast_object((error, path), info)
+    if error is not None:
+        raise ValueError(error)
+    if path is None:
+        return None
+    return ckpt if ckpt is not None else load_checkpoint(path)
+
+
+def interrupted_message(out: str | os.PathLike, last_saved: int, saved: bool) -> str:
+    """What Ctrl-C tells the user: where the run's last checkpoint is and how to go on.
+
+    >>> interrupted_message("runs/x", 0, False)
+    'interrupted before the first checkpoint: start again with --train.overwrite true'
+    """
+    if last_saved == 0:
+        return "interrupted before the first checkpoint: start again with --train.overwrite true"
+    what = "saved" if saved else "the last checkpoint is"
+    return (f"interrupted: {what} step {last_saved} in {Path(out) / 'checkpoints'}; "
+            "continue with --train.resume true")

@@ -36,29 +36,44 @@ RUN_NAME = re.compile(r"\d+x\d+-\d+")  # the sweep's own run folders: runs/<LAYE
 class ScalingSweepConfig:
     """Train every model × token budget of a small grid, plus one larger held-out run."""
 
-    models: list[str] = field(default_factory=lambda: ["2x64", "2x96", "3x128", "4x160"])  # LAYERSxD_MODEL
-    # D per run: 128-512 steps of 8 × 128 tokens. Fewer steps leave the runs on the unigram
-    # plateau (loss ≈ 6.8 at vocab 4096, bigger models no better), where no power law holds.
+    models: list[str] = field(default_factory=lambda: ["2x64", "2x96", "3x128", "4x160"])
+    """model sizes of the grid, each LAYERSxD_MODEL"""
+    # 128-512 steps of 8 × 128 tokens. Fewer steps leave the runs on the unigram plateau
+    # (loss ≈ 6.8 at vocab 4096, bigger models no better), where no power law holds.
     tokens: list[int] = field(default_factory=lambda: [131_072, 262_144, 524_288])
-    holdout: list[str] = field(default_factory=lambda: ["4x192:1048576"])  # MODEL:TOKENS, not fitted
+    """training tokens D of each run of the grid"""
+    holdout: list[str] = field(default_factory=lambda: ["4x192:1048576"])
+    """larger runs left out of the fit to check its prediction, each MODEL:TOKENS"""
     seq_len: int = 128
+    """tokens per training window"""
     batch_size: int = 8
+    """sequences per step"""
     lr: float = 4e-3
-    data: str | None = None  # prepared shards (default: the bundled corpus, BPE 4096)
+    """peak learning rate of every run"""
+    data: str | None = None
+    """prepared shards (default: the bundled corpus, BPE 4096)"""
     out: str = "runs/scaling"
+    """sweep folder: points.jsonl, holdout.jsonl and runs/"""
     seed: int = 0
+    """seed of every run"""
     threads: int | None = None
-    resume: bool = False  # continue the sweep in out: finished runs are kept, unfinished ones resume
-    overwrite: bool = False  # delete the sweep in out (points, runs) and start again
+    """torch threads (default: all cores)"""
+    resume: bool = False
+    """continue the sweep in out: finished runs are kept, unfinished ones resume"""
+    overwrite: bool = False
+    """delete the sweep in out (points, runs) and start again"""
 
 
 @dataclass
 class ScalingFitConfig:
     """Fit L(N, D) to a sweep's points and check the held-out runs."""
 
-    out: str = "runs/scaling"  # the sweep folder (points.jsonl, holdout.jsonl)
-    compute: list[float] = field(default_factory=lambda: [1e15, 1e17])  # FLOPs to give N_opt, D_opt for
+    out: str = "runs/scaling"
+    """the sweep folder (points.jsonl, holdout.jsonl)"""
+    compute: list[float] = field(default_factory=lambda: [1e15, 1e17])
+    """compute budgets C (FLOPs) to give the compute-optimal N and D for"""
     bootstrap: int = 50
+    """bootstrap resamples for the fit's confidence intervals"""
 
 
 def parse_model(spec: str) -> tuple[int, int]:
@@ -74,7 +89,7 @@ def parse_model(spec: str) -> tuple[int, int]:
 
 def train_point(spec: str, tokens: int, cfg: ScalingSweepConfig, info) -> ScalingPoint:
     """One finished run of `spec` on `tokens` tokens → (N, D, final validation loss)."""
-    from ember.train.loop import TrainConfig
+    from ember.train.config import TrainConfig
     from ember.train.metrics import non_embedding_params
     from ember.train.optim import OptimConfig
     from ember.train.pretrain import DataConfig, ModelOverrides, PretrainConfig, build_pretrain
@@ -90,7 +105,7 @@ def train_point(spec: str, tokens: int, cfg: ScalingSweepConfig, info) -> Scalin
     if resume or overwrite:
         print(f"{run_dir}: unfinished, {'resuming' if resume else 'starting it again'}", file=sys.stderr)
     pcfg = PretrainConfig(
-        preset="tiny",
+        arch="mini-llama",
         model=ModelOverrides(n_layers=layers, d_model=width, n_heads=heads, n_kv_heads=heads,
                              d_ff=_swiglu_width(width), max_seq_len=cfg.seq_len),
         data=DataConfig(dir=cfg.data, seq_len=cfg.seq_len),
@@ -100,12 +115,12 @@ def train_point(spec: str, tokens: int, cfg: ScalingSweepConfig, info) -> Scalin
         optim=OptimConfig(lr=cfg.lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1),
         export_hf=False,
         sample_tokens=0,
-    )  # fmt: skip
+    )
     trainer = build_pretrain(pcfg, info)
     summary = trainer.fit()
     n = non_embedding_params(trainer.plain.config)
     return ScalingPoint(n_params=n, n_tokens=steps * cfg.batch_size * cfg.seq_len,
-                        loss=float(summary["val_loss"]), name=f"{spec}:{tokens}")  # fmt: skip
+                        loss=float(summary["val_loss"]), name=f"{spec}:{tokens}")
 
 
 def _swiglu_width(d: int) -> int:
@@ -208,7 +223,7 @@ def fit(cfg: ScalingFitConfig) -> dict:
         pred = float(law.predict(p.n_params, p.n_tokens))
         err = (pred - p.loss) / p.loss
         report["holdout"].append({"name": p.name, "N": p.n_params, "D": p.n_tokens, "measured": p.loss,
-                                  "predicted": pred, "rel_error": err})  # fmt: skip
+                                  "predicted": pred, "rel_error": err})
         lines.append(f"held-out {p.name}: predicted {pred:.4f}, measured {p.loss:.4f} ({100 * err:+.2f}%)")
     for c in cfg.compute:
         n_opt, d_opt = law.compute_optimal(c)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import ember.cli as cli
+import ember.cli.tokenizer as tokenizer_commands
 from ember.cli import main
 from ember.infer.sampling import SamplingParams, apply_top_p
 
@@ -186,7 +186,7 @@ def test_user_errors_are_one_line(capsys, monkeypatch, exc, needle):
         raise exc
 
     monkeypatch.delenv("EMBER_DEBUG", raising=False)
-    monkeypatch.setattr(cli, "tokenize", boom)
+    monkeypatch.setattr(tokenizer_commands, "tokenize", boom)
     assert main(["tokenize", "hi"]) == 2
     one_error_line(capsys, needle)
 
@@ -195,10 +195,10 @@ def test_bugs_keep_their_traceback_and_debug_shows_every_one(monkeypatch):
     def bug(cfg):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(cli, "tokenize", bug)
+    monkeypatch.setattr(tokenizer_commands, "tokenize", bug)
     with pytest.raises(TypeError):
         main(["tokenize", "hi"])
-    monkeypatch.setattr(cli, "tokenize", lambda cfg: int("x"))
+    monkeypatch.setattr(tokenizer_commands, "tokenize", lambda cfg: int("x"))
     monkeypatch.setenv("EMBER_DEBUG", "1")
     with pytest.raises(ValueError):
         main(["tokenize", "hi"])

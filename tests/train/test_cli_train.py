@@ -38,10 +38,10 @@ def _tokenizer(tmp_path) -> str:
     return str(tok.save(tmp_path / "tok"))
 
 
-def test_unknown_preset_lists_the_valid_ones(shards, tmp_path, capsys):
-    code = main(["pretrain", "--preset", "huge", "--data.dir", str(shards), "--train.out", str(tmp_path)])
+def test_unknown_arch_lists_the_valid_ones(shards, tmp_path, capsys):
+    code = main(["pretrain", "--arch", "huge", "--data.dir", str(shards), "--train.out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and "unknown preset 'huge'" in err and "gpt2-mini" in err
+    assert code == 2 and "unknown arch 'huge'" in err and "gpt2-mini" in err and "mini-llama" in err
 
 
 def test_scaling_fit_without_a_sweep_says_what_to_run(tmp_path, capsys):

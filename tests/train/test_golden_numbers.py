@@ -189,7 +189,7 @@ def run_pretrain_resume(tmp: Path, **_) -> dict:
 
 def run_pretrain_cli(tmp: Path, shards: Path, **_) -> dict:
     flags = (
-        "--preset tiny --model.n_layers 2 --model.d_model 64 --model.n_heads 4 --model.n_kv_heads 2 "
+        "--arch mini-llama --model.n_layers 2 --model.d_model 64 --model.n_heads 4 --model.n_kv_heads 2 "
         "--model.d_ff 128 --data.seq_len 32 --train.steps 6 --train.batch_size 4 --train.eval_every 3 "
         "--train.eval_windows 4 --train.sample_every 0 --sample_tokens 0 --export_hf false"
     )

@@ -12,7 +12,7 @@ import torch
 
 from ember.cli import main
 
-TINY = ["--preset", "tiny", "--model.n_layers", "2", "--model.d_model", "64", "--model.n_heads", "4",
+TINY = ["--arch", "mini-llama", "--model.n_layers", "2", "--model.d_model", "64", "--model.n_heads", "4",
         "--model.n_kv_heads", "2", "--model.d_ff", "128", "--data.seq_len", "32"]  # fmt: skip
 
 

@@ -1,0 +1,252 @@
+"""`ember generate`, `ember chat`, `ember perplexity` and `ember serve`: a loaded model from
+the shell. Each command body calls the same engine and functions Python users call."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ember.cli.errors import at_least, check_port_free
+
+
+@dataclass
+class ModelOptions:
+    """How to load the model; shared by every command that runs one."""
+
+    model: str = "smollm2"
+    """known name, GGUF file, HF folder or ember checkpoint"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """float32 is exact; bfloat16 is about twice as fast"""
+    quant: Literal["none", "int8", "int4"] = "none"
+    """weight-only quantized matmuls, for fast CPU decode"""
+    max_seq_len: int | None = None
+    """KV-cache length (default: the model's context)"""
+    threads: int | None = None
+    """torch threads (default: all cores)"""
+    compile: bool = False
+    """torch.compile the decode step (about 30 s once; faster tokens after)"""
+
+    def __post_init__(self):
+        at_least("--threads", self.threads, 1, optional=True)
+        at_least("--max-seq-len", self.max_seq_len, 1, optional=True)
+
+
+def _load(opts: ModelOptions):
+    import torch
+
+    import ember
+
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    model, tok = ember.load(opts.model, dtype=getattr(torch, opts.dtype),
+                            quant=None if opts.quant == "none" else opts.quant, fuse=True)
+    return model.eval(), tok
+
+
+def _engine(model, tok, opts: ModelOptions, max_batch_size: int = 1):
+    from ember.infer.engine import Engine
+
+    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=opts.max_seq_len, compile=opts.compile)
+
+
+@dataclass
+class GenerateConfig(ModelOptions):
+    """Generate a completion for one prompt."""
+
+    prompt: str | None = None
+    """the prompt text (or use --prompt-file)"""
+    prompt_file: str | None = None
+    """read the prompt from this file"""
+    chat: bool = False
+    """wrap the prompt as a user message in the model's chat template"""
+    system: str | None = None
+    """system message (with --chat)"""
+    max_tokens: int = 128
+    """most tokens to generate"""
+    temperature: float = 0.0
+    """sampling temperature; 0 is greedy"""
+    top_k: int = 0
+    """sample from the k likeliest tokens only; 0 keeps all"""
+    top_p: float = 1.0
+    """sample from the smallest set of tokens whose probability reaches p"""
+    min_p: float = 0.0
+    """drop tokens less likely than min_p times the likeliest one"""
+    repetition_penalty: float = 1.0
+    """divide the logits of tokens already seen by this (1 changes nothing)"""
+    seed: int | None = None
+    """seed for sampling, for a repeatable completion"""
+    stop: list[str] = field(default_factory=list)
+    """one or more strings that end the completion"""
+    ignore_eos: bool = False
+    """keep generating past the end-of-sequence token"""
+    json: bool = False
+    """print one JSON line: text, ids, prompt_tokens, ttft_ms, decode_tok_s"""
+
+
+def generate(cfg: GenerateConfig) -> dict:
+    from ember.core.io import read_text_utf8
+    from ember.infer.sampling import SamplingParams
+
+    if (cfg.prompt is None) == (cfg.prompt_file is None):
+        raise ValueError("give either --prompt or --prompt-file, not both or neither")
+    text = read_text_utf8(cfg.prompt_file) if cfg.prompt_file else cfg.prompt
+    params = SamplingParams(
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+        repetition_penalty=cfg.repetition_penalty, seed=cfg.seed, max_tokens=cfg.max_tokens,
+        stop=tuple(cfg.stop), ignore_eos=cfg.ignore_eos,
+    )
+    model, tok = _load(cfg)
+    if cfg.chat:
+        msgs = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": text}]
+        ids, _ = tok.render_chat(msgs, add_generation_prompt=True)
+    else:
+        ids = tok.encode(text, add_bos=None)  # BOS where the model's own tokenizer asks for one
+    engine = _engine(model, tok, cfg)
+    result = None
+    for chunk in engine.stream(ids, params):
+        if not cfg.json:
+            print(chunk.text, end="", flush=True)
+        result = chunk.result or result
+    out = {
+        "text": result.text, "ids": result.token_ids, "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+        "ttft_ms": round(result.ttft_ms, 2), "decode_tok_s": round(result.decode_tok_s, 2),
+    }
+    if cfg.json:
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(f"\n[{result.prompt_tokens} prompt tokens, TTFT {result.ttft_ms:.0f} ms, "
+              f"{result.completion_tokens} tokens at {result.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+    return out
+
+
+@dataclass
+class ChatConfig(ModelOptions):
+    """Chat with a model in the terminal (/reset clears the history, /exit quits)."""
+
+    system: str | None = None
+    """system message that starts the conversation"""
+    temperature: float = 0.7
+    """sampling temperature; 0 is greedy"""
+    top_p: float = 0.9
+    """sample from the smallest set of tokens whose probability reaches p"""
+    max_tokens: int = 512
+    """most tokens per reply"""
+    seed: int | None = None
+    """seed for sampling, for repeatable replies"""
+    demo: bool = False
+    """answer one demo question and exit (what `make run` does without a terminal)"""
+
+
+DEMO_QUESTION = "In two sentences, what is a tokenizer in a language model?"
+
+
+def chat(cfg: ChatConfig) -> None:
+    from ember.infer.chat import run_chat
+    from ember.infer.sampling import SamplingParams
+
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    model, tok = _load(cfg)
+    engine = _engine(model, tok, cfg)
+    if not cfg.demo:
+        run_chat(engine, tok, system=cfg.system, params=params)
+        return
+    print(f"> {DEMO_QUESTION}")
+    questions = iter([DEMO_QUESTION])
+
+    def read_once(_prompt):
+        try:
+            return next(questions)
+        except StopIteration:  # run_chat ends on EOFError, as at the end of a piped stdin
+            raise EOFError from None
+
+    run_chat(engine, tok, system=cfg.system, input_fn=read_once,
+             params=SamplingParams(temperature=0.0, max_tokens=cfg.max_tokens))
+
+
+@dataclass
+class PerplexityConfig(ModelOptions):
+    """Perplexity of a model on a text file (non-overlapping windows)."""
+
+    file: str | None = None
+    """text file; default: the first 20,000 characters of the sorted pydoc topics"""
+    ctx: int = 512
+    """tokens per window"""
+    max_chars: int | None = None
+    """score only the first N characters"""
+    bos: bool = False
+    """start every window with the BOS token"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("--ctx", self.ctx, 1)
+        at_least("--max-chars", self.max_chars, 1, optional=True)
+
+
+def perplexity(cfg: PerplexityConfig) -> float:
+    import torch
+
+    from ember.core.io import read_text_utf8
+    from ember.data.corpus import pydoc_topics_text
+    from ember.eval.perplexity import perplexity as ppl_fn
+
+    text = read_text_utf8(cfg.file) if cfg.file else pydoc_topics_text()[:20_000]
+    if cfg.max_chars:
+        text = text[: cfg.max_chars]
+    if not text.strip():
+        raise ValueError(f"{cfg.file or 'the text'} is empty")
+    model, tok = _load(cfg)
+    bos = tok.bos_token_id if cfg.bos else None
+    with torch.inference_mode():
+        ppl, n = ppl_fn(model, tok.encode(text), ctx=cfg.ctx, bos_id=bos)
+    print(json.dumps({"perplexity": round(ppl, 4), "tokens": n, "ctx": cfg.ctx, "model": cfg.model}))
+    return ppl
+
+
+@dataclass
+class ServeConfig(ModelOptions):
+    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, tokenize, metrics)."""
+
+    host: str = "127.0.0.1"
+    """address to listen on"""
+    port: int = 8000
+    """port to listen on (0: any free port)"""
+    max_batch: int = 8
+    """engine slots: requests decoded together"""
+    ctx: int = 2048
+    """context per request (KV-cache length); capped at the model's context"""
+    max_queue: int = 64
+    """requests waiting or running before new ones get a 503"""
+    max_body_bytes: int = 8 * 2**20
+    """request bodies above this get a 413 before they are read"""
+    batch_invariant: bool = True
+    """true: a seeded request gives the same tokens alone or beside others (every decode step
+    runs all max_batch rows); false: decode only the busy rows, faster with few clients"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in 0..65535 (0: any free port), got {self.port!r}")
+        at_least("--max-batch", self.max_batch, 1)
+        at_least("--ctx", self.ctx, 1)
+        at_least("--max-queue", self.max_queue, 1)
+        at_least("--max-body-bytes", self.max_body_bytes, 1)
+
+
+def serve(cfg: ServeConfig) -> None:
+    import uvicorn
+
+    from ember.infer.engine import Engine
+    from ember.infer.server import create_app
+
+    check_port_free(cfg.host, cfg.port)
+    model, tok = _load(cfg)
+    ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
+    engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile,
+                    batch_invariant=cfg.batch_invariant)
+    app = create_app(engine, cfg.model, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes)
+    print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}) on http://{cfg.host}:{cfg.port}",
+          file=sys.stderr)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
