@@ -74,7 +74,7 @@ def evaluate_tool_use(model, tok, items: list[dict], batch_size: int = 8, max_ro
         raise ValueError("no evaluation items")
     engine = Engine(model, tok, max_batch_size=batch_size)
     convs = [[{"role": "system", "content": TOOL_SYSTEM_PROMPT}, {"role": "user", "content": it["question"]}]
-             for it in items]  # fmt: skip
+             for it in items]
     done = generate_with_tools(engine, tok, convs, max_rounds=max_rounds)
     correct = [is_correct(c, it["answer"]) for c, it in zip(done, items)]
     n = len(items)
@@ -158,7 +158,7 @@ def _quantize(net, quant: str):
 def main(
     model: str = "smollm2", adapter: str | None = None, data: str | None = None, json: bool = False,
     limit: int | None = None, quant: str | None = None, batch_size: int = 8,
-) -> dict:  # fmt: skip
+) -> dict:
     """Evaluate and print a report (or, with json=True, exactly one line {"accuracy", "n"})."""
     items = load_eval_items(data) if data else default_eval_set()
     if limit is not None:
@@ -172,7 +172,7 @@ def main(
         return report
     n_right = round(report["accuracy"] * report["n"])
     print(f"accuracy {report['accuracy']:.3f} ({n_right}/{report['n']}), "
-          f"tool-call rate {report['tool_call_rate']:.3f}")  # fmt: skip
+          f"tool-call rate {report['tool_call_rate']:.3f}")
     for ex in report["examples"]:
         print(f"\n--- {'right' if ex['correct'] else 'wrong'} (expected {ex['answer']})")
         print(f"user: {ex['question']}")

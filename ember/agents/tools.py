@@ -76,7 +76,7 @@ def execute_tool_call(text: str) -> str | None:
     parsed = parse_tool_call(text)
     if parsed is None:
         return ('error: malformed tool call; write <tool_call>{"name": "calculator", '
-                '"arguments": {"expression": "..."}}</tool_call>')  # fmt: skip
+                '"arguments": {"expression": "..."}}</tool_call>')
     name, arguments = parsed
     if name not in TOOLS:
         return f'error: unknown tool "{name}" (available: {", ".join(TOOLS)})'

@@ -82,7 +82,7 @@ def run_chat(
             continue
         history.append({"role": "assistant", "content": result.text})
         print_fn(f"[{result.completion_tokens} tokens, {result.decode_tok_s:.1f} tok/s, "
-                 f"first token {result.ttft_ms:.0f} ms]")  # fmt: skip
+                 f"first token {result.ttft_ms:.0f} ms]")
 
 
 def _fit(engine, tokenizer, head, history, params, print_fn) -> list[int] | None:
@@ -94,7 +94,7 @@ def _fit(engine, tokenizer, head, history, params, print_fn) -> list[int] | None
             return ids
         if len(history) <= 1:
             print_fn(f"[message too long: {len(ids)} prompt tokens + max_tokens "
-                     f"{params.max_tokens} exceed the context of {engine.max_seq_len}]")  # fmt: skip
+                     f"{params.max_tokens} exceed the context of {engine.max_seq_len}]")
             return None
         del history[:2]  # the oldest user turn and its reply
         print_fn("[context full: dropped the oldest turn]")

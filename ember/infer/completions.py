@@ -43,7 +43,7 @@ DISCONNECT_POLL_S = 0.25  # how often a plain (non-streaming) request checks for
 
 def model_not_found(name: str, state: ServerState) -> APIError:
     return APIError(404, f"The model '{name}' does not exist; this server serves '{state.model_id}'",
-                    param="model", code="model_not_found")  # fmt: skip
+                    param="model", code="model_not_found")
 
 
 def check_model(state: ServerState, name: str | None) -> None:
@@ -95,7 +95,7 @@ def check_fits_queue(state: ServerState, n_prompts: int, n: int) -> None:
 
 
 def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | None,
-          prompt_logprobs: bool = False) -> Plan:  # fmt: skip
+          prompt_logprobs: bool = False) -> Plan:
     where = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     ctx, asked = state.ctx, body.max_new_tokens
     V = min(state.engine.config.vocab_size, state.tokenizer.vocab_size)  # ids both know
@@ -107,13 +107,14 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
             raise APIError(400, f"prompt token id {max(ids)} is outside the vocabulary 0..{V - 1}", param=where)
         if len(ids) >= ctx:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the prompt "
-                                f"has {len(ids)} tokens.", param=where, code="context_length_exceeded")  # fmt: skip
+                                f"has {len(ids)} tokens.",
+                           param=where, code="context_length_exceeded")
         m = ctx - len(ids) if asked is None else asked  # omitted: whatever the context leaves
         if len(ids) + m > ctx:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you "
                                 f"requested {len(ids) + m} tokens ({len(ids)} in the {where}, {m} for "
                                 f"max_tokens). Please reduce the {where} or max_tokens.",
-                           param="max_tokens", code="context_length_exceeded")  # fmt: skip
+                           param="max_tokens", code="context_length_exceeded")
         for j in range(body.n):
             specs.append((p * body.n + j, ids, _params(body, j, m, n_logprobs, prompt_logprobs)))
     return Plan(prompts, specs, zero=asked == 0)
@@ -210,7 +211,7 @@ def _finish(c: Choice, zero: bool) -> tuple[str, str]:
 def _head(kind: str, state: ServerState) -> dict:
     prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
     return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
-            "model": state.model_id}  # fmt: skip
+            "model": state.model_id}
 
 
 async def handle_chat(state: ServerState, request: Request):
@@ -365,4 +366,4 @@ def _stream(chunks, gen: Generation) -> StreamingResponse:
     # The background task closes the generation even if the body never started (a client
     # that hung up at once); closing twice is harmless.
     return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
-                             background=BackgroundTask(gen.close))  # fmt: skip
+                             background=BackgroundTask(gen.close))

@@ -66,7 +66,7 @@ from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprobs
 __all__ = [
     "Engine", "GenerationResult", "Request", "StopStringMatcher", "StreamChunk", "TokenLogprob", "find_stop",
     "partial_stop_len",
-]  # fmt: skip
+]
 
 # Decode attends over a key length (kv_len) rounded up to this (and the cache is sized in
 # multiples of it), so kv_len, and with it the float rounding, never depends on the neighbours.
@@ -102,7 +102,7 @@ class Engine:
     def __init__(
         self, model, tokenizer, max_batch_size: int = 8, max_seq_len: int | None = None,
         compile: bool = False, batch_invariant: bool = True,
-    ):  # fmt: skip
+    ):
         if (
             isinstance(max_batch_size, bool)
             or not isinstance(max_batch_size, int)
@@ -162,7 +162,7 @@ class Engine:
         req = Request(
             prompt_ids, params, self.tokenizer.stream_decoder(), StopStringMatcher(params.stop),
             frozenset(stop_ids), t_arrival=time.perf_counter(),
-        )  # fmt: skip
+        )
         self.waiting.append(req)
         return req
 

@@ -286,7 +286,7 @@ class APIError(Exception):
     """An error the server answers in OpenAI's shape (raised anywhere in a handler)."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):  # fmt: skip
+                 param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -296,7 +296,7 @@ class APIError(Exception):
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def sse(obj) -> str:
@@ -326,7 +326,7 @@ def chat_logprobs(tok, entries, k: int) -> list[dict]:
         return {"token": token_str(tok, token_id), "logprob": lp, "bytes": list(tok.id_to_bytes(token_id))}
 
     return [{**one(e.token_id, e.logprob), "top_logprobs": [one(i, lp) for i, lp in e.top[:k]]}
-            for e in entries]  # fmt: skip
+            for e in entries]
 
 
 def legacy_logprobs(tok, token_ids, entries, k: int, offset: int = 0) -> dict:

@@ -170,7 +170,7 @@ def _openapi(app: FastAPI, model_id: str) -> dict:
 
 def _model_card(state: ServerState) -> dict:
     return {"id": state.model_id, "object": "model", "created": state.metrics.started,
-            "owned_by": "ember", "max_model_len": state.ctx}  # fmt: skip
+            "owned_by": "ember", "max_model_len": state.ctx}
 
 
 # ---- errors: every failure in OpenAI's shape, client mistakes never a 500 -----------------
@@ -200,7 +200,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def server_bug(request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(error_body(f"internal server error: {type(exc).__name__}",
-                                       type="server_error", code="internal_error"), 500)  # fmt: skip
+                                       type="server_error", code="internal_error"), 500)
 
 
 # ---- metrics middleware ---------------------------------------------------------------

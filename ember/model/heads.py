@@ -78,7 +78,7 @@ class RewardModel(_ScalarModel):
     """
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
         B, T = ids.shape
         if attention_mask is not None and lengths is not None:
             raise ValueError("give attention_mask or lengths, not both")

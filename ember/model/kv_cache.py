@@ -44,7 +44,7 @@ class KVCache:
         return cls(
             cfg.n_layers, batch_size, max_seq_len, cfg.n_kv_heads, cfg.head_dim,
             dtype=dtype or p.dtype, device=p.device,
-        )  # fmt: skip
+        )
 
     def rows(self, start: int, stop: int) -> KVCache:
         """Rows start..stop-1 as a cache over the same buffers: a forward on it writes into

@@ -31,4 +31,4 @@ __all__ = [
     "adapters_disabled", "apply_lora", "apply_nf4", "apply_prefix_tuning", "apply_prompt_tuning",
     "dequantize_nf4", "load_adapter", "lora_parameters", "lora_state_dict", "merge_lora",
     "nf4_code", "peft_parameters", "peft_state_dict", "quantize_nf4", "save_adapter",
-]  # fmt: skip
+]

@@ -53,7 +53,7 @@ def _walk(model: nn.Module, prefix: str):
         for name, child in module.named_children():
             hop = isinstance(module, Adapter) and name == "base"
             yield from walk(child, f"{real}.{name}" if real else name,
-                            plain if hop else f"{plain}.{name}" if plain else name)  # fmt: skip
+                            plain if hop else f"{plain}.{name}" if plain else name)
 
     yield from walk(model, prefix, prefix)
 

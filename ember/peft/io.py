@@ -35,7 +35,7 @@ def adapter_config(model: nn.Module, lora: LoraConfig | None = None) -> dict:
             raise ValueError("LoRA layers with different rank/alpha cannot be saved as one config")
         if lora is not None and (lora.rank, float(lora.alpha)) != (m.rank, m.alpha):
             raise ValueError(f"LoraConfig rank {lora.rank}, alpha {lora.alpha} does not match the "
-                             f"model's LoRA (rank {m.rank}, alpha {m.alpha})")  # fmt: skip
+                             f"model's LoRA (rank {m.rank}, alpha {m.alpha})")
         p = m.dropout.p if isinstance(m.dropout, nn.Dropout) else 0.0
         kinds["lora"] = asdict(lora) if lora is not None else asdict(LoraConfig(m.rank, m.alpha, p, list(loras)))
     prefix = adapter_params(model, "prefix")
@@ -107,7 +107,8 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
             model = apply_lora(model, cfg)
         elif (have["lora"]["rank"], have["lora"]["alpha"]) != (cfg.rank, float(cfg.alpha)):
             raise ValueError(f"the model's LoRA has rank {have['lora']['rank']}, alpha "
-                             f"{have['lora']['alpha']}; the folder's rank {cfg.rank}, alpha {cfg.alpha}")  # fmt: skip
+                             f"{have['lora']['alpha']}; the folder's rank {cfg.rank}, "
+                             f"alpha {cfg.alpha}")
     if "prefix" in kinds and "prefix" not in have:
         model = apply_prefix_tuning(model, int(kinds["prefix"]["n_prefix"]))
     if "prompt" in kinds and "prompt" not in have:
@@ -118,7 +119,7 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
     if missing or unexpected:
         raise ValueError(f"{folder / TENSORS_FILE} does not fit the model: missing {missing[:5]}"
                          f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                         f"{' ...' if len(unexpected) > 5 else ''}")  # fmt: skip
+                         f"{' ...' if len(unexpected) > 5 else ''}")
     for k, p in params.items():
         if tensors[k].shape != p.shape:
             raise ValueError(f"{k}: shape {tuple(tensors[k].shape)} in the file, {tuple(p.shape)} in the model")

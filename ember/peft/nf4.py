@@ -168,7 +168,7 @@ class NF4Linear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         """The weight (out, in) in `self.dtype`."""
         w = dequantize_nf4(self.codes, self.absmax_q, self.absmax_scale, self.absmax_mean,
-                           (self.out_features, self.in_features))  # fmt: skip
+                           (self.out_features, self.in_features))
         return w.to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +210,7 @@ def select_linears(model: nn.Module, targets) -> list[str]:
     if unknown:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in linears})
         raise ValueError(f"targets {unknown} match no linear layer; leaf names are {leaves} "
-                         f"(or a dotted suffix such as {linears[0]!r})")  # fmt: skip
+                         f"(or a dotted suffix such as {linears[0]!r})")
     return sorted(picked, key=linears.index)
 
 

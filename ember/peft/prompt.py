@@ -76,7 +76,7 @@ class PromptTuned(Adapter):
         return self.model.config
 
     def forward(self, ids: torch.Tensor, cache=None, input_pos=None, logits_index=None, kv_len=None,
-                segment_ids=None, logits_mask=None) -> torch.Tensor:  # fmt: skip
+                segment_ids=None, logits_mask=None) -> torch.Tensor:
         """ids (B, T) → logits (B, T, V) for the real tokens (`lm_head` selects as the model's)."""
         if self.disabled:
             return self.model(ids, cache, input_pos, logits_index, kv_len, segment_ids, logits_mask)

@@ -31,7 +31,7 @@ LLAMA_KEYS: dict[str, str | tuple[str, ...]] = {
     "blk.{}.ffn_norm.weight": "layers.{}.ffn_norm.weight",
     "output_norm.weight": "norm.weight",
     "output.weight": "output.weight",
-}  # fmt: skip
+}
 
 GPT2_KEYS: dict[str, str | tuple[str, ...]] = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -46,7 +46,7 @@ GPT2_KEYS: dict[str, str | tuple[str, ...]] = {
     "output_norm.weight": "norm.weight",
     "output_norm.bias": "norm.bias",
     "output.weight": "output.weight",
-}  # fmt: skip
+}
 
 TABLES = {"llama": LLAMA_KEYS, "gpt2": GPT2_KEYS}
 
@@ -82,7 +82,7 @@ def config_from_gguf(reader) -> ModelConfig:
         vocab_size=vocab, n_layers=get("block_count", int), d_model=get("embedding_length", int),
         n_heads=get("attention.head_count", int), d_ff=get("feed_forward_length", int),
         max_seq_len=get("context_length", int), tie_embeddings="output.weight" not in names,
-    )  # fmt: skip
+    )
     try:
         return _config(reader, arch, names, common, get)
     except ValueError as e:  # ModelConfig's own checks name ember fields: add the file
@@ -109,7 +109,7 @@ def _config(reader, arch: str, names: set[str], common: dict, get) -> ModelConfi
         norm="rmsnorm", norm_eps=get("attention.layer_norm_rms_epsilon", float), pos_emb="rope",
         rope_theta=get("rope.freq_base", float, 10000.0), rope_scaling=scaling,
         rope_interleaved=True, mlp="swiglu", bias="blk.0.attn_q.bias" in names,
-    )  # fmt: skip
+    )
 
 
 _REQUIRED = object()

@@ -38,7 +38,7 @@ LLAMA_KEYS: dict[str, str] = {
     }),
     "model.norm.weight": "norm.weight",
     "lm_head.weight": "output.weight",
-}  # fmt: skip
+}
 
 GPT2_KEYS: dict[str, str | tuple[str, ...]] = {
     "transformer.wte.weight": "tok_embeddings.weight",
@@ -55,7 +55,7 @@ GPT2_KEYS: dict[str, str | tuple[str, ...]] = {
     "transformer.h.{}.attn.c_attn.weight": tuple(f"layers.{{}}.attention.{w}.weight" for w in ("wq", "wk", "wv")),
     "transformer.h.{}.attn.c_attn.bias": tuple(f"layers.{{}}.attention.{w}.bias" for w in ("wq", "wk", "wv")),
     "lm_head.weight": "output.weight",
-}  # fmt: skip
+}
 GPT2_CONV1D = {f"transformer.h.{{}}.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
 # Old GPT-2 checkpoints carry the causal mask as a tensor; it is not a weight.
 GPT2_IGNORED = {"transformer.h.{}.attn.bias", "transformer.h.{}.attn.masked_bias"}
@@ -144,7 +144,7 @@ def _llama_config(d: dict, where: str) -> ModelConfig:
         norm="rmsnorm", norm_eps=get("rms_norm_eps", "positive number", 1e-6), pos_emb="rope",
         rope_theta=float(theta), rope_scaling=scaling, mlp="swiglu", bias=bias,
         tie_embeddings=get("tie_word_embeddings", "bool", False),
-    )  # fmt: skip
+    )
 
 
 def _gpt2_config(d: dict, where: str) -> ModelConfig:
@@ -163,7 +163,7 @@ def _gpt2_config(d: dict, where: str) -> ModelConfig:
         max_seq_len=get("n_positions", "positive int"), norm="layernorm",
         norm_eps=get("layer_norm_epsilon", "positive number", 1e-5), pos_emb="learned", mlp="gelu", bias=True,
         tie_embeddings=get("tie_word_embeddings", "bool", True),
-    )  # fmt: skip
+    )
 
 
 def hf_arch(cfg: ModelConfig) -> str:
@@ -186,7 +186,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
             "n_positions": cfg.max_seq_len, "layer_norm_epsilon": cfg.norm_eps, "activation_function": "gelu_new",
             "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
             "dtype": dtype_name,
-        }  # fmt: skip
+        }
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling:
         rs = dict(cfg.rope_scaling)
@@ -199,7 +199,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
         "rope_parameters": rope, "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
         "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
         "dtype": dtype_name,
-    }  # fmt: skip
+    }
 
 
 # ---- weights --------------------------------------------------------------------------------
