@@ -17,13 +17,20 @@ R0: fixed when given (`r0=0.12`, e.g. the pre-RL evaluation); fitted in [0, 1] w
 the default, since C starts at the first step, not at 0. Deviation: the paper also drops the
 first ~1.5k GPU-hours of a run from the fit; `fit_prefix` fits whatever it is given.
 
-    >>> fit = fit_rl_curve(compute, reward)            # doctest: +SKIP
-    >>> fit.predict(2 * compute[-1]), fit.A            # doctest: +SKIP
+`rl_curve_report` runs the paper's check on a training run's logged steps (fit the first
+half, extrapolate to the end) and draws it.
+
+    >>> c = np.geomspace(1, 1000, 40)
+    >>> fit = fit_rl_curve(c, RLCurveFit(0.1, 0.8, 30.0, 1.2).predict(c))
+    >>> round(float(fit.predict(2000.0)), 3)
+    0.795
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -35,7 +42,8 @@ class RLCurveFit:
     A: float
     C_mid: float
     B: float
-    rmse: float = 0.0  # on the points it was fitted to
+    rmse: float = 0.0
+    """Root-mean-square error on the points it was fitted to."""
 
     def predict(self, compute) -> np.ndarray:
         """R(C) at each compute C > 0 (array in, array out; a scalar gives a scalar).
@@ -130,6 +138,87 @@ def fit_prefix(compute, reward, frac: float = 0.5, r0: float | None = None) -> d
     pred = float(fit.predict(c[-1]))
     actual = float(r[-1])
     return {
-        "fit": fit.to_dict(), "n_fit": n, "predicted_final": pred, "actual_final": actual,
-        "abs_error": abs(pred - actual), "rel_error": abs(pred - actual) / max(abs(actual), 1e-12),
-    }  # fmt: skip
+        "fit": fit.to_dict(),
+        "n_fit": n,
+        "predicted_final": pred,
+        "actual_final": actual,
+        "abs_error": abs(pred - actual),
+        "rel_error": abs(pred - actual) / max(abs(actual), 1e-12),
+    }
+
+
+def rl_curve_report(
+    records: list[dict],
+    path: str | Path,
+    frac: float = 0.5,
+    window: int = 5,
+    key: str = "reward",
+    title: str = "ScaleRL sigmoid fit",
+) -> dict | None:
+    """The ScaleRL check on a run's logged steps: fit R(C) to the first `frac` of the steps'
+    mean `key` (e.g. "reward", the objective, or "accuracy", exact match alone) against
+    cumulative tokens (`step_tokens`; compute ∝ tokens for a fixed model), extrapolate to the
+    last step, and compare with the value reached (both as means over the last `window` steps:
+    one step's mean over a few dozen samples is noisy). The fit assumes values in [0, 1].
+    Writes the points and both curves to a PNG at `path`. None with fewer than 8 steps (too
+    few to fit 4 parameters).
+
+    >>> rl_curve_report([{"reward": 0.5, "step_tokens": 10}] * 7, "unused.png") is None
+    True
+    """
+    rows = [r for r in records if key in r and "step_tokens" in r]
+    if len(rows) < 8:
+        return None
+    compute = np.cumsum([r["step_tokens"] for r in rows])
+    value = np.array([r[key] for r in rows])
+    n = max(int(round(frac * len(rows))), 4)
+    fit = fit_rl_curve(compute[:n], value[:n])
+    w = min(window, len(rows) - n)
+    predicted = float(np.mean(fit.predict(compute[-w:])))
+    reached = float(np.mean(value[-w:]))
+    report = {
+        "key": key,
+        "fit": fit.to_dict(),
+        "n_fit": n,
+        "n_steps": len(rows),
+        "predicted_final": predicted,
+        "reached_final": reached,
+        "abs_error": abs(predicted - reached),
+    }
+    full = fit_rl_curve(compute, value)  # on every step: the run's own A and B
+    report["fit_all"] = full.to_dict()
+    if _plot_fit(compute, value, n, fit, full, key, title, path):
+        report["plot"] = str(path)
+    return report
+
+
+def _plot_fit(compute, value, n, fit, full, key: str, title: str, path: str | Path) -> bool:
+    """The points (the first n fitted, the rest held out) and both fits → PNG; False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from ember.core.io import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter(compute[:n], value[:n], s=14, color="C0", label=f"steps fitted ({n})")
+    ax.scatter(compute[n:], value[n:], s=14, color="C0", alpha=0.35, label="later steps (held out)")
+    grid = np.geomspace(compute[0], compute[-1], 200)
+    lines = ((fit, "C1", "-", f"fit on the first {n}"), (full, "C2", "--", "fit on all"))
+    for curve, color, style, label in lines:
+        label = f"{label}: A={curve.A:.2f}, B={curve.B:.2f}"
+        ax.plot(grid, curve.predict(grid), color=color, ls=style, label=label)
+    ax.set_xscale("log")
+    ylabel = f"mean {key} (training samples)"
+    ax.set(xlabel="compute (cumulative tokens)", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ember.eval.rl_curve import RLCurveFit, fit_prefix, fit_rl_curve
+from ember.eval.rl_curve import RLCurveFit, fit_prefix, fit_rl_curve, rl_curve_report
 
 TRUE = RLCurveFit(R0=0.10, A=0.75, C_mid=40.0, B=1.3)
 
@@ -55,3 +55,22 @@ def test_bad_input_is_a_clear_error():
         fit_rl_curve([1, 2, 3, 4, 5], [0.1, 0.2])
     with pytest.raises(ValueError, match="frac"):
         fit_prefix([1, 2, 3, 4, 5], [0.1] * 5, frac=0)
+
+
+def test_rl_curve_report_extrapolates_a_sigmoid_run(tmp_path):
+    """Accuracy that follows a ScaleRL sigmoid in cumulative tokens: a fit on the first half
+    predicts the last steps' mean accuracy."""
+    true = RLCurveFit(R0=0.1, A=0.6, C_mid=20_000.0, B=1.5)
+    rng = np.random.default_rng(0)
+    records, c = [], 0.0
+    for step in range(1, 41):
+        c += 2000.0
+        acc = float(true.predict(c)) + rng.uniform(-0.01, 0.01)
+        records.append({"step": step, "accuracy": acc, "step_tokens": 2000.0})
+    report = rl_curve_report(records, tmp_path / "rl.png", key="accuracy")
+    assert report["n_fit"] == 20 and report["n_steps"] == 40
+    assert report["abs_error"] < 0.03
+    assert report["reached_final"] == pytest.approx(float(true.predict(40 * 2000.0)), abs=0.02)
+    assert report["plot"] == str(tmp_path / "rl.png") and (tmp_path / "rl.png").stat().st_size > 0
+    short = rl_curve_report(records[:5], tmp_path / "x.png", key="accuracy")
+    assert short is None and not (tmp_path / "x.png").exists()  # too few steps to fit

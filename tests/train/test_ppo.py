@@ -15,9 +15,9 @@ from ember.train.ppo import PPOConfig, end_of_turn_id, score_replies
 @pytest.fixture(scope="module")
 def reward_run(tiny_chat_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm")
-    code = main(["reward", "--model", str(tiny_chat_model), "--dataset", "style", "--n_train", "8", "--n_eval", "4",
-                 "--lora.rank", "4", "--train.steps", "2", "--train.batch_size", "4", "--train.eval_every", "0",
-                 "--train.out", str(out), "--train.progress", "false"])  # fmt: skip
+    flags = "--dataset style --n_train 8 --n_eval 4 --lora.rank 4 --train.steps 2 --train.batch_size 4"
+    flags += " --train.eval_every 0 --train.progress false"
+    code = main(["reward", *flags.split(), "--model", str(tiny_chat_model), "--train.out", str(out)])
     assert code == 0
     return out
 
@@ -52,10 +52,10 @@ def test_score_replies_reads_at_the_end_token_appending_it_when_cut():
 
 def test_ppo_cli_ratio_is_one_on_each_rollouts_first_step(tiny_chat_model, reward_run, tmp_path, capsys):
     out = tmp_path / "ppo"
-    code = main(["ppo", "--model", str(tiny_chat_model), "--reward_model", str(reward_run), "--n_train", "16",
-                 "--n_eval", "4", "--prompts_per_step", "4", "--ppo_epochs", "2", "--max_new_tokens", "6",
-                 "--lora.rank", "4", "--train.steps", "4", "--train.eval_every", "0", "--train.out", str(out),
-                 "--train.progress", "false", "--optim.lr", "1e-2"])  # fmt: skip
+    flags = "--n_train 16 --n_eval 4 --prompts_per_step 4 --ppo_epochs 2 --max_new_tokens 6 --lora.rank 4"
+    flags += " --train.steps 4 --train.eval_every 0 --train.progress false --optim.lr 1e-2"
+    paths = ["--model", str(tiny_chat_model), "--reward_model", str(reward_run), "--train.out", str(out)]
+    code = main(["ppo", *flags.split(), *paths])
     assert code == 0, capsys.readouterr().err
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
@@ -77,8 +77,13 @@ def test_ppo_config_rejects_bad_values():
         PPOConfig(gamma=1.5)
 
 
+def test_ppo_prompts_come_from_a_dataset_not_a_preset():
+    assert PPOConfig().dataset == "style" and not hasattr(PPOConfig(), "preset")
+    assert PPOConfig().lora.rank == 16  # the kit's shared LoRA block
+
+
 def test_ppo_names_a_folder_that_is_not_a_reward_run(tiny_chat_model, tmp_path, capsys):
-    code = main(["ppo", "--model", str(tiny_chat_model), "--reward_model", str(tmp_path), "--train.steps", "1",
-                 "--train.out", str(tmp_path / "o"), "--train.progress", "false"])  # fmt: skip
+    paths = ["--model", str(tiny_chat_model), "--reward_model", str(tmp_path), "--train.out", str(tmp_path / "o")]
+    code = main(["ppo", *paths, "--train.steps", "1", "--train.progress", "false"])
     assert code != 0
     assert "not an `ember reward` output folder" in capsys.readouterr().err
