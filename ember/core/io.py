@@ -11,7 +11,8 @@ from pathlib import Path
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temp file in the same folder, fsync, then rename.
 
-    >>> atomic_write_bytes("/tmp/x.bin", b"hi")  # doctest: +SKIP
+    >>> atomic_write_bytes(Path(tempfile.mkdtemp()) / "x.bin", b"hi").read_bytes()
+    b'hi'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

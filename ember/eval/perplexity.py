@@ -18,7 +18,7 @@ transformers reference figures in ANCHORS.md were measured with):
 ppl = exp(sum of token NLLs / number of predicted tokens) — token-weighted, so a short
 last window counts for its tokens only.
 
-    >>> text = "\n\n".join(topics[k] for k in sorted(topics))[:20_000]  # pydoc_data.topics
+    >>> text = "\n\n".join(topics[k] for k in sorted(topics))[:20_000]  # doctest: +SKIP
     >>> perplexity(load_model("smollm2"), tok.encode(text), ctx=512)  # doctest: +SKIP
     (15.389..., 4706)                          # transformers fp32 (ANCHORS.md): 15.389
 """
@@ -60,7 +60,11 @@ def perplexity(
 
     model: anything called as model(ids [1, T]) → logits [1, T, V] (the Transformer).
 
-    >>> perplexity(model, tok.encode(text), ctx=512)  # doctest: +SKIP
+    >>> uniform = torch.nn.Embedding(10, 10).requires_grad_(False)  # zero logits: p = 1/10
+    >>> _ = uniform.weight.zero_()
+    >>> ppl, n = perplexity(uniform, [i % 10 for i in range(20)], ctx=8, progress=False)
+    >>> round(ppl, 4), n  # windows of 8, 8 and 4 tokens predict 7 + 7 + 3
+    (10.0, 17)
     """
     if ctx < 2:
         raise ValueError(f"ctx must be >= 2, got {ctx}")

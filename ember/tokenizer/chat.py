@@ -75,9 +75,14 @@ def _render(tok, renders: list[dict], real: bool = True) -> list[str | None]:
 def render_chat(tok, messages, add_generation_prompt: bool = True, **template_vars):
     """Messages → (ids, assistant_mask), mask[i] = 1 where token i is the assistant's to learn.
 
+    >>> from ember.tokenizer import Tokenizer
+    >>> chatml = ("{% for m in messages %}<|im_start|>{{ m.role }}\\n{{ m.content }}<|im_end|>\\n"
+    ...           "{% endfor %}")
+    >>> tok = Tokenizer([], pattern="gpt2", chat_template=chatml, eos_tokens=["<|im_end|>"],
+    ...                 special_tokens={"<|im_start|>": 256, "<|im_end|>": 257})
     >>> ids, mask = render_chat(tok, [{"role": "user", "content": "Hi"},
-    ...                               {"role": "assistant", "content": "Hello!"}])  # doctest: +SKIP
-    >>> tok.decode([i for i, m in zip(ids, mask) if m])  # doctest: +SKIP
+    ...                               {"role": "assistant", "content": "Hello!"}])
+    >>> tok.decode([i for i, m in zip(ids, mask) if m])
     'Hello!<|im_end|>'
     """
     messages = validate_messages(messages)
