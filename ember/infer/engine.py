@@ -390,10 +390,7 @@ class Engine:
 
 
 def _batch_invariant_attention(on: bool):
-    """SDPA's math backend where batch invariance is asked for. CPU flash attention with
-    more than one thread rounds the (batch, head) items its worker threads compute
-    differently from those of the calling thread, so a row's numbers depended on its slot.
-    The math backend gives every row the same numbers in any slot, at any thread count."""
+    """SDPA's math backend when batch invariant: a row's numbers do not depend on its slot."""
     return sdpa_kernel(SDPBackend.MATH) if on else nullcontext()
 
 

@@ -313,9 +313,8 @@ def _check_text(text) -> None:
 class StreamDecoder:
     """Incremental ids → text that never emits half a UTF-8 character.
 
-    >>> tok = Tokenizer([], pattern="gpt2")
-    >>> ids, d = tok.encode("é"), tok.stream_decoder()  # one character, two byte tokens
-    >>> d.push(ids[0]), d.push(ids[1]), d.flush()
+    >>> tok = Tokenizer([], pattern="gpt2"); ids, d = tok.encode("é"), tok.stream_decoder()
+    >>> d.push(ids[0]), d.push(ids[1]), d.flush()  # "é" is two byte tokens
     ('', 'é', '')
     """
 
