@@ -90,9 +90,14 @@ def parse_model(spec: str) -> tuple[int, int]:
 def train_point(spec: str, tokens: int, cfg: ScalingSweepConfig, info) -> ScalingPoint:
     """One finished run of `spec` on `tokens` tokens → (N, D, final validation loss)."""
     from ember.train.config import TrainConfig
+    from ember.train.kit.pretraining import (
+        DataConfig,
+        ModelOverrides,
+        PretrainConfig,
+        build_pretrain,
+    )
     from ember.train.metrics import non_embedding_params
     from ember.train.optim import OptimConfig
-    from ember.train.pretrain import DataConfig, ModelOverrides, PretrainConfig, build_pretrain
 
     layers, width = parse_model(spec)
     steps = max(1, tokens // (cfg.batch_size * cfg.seq_len))
