@@ -42,7 +42,7 @@ SUBJECTS = [
     "a beekeeper", "an old library", "a desert caravan", "a river ferry", "a street musician",
     "a glass blower", "a polar station", "a city bakery", "a paper kite", "a retired pilot",
     "a small island",
-]  # fmt: skip
+]
 
 
 def free_port() -> int:
@@ -99,13 +99,13 @@ class Server:
 
 def ember_server(args, port: int) -> Server:
     argv = [sys.executable, "-m", "ember", "serve", "--model", args.model, "--max-batch", "8",
-            "--host", "127.0.0.1", "--port", str(port), "--threads", str(THREADS), *shlex.split(args.ember_args)]  # fmt: skip
+            "--host", "127.0.0.1", "--port", str(port), "--threads", str(THREADS), *shlex.split(args.ember_args)]
     return Server("ember", argv, port, startup_s=300)  # --compile warms up for a while
 
 
 def llama_server(binary: str, gguf: Path, port: int) -> Server:
     argv = [binary, "-m", str(gguf), "-t", str(THREADS), "-c", "8192", "--parallel", "8",
-            "--host", "127.0.0.1", "--port", str(port), "--no-webui"]  # fmt: skip
+            "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
     return Server("llama-server", argv, port, startup_s=120)
 
 
@@ -113,7 +113,7 @@ def llama_server(binary: str, gguf: Path, port: int) -> Server:
 async def stream_chat(client: httpx.AsyncClient, model: str, messages: list[dict], max_tokens: int) -> dict:
     """One streaming request; returns its timings and token count (or an error)."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+            "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     t_first = t_last = None
     chunks, usage, done = 0, None, False
@@ -142,7 +142,7 @@ async def stream_chat(client: httpx.AsyncClient, model: str, messages: list[dict
     n = usage["completion_tokens"] if usage else chunks  # one chunk per token without usage
     span = t_last - t_first
     return {"tokens": n, "ttft_s": t_first - t0, "latency_s": t_end - t0,
-            "stream_tok_s": (n - 1) / span if n > 1 and span > 0 else float("nan")}  # fmt: skip
+            "stream_tok_s": (n - 1) / span if n > 1 and span > 0 else float("nan")}
 
 
 async def bench_server(url: str, clients: list[int], max_tokens: int, rounds: int) -> dict:
@@ -183,14 +183,14 @@ def summarize(streams: list[dict], walls: list[float], errors: list[str], n: int
         "ttft_ms_p50": 1e3 * pct("ttft_s", 50), "ttft_ms_p99": 1e3 * pct("ttft_s", 99),
         "latency_ms_p50": 1e3 * pct("latency_s", 50), "latency_ms_p99": 1e3 * pct("latency_s", 99),
         "stream_tok_s_p50": pct("stream_tok_s", 50),
-    }  # fmt: skip
+    }
 
 
 # ---- report -------------------------------------------------------------------------------
 COLUMNS = [("aggregate_tok_s", "agg tok/s", "{:9.1f}"), ("ttft_ms_p50", "TTFT p50", "{:8.0f}"),
            ("ttft_ms_p99", "TTFT p99", "{:8.0f}"), ("latency_ms_p50", "lat p50", "{:8.0f}"),
            ("latency_ms_p99", "lat p99", "{:8.0f}"), ("stream_tok_s_p50", "stream tok/s", "{:12.1f}"),
-           ("mean_tokens", "tokens", "{:6.0f}")]  # fmt: skip
+           ("mean_tokens", "tokens", "{:6.0f}")]
 
 
 def print_table(results: dict[str, dict], clients: list[int]) -> None:
@@ -211,7 +211,7 @@ def print_table(results: dict[str, dict], clients: list[int]) -> None:
             ra, rb = results[a][n], results[b][n]
             print(f"{n:2d} {ra['aggregate_tok_s'] / rb['aggregate_tok_s']:8.2f}x "
                   f"{ra['stream_tok_s_p50'] / rb['stream_tok_s_p50']:11.2f}x "
-                  f"{ra['ttft_ms_p50'] / rb['ttft_ms_p50']:7.2f}x")  # fmt: skip
+                  f"{ra['ttft_ms_p50'] / rb['ttft_ms_p50']:7.2f}x")
 
 
 def main() -> None:
@@ -222,7 +222,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2", help="what ember serve loads (a GGUF for llama-server too)")
     ap.add_argument("--ember-args", default="", help="extra flags for `ember serve`, e.g. '--quant int4'")
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"),
-                    help="llama-server binary (default: $LLAMA_SERVER, then PATH)")  # fmt: skip
+                    help="llama-server binary (default: $LLAMA_SERVER, then PATH)")
     ap.add_argument("--out", default="runs/bench_serve.json")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -248,7 +248,7 @@ def main() -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"max_tokens": args.max_tokens, "rounds": args.rounds, "threads": THREADS,
                                "model": str(gguf), "ember_args": args.ember_args,
-                               "llama_server": binary, "loadavg": os.getloadavg(), "results": results}, indent=2))  # fmt: skip
+                               "llama_server": binary, "loadavg": os.getloadavg(), "results": results}, indent=2))
     os.replace(tmp, out)
     print(f"wrote {out}", file=sys.stderr)
 

@@ -61,7 +61,7 @@ def run(variant: str, batch: int, seq: int, steps: int) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"variant": variant, "load_peak_mb": load_peak, "peak_rss_mb": _hwm_mb(),
             "s_per_step": sorted(times[1:])[len(times[1:]) // 2],
-            "trainable": trainable, "first_loss": losses[0]}  # fmt: skip
+            "trainable": trainable, "first_loss": losses[0]}
 
 
 def _hwm_mb() -> float:
@@ -114,11 +114,11 @@ def main() -> None:
     full = next((r for r in rows if r["variant"] == "full"), None)
     print(f"SmolLM2-135M fine-tuning, batch {a.batch} × {a.seq} tokens, fp32 weights, 2 threads")
     print(f"{'variant':<8} {'load peak MB':>12} {'train peak MB':>14} {'vs full':>8} {'s/step':>8} "
-          f"{'trainable':>12} {'loss@0':>8}")  # fmt: skip
+          f"{'trainable':>12} {'loss@0':>8}")
     for r in rows:
         ratio = f"{r['peak_rss_mb'] / full['peak_rss_mb']:.2f}x" if full else "-"
         print(f"{r['variant']:<8} {r['load_peak_mb']:>12,.0f} {r['peak_rss_mb']:>14,.0f} {ratio:>8} "
-              f"{r['s_per_step']:>8.2f} {r['trainable']:>12,} {r['first_loss']:>8.3f}")  # fmt: skip
+              f"{r['s_per_step']:>8.2f} {r['trainable']:>12,} {r['first_loss']:>8.3f}")
     print("the same batch and init for every variant: loss@0 agrees up to NF4 rounding")
 
 

@@ -103,7 +103,7 @@ def test_no_import_cycles():
     cycles = sorted(
         f"{rel[a]} -> {rel[b]}" for a, deps in graph.items() for b in deps
         if a in _reachable(graph, b) and (rel[a], rel[b]) not in known
-    )  # fmt: skip
+    )
     assert not cycles, "imports on a cycle (the module imported leads back to the importer):\n" + "\n".join(cycles)
 
 

@@ -110,7 +110,7 @@ MAX_MAGNITUDE = 1e30
 _BINOPS = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-}  # fmt: skip
+}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
@@ -246,7 +246,7 @@ def make_conversation(rng: random.Random, phrasing_set: str = "train") -> dict:
         {"role": "assistant", "content": tool_call_text(expression)},
         {"role": "tool", "content": result},
         {"role": "assistant", "content": ANSWER_TEMPLATE.format(result)},
-    ]}  # fmt: skip
+    ]}
 
 
 def write_tool_use_jsonl(path: str | Path, n: int, seed: int = 0, phrasing_set: str = "train") -> Path:

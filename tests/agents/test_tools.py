@@ -26,7 +26,7 @@ from ember.data.tool_use import safe_eval, tool_call_text
         ("123 × 456", 56088), ("10 ÷ 4", 2.5), ("5 − 8", -3), ("2^8", 256),
         ("1,234 + 1", 1235), ("1,234,567 - 1", 1234566), ("  3*3  ", 9),
     ],
-)  # fmt: skip
+)
 def test_safe_eval_values(expr, value):
     assert safe_eval(expr) == value
 
@@ -42,7 +42,7 @@ def test_safe_eval_values(expr, value):
         ("(-8) ** 0.5", "not a real number"), ("3 < 4", "Compare"), ("1 << 3", "operator LShift"),
         ("lambda: 1", "Lambda"), ("1j", "only numbers"),
     ],
-)  # fmt: skip
+)
 def test_safe_eval_rejects(expr, why):
     with pytest.raises(ValueError, match=why):
         safe_eval(expr)
@@ -66,7 +66,7 @@ def test_parse_tool_call():
     assert parse_tool_call('<tool_call>{"name": "calculator"}</tool_call>') == ("calculator", {})
     for bad in ["no call here", "<tool_call>{not json}</tool_call>", '<tool_call>{"name": 3}</tool_call>',
                 '<tool_call>["calculator"]</tool_call>', '<tool_call>{"name": "c", "arguments": "1+1"}</tool_call>',
-                '<tool_call>{"name": "calculator", "arguments": {}}']:  # fmt: skip
+                '<tool_call>{"name": "calculator", "arguments": {}}']:
         assert parse_tool_call(bad) is None, bad
 
 
@@ -211,7 +211,7 @@ def test_load_eval_items(tmp_path):
     assert load_eval_items(good) == [{"question": "2+2?", "answer": 4}, {"question": "1/2?", "answer": 0.5}]
     for line, why in [("{oops", "not valid JSON"), ("[1]", "expected an object"),
                       ('{"question": "", "answer": 1}', "question"), ('{"question": "q", "answer": "4"}', "answer"),
-                      ('{"question": "q", "answer": true}', "answer")]:  # fmt: skip
+                      ('{"question": "q", "answer": true}', "answer")]:
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"question": "ok", "answer": 1}\n' + line + "\n")
         with pytest.raises(ValueError, match=f"bad.jsonl:2: .*{why}"):

@@ -43,7 +43,7 @@ def test_every_value_type_and_tensor_kind_matches_reference(tmp_path):
         "a.u8": (7, T.UINT8), "a.i32": (-5, T.INT32), "a.u64": (2**40, T.UINT64), "a.f32": (0.25, T.FLOAT32),
         "a.f64": (1e-3, T.FLOAT64), "a.bool": (True, T.BOOL), "a.str": ("héllo", T.STRING),
         "a.strs": (["x", "", "日本"], T.ARRAY), "a.ints": ([1, 2, 3], T.ARRAY), "a.floats": ([0.5, 1.5], T.ARRAY),
-    }  # fmt: skip
+    }
     rng = np.random.default_rng(0)
     q41 = gguf.quants.quantize(rng.standard_normal((4, 64)).astype(np.float32), gguf.GGMLQuantizationType.Q4_1)
     w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "llama")

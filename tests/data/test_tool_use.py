@@ -98,7 +98,7 @@ def test_eval_set_uses_heldout_phrasings_only():
     items = default_eval_set()
     assert len(items) == 100 and items == default_eval_set()
     patterns = [re.compile("^" + re.escape(t.lstrip("!")).replace(r"\{a\}", r"-?\d+").replace(r"\{b\}", r"-?\d+") + "$")
-                for ts in HELDOUT_PHRASINGS.values() for t in ts]  # fmt: skip
+                for ts in HELDOUT_PHRASINGS.values() for t in ts]
     for it in items:
         assert isinstance(it["answer"], int)
         assert any(p.match(it["question"]) for p in patterns), it["question"]

@@ -52,7 +52,7 @@ def run(lines, system=None, max_seq_len=None):
     history = run_chat(
         engine, tok, system=system, params=SamplingParams(temperature=0, max_tokens=20),
         input_fn=input_fn, print_fn=lambda *a, **k: out.append("".join(map(str, a)) + k.get("end", "\n")),
-    )  # fmt: skip
+    )
     return tok, history, "".join(out)
 
 
@@ -93,5 +93,5 @@ def test_piped_stdin_drives_the_repl(monkeypatch):
     engine = Engine(ReplyModel(tok), tok)
     out = []
     history = run_chat(engine, tok, params=SamplingParams(temperature=0, max_tokens=20),
-                       print_fn=lambda *a, **k: out.append(a))  # fmt: skip
+                       print_fn=lambda *a, **k: out.append(a))
     assert [m["content"] for m in history] == ["first", "Hi!", "second", "Hi!"]

@@ -35,7 +35,7 @@ async def stream_one(client, i: int) -> dict:
     """One streaming chat request; returns its token count and whether [DONE] ended it."""
     body = {"model": "tiny-smollm2", "max_tokens": MAX_TOKENS, "temperature": 0.8, "seed": i,
             "messages": [{"role": "user", "content": f"Client {i}: tell me about the number {i * 7}."}],
-            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+            "stream": True, "stream_options": {"include_usage": True}}
     out = {"done": False, "tokens": 0, "error": None, "after_done": False}
     async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
@@ -91,7 +91,7 @@ def test_64_streaming_clients_no_errors_no_growth(server):
         rss.append(rss_mb())
         tokens = sum(x["tokens"] for x in results)
         lines.append(f"round {r + 1}: {CLIENTS} streams, {tokens} tokens in {wall:.2f} s "
-                     f"({tokens / wall:.0f} tok/s), RSS {rss[-1]:.1f} MB")  # fmt: skip
+                     f"({tokens / wall:.0f} tok/s), RSS {rss[-1]:.1f} MB")
     print("\n" + "\n".join(lines))
     growth = rss[-1] - rss[0]
     assert growth < RSS_TOLERANCE_MB, (

@@ -109,7 +109,7 @@ def test_stream_chunks_concatenate_to_the_plain_reply_and_end_with_usage(live):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
     # the raw stream ends with [DONE]
     with live.http.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 3,
-                                                           "stream": True}) as resp:  # fmt: skip
+                                                           "stream": True}) as resp:
         lines = [ln for ln in resp.iter_lines() if ln]
     assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
 
@@ -190,7 +190,7 @@ def test_completions_echo_scores_the_prompt_like_lm_eval(live, tiny):
     _, tok = tiny
     ids = tok.encode("The quick brown fox jumps")
     r = live.http.post("/v1/completions", json={"model": MODEL, "prompt": ids, "max_tokens": 0, "echo": True,
-                                                "logprobs": 1, "temperature": 0})  # fmt: skip
+                                                "logprobs": 1, "temperature": 0})
     assert r.status_code == 200, r.text
     c = r.json()["choices"][0]
     assert c["text"] == tok.decode(ids) and r.json()["usage"]["completion_tokens"] == 0
@@ -215,7 +215,7 @@ def test_lm_eval_local_completions_scoring(live, tiny):
     cont = _greedy(tiny, ctx_ids, 3).token_ids  # a continuation the model itself prefers
     other = tok.encode(" purple")
     payload = {"model": MODEL, "prompt": [ctx_ids + cont, ctx_ids + other], "temperature": 0, "max_tokens": 1,
-               "logprobs": 1, "seed": 1234, "echo": True}  # fmt: skip
+               "logprobs": 1, "seed": 1234, "echo": True}
     out = live.http.post("/v1/completions", json=payload).json()
     ref = _log_softmax(tiny, ctx_ids + cont)
     results = []
@@ -428,7 +428,7 @@ def test_real_smollm2_answers_a_chat(smollm2_tokenizer):  # the fixture skips wi
         r = srv.client.chat.completions.create(
             model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
             temperature=0, max_tokens=24,
-        )  # fmt: skip
+        )
         assert "Paris" in r.choices[0].message.content
         assert json.loads(r.model_dump_json())["usage"]["completion_tokens"] > 0
     finally:

@@ -43,6 +43,6 @@ def test_every_operation_declares_its_body():
 
 @schema.parametrize()
 @settings(max_examples=20, derandomize=True, deadline=None,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+          suppress_health_check=list(HealthCheck))
 def test_no_request_makes_the_server_fail(case):
     case.call_and_validate(checks=[not_a_server_error])

@@ -38,7 +38,7 @@ def browser(tmp_path_factory):
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-    ):  # fmt: skip
+    ):
         opts.add_argument(flag)
     # An explicit driver path: selenium-manager is never asked to find or fetch one.
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
@@ -64,7 +64,7 @@ def test_chat_streams_a_reply_and_keeps_history(server_url, browser):
     browser.find_element(By.ID, "send").click()
 
     wait.until(lambda d: d.find_element(By.ID, "messages").get_attribute("data-state") == "idle"
-               and d.find_element(By.ID, "stats").text)  # fmt: skip
+               and d.find_element(By.ID, "stats").text)
     assert browser.find_element(By.ID, "error").text == ""
     stats = browser.find_element(By.ID, "stats")
     assert "tok/s" in stats.text and "TTFT" in stats.text, stats.text

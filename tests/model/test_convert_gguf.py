@@ -23,7 +23,7 @@ LLAMA_NAMES = {  # HF → GGUF, as llama.cpp's convert_hf_to_gguf.py writes them
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
-}  # fmt: skip
+}
 
 
 def _gguf_name(hf_key: str) -> str:
@@ -67,7 +67,7 @@ def _tiny_llama(tie=True):
         vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=96, max_position_embeddings=64, tie_word_embeddings=tie, rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -114,7 +114,7 @@ def test_q8_0_and_q4_1_blocks_by_hand():
 @torch.no_grad()
 def test_gpt2_gguf_matches_transformers(tmp_path):
     hf_cfg = transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                     bos_token_id=None, eos_token_id=None)  # fmt: skip
+                                     bos_token_id=None, eos_token_id=None)
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     w = GGUFWriter(tmp_path / "g.gguf", "gpt2")
@@ -125,7 +125,7 @@ def test_gpt2_gguf_matches_transformers(tmp_path):
     w.add_head_count(4)
     w.add_layer_norm_eps(1e-5)
     names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
-             "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}  # fmt: skip
+             "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
     for key, t in hf.state_dict().items():
         parts = key.split(".")
         if key == "lm_head.weight":

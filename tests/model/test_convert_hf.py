@@ -16,14 +16,14 @@ def _tiny_llama(tie: bool, **kw):
     cfg = transformers.LlamaConfig(
         vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=96, max_position_embeddings=64, tie_word_embeddings=tie, rms_norm_eps=1e-5, **kw,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def _tiny_gpt2():
     cfg = transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                  bos_token_id=None, eos_token_id=None)  # fmt: skip
+                                  bos_token_id=None, eos_token_id=None)
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(cfg).eval()
 
@@ -34,7 +34,7 @@ HF_MODELS = {
     "llama-bias-rope-scaled": lambda: _tiny_llama(
         tie=False, attention_bias=True, mlp_bias=True,
         rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
-    ),  # fmt: skip
+    ),
     "gpt2": _tiny_gpt2,
 }
 

@@ -13,7 +13,7 @@ BLOCK_KEYS = [
     "attention_norm.weight", "attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
     "attention.wo.weight", "ffn_norm.weight", "feed_forward.w1.weight", "feed_forward.w2.weight",
     "feed_forward.w3.weight",
-]  # fmt: skip
+]
 
 
 def tiny(**kw):

@@ -14,7 +14,7 @@ VARIANTS = {
     "rope-interleaved": {"rope_interleaved": True},
     "rope-llama3": {"rope_scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32}},
-}  # fmt: skip
+}
 
 
 def _model(**overrides):
@@ -131,7 +131,7 @@ def test_interleaved_rope_equals_rotate_half_on_permuted_rows():
         {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
          "original_max_position_embeddings": 64},
     ],
-)  # fmt: skip
+)
 def test_rope_scaling_matches_transformers(scaling):
     transformers = pytest.importorskip("transformers")
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -141,7 +141,7 @@ def test_rope_scaling_matches_transformers(scaling):
     )
     ref, _ = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf_cfg, "cpu")
     cfg = ModelConfig.tiny(d_model=256, n_heads=2, n_kv_heads=2, rope_theta=500000.0,
-                           rope_scaling={"type": scaling["rope_type"], **scaling})  # fmt: skip
+                           rope_scaling={"type": scaling["rope_type"], **scaling})
     torch.testing.assert_close(rope_inv_freq(cfg), ref.float())
 
 

@@ -13,7 +13,7 @@ BNB_NF4 = [
     -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-]  # fmt: skip
+]
 
 
 def rel(a, b) -> float:
@@ -116,7 +116,7 @@ def test_smollm2_nf4_logits_close_to_fp32():
     model, tok = ember.load("smollm2")
     text = ("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four "
             "papers that changed physics: on the photoelectric effect, Brownian motion, special "
-            "relativity and the equivalence of mass and energy.")  # fmt: skip
+            "relativity and the equivalence of mass and energy.")
     ids = torch.tensor([tok.encode(text)])
     with torch.no_grad():
         ref = model(ids)

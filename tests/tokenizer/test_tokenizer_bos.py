@@ -10,7 +10,7 @@ SPECIALS = {"<s>": 256, "</s>": 257}
 
 def tok(add_bos: bool, bos: str | None = "<s>", use_fast: bool = True) -> Tokenizer:
     return Tokenizer(merges=[(108, 111, 258)], pattern="gpt2", special_tokens=SPECIALS, bos_token=bos,
-                     eos_tokens=["</s>"], add_bos=add_bos, use_fast=use_fast)  # fmt: skip
+                     eos_tokens=["</s>"], add_bos=add_bos, use_fast=use_fast)
 
 
 @pytest.mark.parametrize("use_fast", [True, False])

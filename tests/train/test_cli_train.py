@@ -25,7 +25,7 @@ def test_data_prepare_rejects_bad_files_by_name(tmp_path, capsys, content, words
     bad = tmp_path / "bad.txt"
     bad.write_bytes(content)
     code = main(["data", "prepare", "--input", str(bad), "--out", str(tmp_path / "o"), "--tokenizer",
-                 _tokenizer(tmp_path), "--progress", "false"])  # fmt: skip
+                 _tokenizer(tmp_path), "--progress", "false"])
     err = capsys.readouterr().err
     assert code == 2 and "bad.txt" in err and words in err, err
     assert not (tmp_path / "o" / "manifest.json").exists()
@@ -52,7 +52,7 @@ def test_scaling_fit_without_a_sweep_says_what_to_run(tmp_path, capsys):
 def test_scaling_sweep_then_fit(shards, tmp_path, capsys):
     out = tmp_path / "scaling"
     sweep = ["scaling", "sweep", "--data", str(shards), "--out", str(out), "--seq_len", "32", "--batch_size", "4",
-             "--models", '["1x32", "1x64", "2x64"]', "--tokens", "[2048, 4096]", "--holdout", '["2x96:4096"]']  # fmt: skip
+             "--models", '["1x32", "1x64", "2x64"]', "--tokens", "[2048, 4096]", "--holdout", '["2x96:4096"]']
     assert main(sweep) == 0
     points = (out / "points.jsonl").read_text().splitlines()
     assert len(points) == 6 and len((out / "holdout.jsonl").read_text().splitlines()) == 1

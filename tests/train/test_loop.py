@@ -36,9 +36,9 @@ def _trainer(tmp_path, steps=12, interrupt_at=None, resume=False, mcfg=MCFG, **k
     torch.manual_seed(0)
     cfg = TrainConfig(steps=steps, batch_size=4, micro_batch_size=2, eval_every=0, sample_every=0,
                       save_every=4, log_every=1, out=str(tmp_path), resume=resume, progress=False,
-                      precision="fp32", **kw)  # fmt: skip
+                      precision="fp32", **kw)
     return Trainer(Transformer(mcfg), cfg, OptimConfig(lr=1e-2, warmup_steps=3), _noisy_loss, batches,
-                   run_config={"model": mcfg.to_dict()}, tokens_per_step=64)  # fmt: skip
+                   run_config={"model": mcfg.to_dict()}, tokens_per_step=64)
 
 
 def _losses(run_dir):
@@ -74,9 +74,9 @@ def test_tiny_model_overfits_one_batch(tmp_path):
     batch = _batches(0)
     torch.manual_seed(0)
     cfg = TrainConfig(steps=150, batch_size=4, eval_every=0, sample_every=0, save_every=0,
-                      out=str(tmp_path), progress=False, precision="fp32")  # fmt: skip
+                      out=str(tmp_path), progress=False, precision="fp32")
     trainer = Trainer(Transformer(MCFG), cfg, OptimConfig(lr=1e-2, warmup_steps=10, weight_decay=0.0),
-                      lm_loss, lambda step: batch, run_config={})  # fmt: skip
+                      lm_loss, lambda step: batch, run_config={})
     first = cross_entropy(trainer.plain(batch[0]), batch[1]).item()
     trainer.fit()
     last = cross_entropy(trainer.plain(batch[0]), batch[1]).item()
@@ -88,7 +88,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     for micro in (4, 1):
         torch.manual_seed(0)
         cfg = TrainConfig(steps=3, batch_size=4, micro_batch_size=micro, eval_every=0, save_every=0,
-                          sample_every=0, out=str(tmp_path / str(micro)), progress=False, precision="fp32")  # fmt: skip
+                          sample_every=0, out=str(tmp_path / str(micro)), progress=False, precision="fp32")
         t = Trainer(Transformer(MCFG), cfg, OptimConfig(warmup_steps=0), lm_loss, _batches, run_config={})
         t.fit()
         runs.append(t.plain.state_dict())

@@ -13,14 +13,14 @@ import torch
 from ember.cli import main
 
 TINY = ["--arch", "mini-llama", "--model.n_layers", "2", "--model.d_model", "64", "--model.n_heads", "4",
-        "--model.n_kv_heads", "2", "--model.d_ff", "128", "--data.seq_len", "32"]  # fmt: skip
+        "--model.n_kv_heads", "2", "--model.d_ff", "128", "--data.seq_len", "32"]
 
 
 def _args(shards, out, steps=6, *extra):
     return ["pretrain", *TINY, "--data.dir", str(shards), "--train.steps", str(steps), "--train.batch_size", "4",
             "--train.eval_every", "3", "--train.eval_windows", "4", "--train.sample_every", "0",
             "--train.log_every", "1", "--train.out", str(out), "--train.progress", "false",
-            "--train.precision", "fp32", "--sample_tokens", "8", *extra]  # fmt: skip
+            "--train.precision", "fp32", "--sample_tokens", "8", *extra]
 
 
 def _losses(out):
@@ -102,7 +102,7 @@ def test_torchrun_two_gloo_processes_match_one_process(shards, tmp_path, paralle
     extra = ["--train.parallel", parallel, "--train.micro_batch_size", "1"]
     _run([sys.executable, "-m", "ember", *_args(shards, one, 4, *extra), "--train.device", "cpu"], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-          "-m", "ember", *_args(shards, two, 4, *extra), "--train.device", "cpu"], tmp_path)  # fmt: skip
+          "-m", "ember", *_args(shards, two, 4, *extra), "--train.device", "cpu"], tmp_path)
     a, b = _losses(one), _losses(two)
     assert [r["step"] for r in b] == [1, 2, 3, 4]  # rank 0 alone logs
     for ra, rb in zip(a, b):
