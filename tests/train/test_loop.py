@@ -4,27 +4,15 @@ import json
 
 import pytest
 import torch
+from loop_helpers import MCFG
+from loop_helpers import noisy_loss as _noisy_loss
+from loop_helpers import random_batches as _batches
 
 from ember.model import ModelConfig, Transformer
 from ember.train.checkpoint import latest_checkpoint
 from ember.train.loop import TrainConfig, Trainer, split_micro
 from ember.train.losses import cross_entropy, lm_loss
 from ember.train.optim import OptimConfig
-
-MCFG = ModelConfig.tiny(vocab_size=64, max_seq_len=32)
-
-
-def _batches(step, B=4, T=16):
-    g = torch.Generator().manual_seed(1000 + step)
-    ids = torch.randint(0, MCFG.vocab_size, (B, T + 1), generator=g)
-    return ids[:, :-1], ids[:, 1:]
-
-
-def _noisy_loss(model, batch):
-    # draws from the global RNG every step, so a resume that forgot the RNG state diverges
-    x, y = batch
-    keep = torch.rand(y.shape) < 0.9
-    return cross_entropy(model(x), torch.where(keep, y, -100)), {"kept": keep.float().mean()}
 
 
 def _trainer(tmp_path, steps=12, interrupt_at=None, resume=False, mcfg=MCFG, **kw):

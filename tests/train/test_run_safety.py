@@ -9,28 +9,21 @@ import sys
 
 import pytest
 import torch
+from loop_helpers import MCFG, noisy_loss, random_batches
 
 from ember.core.lock import dir_lock
-from ember.model import ModelConfig, Transformer
+from ember.model import Transformer
 from ember.train.checkpoint import latest_checkpoint
 from ember.train.loop import TrainConfig, Trainer, prepare_run_dir
-from ember.train.losses import cross_entropy
 from ember.train.optim import OptimConfig
 
-MCFG = ModelConfig.tiny(vocab_size=64, max_seq_len=32)
 
-
-def _batches(step, B=2, T=8):
-    g = torch.Generator().manual_seed(1000 + step)
-    ids = torch.randint(0, MCFG.vocab_size, (B, T + 1), generator=g)
-    return ids[:, :-1], ids[:, 1:]
+def _batches(step):
+    return random_batches(step, B=2, T=8)
 
 
 def _noisy_loss(model, batch):
-    # draws from the global RNG every step: a checkpoint with the wrong RNG state diverges
-    x, y = batch
-    keep = torch.rand(y.shape) < 0.9
-    return cross_entropy(model(x), torch.where(keep, y, -100)), {}
+    return noisy_loss(model, batch)[0], {}
 
 
 def _trainer(out, steps=6, loss_fn=_noisy_loss, **kw):
