@@ -160,6 +160,54 @@ class CompletionRequest(SamplingFields):
         return list(p)
 
 
+MAX_EMBED_INPUTS = 2048  # OpenAI's limit on inputs per embeddings request
+
+
+def _input_kind(x) -> str:
+    if isinstance(x, str):
+        return "strings"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return "token ids"
+    return "lists of token ids" if isinstance(x, list) else _JSON_KINDS.get(type(x), "objects")
+
+
+class EmbeddingRequest(Strict):
+    """OpenAI's embeddings request. Empty strings are refused, as OpenAI does: they would
+    embed only the model's special tokens, which is almost always a client bug."""
+
+    model: Text
+    input: Text | list[Text] | TokenIds | list[TokenIds]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)  # honoured only when it is the model's own (server side)
+    user: Text | None = None  # accepted and ignored
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _one_kind_of_input(cls, v):
+        # Before the union, so that a mix or a too-long batch gets one clear message (and
+        # 10,000 inputs are counted, not validated one by one first).
+        if v == "":
+            raise ValueError("input: the string is empty; give at least one character")
+        if not isinstance(v, list):
+            return v
+        if not v:
+            raise ValueError("input: the list is empty; give a string, a list of strings, "
+                             "a list of token ids or a list of such lists")
+        if len(v) > MAX_EMBED_INPUTS:
+            raise ValueError(f"input: at most {MAX_EMBED_INPUTS} inputs per request, got {len(v)}")
+        kinds = list(dict.fromkeys(_input_kind(x) for x in v))
+        if len(kinds) > 1:
+            raise ValueError(f"input: the list mixes {' and '.join(kinds)}; give only strings, only "
+                             "token ids, or only lists of token ids")
+        if "" in v:
+            raise ValueError(f"input[{v.index('')}]: the string is empty; give at least one character")
+        return v
+
+    def inputs(self) -> list[str | list[int]]:
+        x = self.input
+        return [x] if isinstance(x, str) or isinstance(x[0], int) else list(x)
+
+
 class TokenizeRequest(Strict):
     model: Text | None = None
     prompt: Text | None = None

@@ -1,7 +1,8 @@
 """`ember serve`: an OpenAI-compatible HTTP API over the engine (FastAPI + uvicorn).
 
 The app is thin: pydantic models validate (protocol.py), one thread owns the engine
-(worker.py), the generation endpoints plan, submit and format (completions.py). Here:
+(worker.py), the generation endpoints plan, submit and format (completions.py), and an
+optional encoder beside the chat model answers /v1/embeddings (embeddings_api.py). Here:
 the routes, OpenAI-shaped errors for everything (a client mistake is never a 500), the
 OpenAPI schema, and Prometheus metrics.
 
@@ -24,12 +25,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .completions import check_model, handle_chat, handle_completion, model_not_found
+from .embeddings_api import EmbeddingModel, handle_embeddings
 from .engine import Engine
 from .protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     TokenizeRequest,
     describe_errors,
     error_body,
@@ -43,29 +46,40 @@ STATIC = Path(__file__).parent / "static"
 
 
 
-def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_bytes: int = MAX_BODY_BYTES,
+               embedder=None, embedding_model: str | None = None) -> FastAPI:
     """The FastAPI app serving `engine` under the name `model_id`.
 
     max_queue: engine requests (each of n choices counts) allowed to wait or run at
     once; past it, new requests get a 503 so clients can back off (a request that alone
     needs more gets a 400: it could never run). max_body_bytes: larger request bodies
-    get a 413 before they are read.
+    get a 413 before they are read. embedder (an ember.infer.embed.Embedder) answers
+    /v1/embeddings under the name embedding_model, which must differ from model_id.
     """
+    if (embedder is None) != (embedding_model is None):
+        raise ValueError("give both embedder and embedding_model, or neither")
+    if embedding_model is not None and embedding_model == model_id:
+        raise ValueError(f"the embedding model's name must differ from the chat model's, both are {model_id!r}")
     if max_queue < 1:
         raise ValueError(f"max_queue must be >= 1, got {max_queue}")
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
     state = ServerState(engine, EngineWorker(engine), model_id, max_queue, Metrics(), max_body_bytes)
+    if embedder is not None:
+        state.embeddings = EmbeddingModel(embedding_model, embedder)
+    workers = [state.worker] + ([state.embeddings.worker] if embedder is not None else [])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.worker.start()
+        for w in workers:
+            w.start()
         yield
-        await asyncio.to_thread(state.worker.stop)
+        for w in workers:
+            await asyncio.to_thread(w.stop)
 
     app = FastAPI(title="ember", summary="OpenAI-compatible API over the ember engine", lifespan=lifespan)
     app.state.ember = state
-    app.openapi = lambda: _openapi(app, model_id)
+    app.openapi = lambda: _openapi(app, model_id, embedding_model)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts the 413s
     _install_error_handlers(app)
@@ -80,15 +94,20 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_byte
     async def completions(request: Request):
         return await handle_completion(state, request)
 
+    @app.post("/v1/embeddings", openapi_extra=_body(EmbeddingRequest))
+    async def embeddings(request: Request):
+        return await handle_embeddings(state, request)
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [_model_card(state)]}
+        return {"object": "list", "data": _model_cards(state)}
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str):
-        if model != state.model_id:
-            raise model_not_found(model, state)
-        return _model_card(state)
+        for card in _model_cards(state):
+            if card["id"] == model:
+                return card
+        raise model_not_found(model, state)
 
     @app.get("/health")
     async def health():
@@ -140,7 +159,7 @@ def _detokenize(state: ServerState, raw: bytes) -> JSONResponse:
         raise APIError(400, str(e), param="tokens") from None
 
 
-BODIES = (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest)
+BODIES = (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest, EmbeddingRequest)
 
 
 def _body(model) -> dict:
@@ -148,9 +167,9 @@ def _body(model) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
-def _openapi(app: FastAPI, model_id: str) -> dict:
+def _openapi(app: FastAPI, model_id: str, embedding_model: str | None) -> dict:
     """FastAPI's schema plus the request bodies the handlers parse themselves, with `model`
-    narrowed to the one name this server answers to (so generated clients and
+    narrowed to the one name each endpoint answers to (so generated clients and
     schema-driven tests send requests that can succeed)."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
@@ -161,16 +180,21 @@ def _openapi(app: FastAPI, model_id: str) -> dict:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
-        for schema in spec.get("components", {}).get("schemas", {}).values():
-            if "model" in schema.get("properties", {}):
-                schema["properties"]["model"] = {"type": "string", "enum": [model_id], "title": "Model"}
+        for name, schema in spec.get("components", {}).get("schemas", {}).items():
+            served = embedding_model if name == EmbeddingRequest.__name__ else model_id
+            if "model" in schema.get("properties", {}) and served is not None:
+                schema["properties"]["model"] = {"type": "string", "enum": [served], "title": "Model"}
         app.openapi_schema = spec
     return app.openapi_schema
 
 
-def _model_card(state: ServerState) -> dict:
-    return {"id": state.model_id, "object": "model", "created": state.metrics.started,
-            "owned_by": "ember", "max_model_len": state.ctx}
+def _model_cards(state: ServerState) -> list[dict]:
+    """The chat model, then the embedding model if one is served."""
+    cards = [{"id": state.model_id, "object": "model", "created": state.metrics.started,
+              "owned_by": "ember", "max_model_len": state.ctx}]
+    if state.embeddings is not None:
+        cards.append(state.embeddings.card(state.metrics.started))
+    return cards
 
 
 # ---- errors: every failure in OpenAI's shape, client mistakes never a 500 -----------------

@@ -7,9 +7,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .engine import Engine
 from .worker import EngineWorker
+
+if TYPE_CHECKING:
+    from .embeddings_api import EmbeddingModel
 
 # A full 8k-token context is ~32 KB of text, ~200 KB as JSON \u escapes; a batch of 64
 # such prompts (lm_eval's completions) fits too. A bigger body is refused unread.
@@ -17,8 +21,8 @@ MAX_BODY_BYTES = 8 * 2**20
 
 
 ENDPOINTS = (
-    "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/tokenize", "/detokenize",
-    "/metrics", "/",
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/tokenize",
+    "/detokenize", "/metrics", "/",
 )
 
 
@@ -31,7 +35,7 @@ class Metrics:
         self.started = int(time.time())
         self.requests: Counter = Counter()  # (endpoint, status) → count
         self.latency: dict[str, list] = {}  # endpoint → [count per bucket..., sum, count]
-        self.prompt_tokens = self.generation_tokens = 0
+        self.prompt_tokens = self.generation_tokens = self.embedding_tokens = 0
 
     def tokens(self, prompt: int, generated: int) -> None:
         self.prompt_tokens += prompt
@@ -58,6 +62,7 @@ class Metrics:
             ("ember_requests_waiting", worker.waiting, "gauge", "Engine requests queued for a slot."),
             ("ember_prompt_tokens_total", self.prompt_tokens, "counter", "Prompt tokens processed."),
             ("ember_generation_tokens_total", self.generation_tokens, "counter", "Tokens generated."),
+            ("ember_embedding_tokens_total", self.embedding_tokens, "counter", "Tokens embedded."),
         ]:
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name} {value}"]
         lines += [
@@ -82,6 +87,7 @@ class ServerState:
     metrics: Metrics
     max_body_bytes: int = MAX_BODY_BYTES
     in_flight: int = 0  # engine requests submitted and not finished (event-loop side only)
+    embeddings: EmbeddingModel | None = None  # the encoder behind /v1/embeddings, if one is served
 
     @property
     def tokenizer(self):
