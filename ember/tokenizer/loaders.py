@@ -1,6 +1,7 @@
 """Load real tokenizers: Hugging Face `tokenizer.json`, GGUF metadata, ember's own JSON.
 
 All three become the same `Tokenizer`: 256 byte ids, an ordered merge list, special tokens.
+BERT's WordPiece files become a `WordPieceTokenizer` (wordpiece_files.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ember.core.registry import regular_file, resolve_model
 
 from .patterns import bytes_to_unicode
 from .tokenizer import FORMAT_NAME, Tokenizer
+from .wordpiece import WordPieceTokenizer
 
 # GGUF `tokenizer.ggml.pre` → our split-pattern name.
 GGUF_PRE_TOKENIZERS = {"gpt2": "gpt2", "default": "gpt2", "smollm": "smollm"}
@@ -25,23 +27,31 @@ _GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4
 MAX_TOKEN_ID = 1 << 24
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, use_fast: bool = True) -> Tokenizer:
-    """A tokenizer from a known model name, a GGUF file, an HF folder/`tokenizer.json`, or ember JSON.
+def load_tokenizer(name_or_path: str | os.PathLike, use_fast: bool = True) -> Tokenizer | WordPieceTokenizer:
+    """A tokenizer from a known model name, a GGUF file, an HF folder/`tokenizer.json`, ember
+    JSON, or BERT's `vocab.txt` (a WordPiece tokenizer.json or vocab.txt gives WordPiece).
 
     >>> load_tokenizer("smollm2").encode("Hello world")  # doctest: +SKIP
     [19556, 905]
     """
+    # Imported here: wordpiece_files reuses this module's JSON checks.
+    from .wordpiece_files import from_vocab_txt, from_wordpiece_json, is_wordpiece_json
+
     path = resolve_model(name_or_path)  # a regular file or a folder, never a device or FIFO
     if path.is_dir():
         if path.suffix in (".json", ".gguf"):
             raise ValueError(f"{path} is a directory, not a {path.suffix[1:].upper()} file")
-        for name in ("tokenizer.ember.json", "tokenizer.json"):
+        for name in ("tokenizer.ember.json", "tokenizer.json", "vocab.txt"):
             if (path / name).exists():
                 return load_tokenizer(regular_file(path / name, "tokenizer file"), use_fast)
-        raise ValueError(f"{path} holds no tokenizer.ember.json or tokenizer.json")
+        raise ValueError(f"{path} holds no tokenizer.ember.json, tokenizer.json or vocab.txt")
     if path.suffix == ".gguf":
         return from_gguf(path, use_fast)
+    if path.suffix == ".txt":
+        return from_vocab_txt(regular_file(path, "vocab file"))
     data = _read_json(path)
+    if is_wordpiece_json(data):
+        return from_wordpiece_json(path, data)
     if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
         try:
             return Tokenizer.from_dict(data, use_fast)

@@ -1,0 +1,338 @@
+"""WordPiece, BERT's tokenizer: normalise, split on spaces and punctuation, then greedy
+longest-match-first subwords with "##" continuations; `[CLS] A [SEP] B [SEP]` around them.
+
+The specification is Hugging Face `tokenizers` on BERT's `tokenizer.json` (BertNormalizer,
+BertPreTokenizer, WordPiece, TemplateProcessing, LongestFirst truncation, WordPiece
+decoder): tests/parity/test_wordpiece_parity.py compares ids with it. Where the Rust code
+and the Python BERT reference differ, we follow the Rust code (each place says so).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import regex
+
+# Rust's `char::is_whitespace` (Unicode White_Space), the class `tokenizers` cleans and
+# splits on. Not Python's `str.isspace`, which also counts U+001C..U+001F: BERT drops those
+# as control characters instead.
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# BERT's punctuation: every Unicode P* character and every ASCII symbol that is not a
+# letter, digit or space ("$", "+", "<", "^", "`" are S*, not P*, but split all the same).
+PUNCTUATION = r"\p{P}!-/:-@\[-`{-~"
+# The CJK ideograph blocks BERT isolates (bert.rs `is_chinese_char`). Hangul and kana are
+# not among them: Korean and Japanese kana stay whole words.
+CJK = (
+    "\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b73f"
+    "\U0002b740-\U0002b81f\U0002b920-\U0002ceaf\U0002f800-\U0002fa1f"
+)
+# clean_text drops U+FFFD and control, format and private-use characters (Cc, Cf, Co; lone
+# surrogates too, which only a Python str can hold), except the three that are whitespace.
+# Unassigned code points (Cn) stay, as in `tokenizers`: tomorrow's emoji are not noise.
+_CONTROL = regex.compile(r"[\p{Cc}\p{Cf}\p{Co}\p{Cs}\ufffd--[\t\n\r]]", regex.V1)
+_SPACES = regex.compile(f"[{WHITESPACE}]")
+_CJK_CHAR = regex.compile(f"[{CJK}]")
+_NONSPACING_MARK = regex.compile(r"\p{Mn}")
+_WORD = regex.compile(f"[^{WHITESPACE}{PUNCTUATION}]+|[{PUNCTUATION}]")
+_CACHE_LIMIT = 200_000  # words; cleared when full, so memory stays bounded on big corpora
+
+
+@dataclass(frozen=True)
+class BertNormalizer:
+    """BERT's text clean-up, in the order `tokenizers` applies it.
+
+    strip_accents: None means "when lower-casing", as in BERT.
+
+    >>> BertNormalizer().normalize("Héllo\\x00 中文\\u3000WORLD")
+    'hello  中  文  world'
+    """
+
+    clean_text: bool = True
+    handle_chinese_chars: bool = True
+    strip_accents: bool | None = None
+    lowercase: bool = True
+
+    def normalize(self, text: str) -> str:
+        if self.clean_text:
+            text = _SPACES.sub(" ", _CONTROL.sub("", text))
+        if self.handle_chinese_chars:
+            text = _CJK_CHAR.sub(r" \g<0> ", text)
+        strip = self.lowercase if self.strip_accents is None else self.strip_accents
+        if strip and not text.isascii():  # ASCII has no marks to strip: skip the NFD pass
+            text = _NONSPACING_MARK.sub("", unicodedata.normalize("NFD", text))
+        if self.lowercase:
+            # `tokenizers` lower-cases char by char: Greek final sigma stays σ, where
+            # Python's str.lower() would write ς.
+            text = text.lower() if "Σ" not in text else "".join(c.lower() for c in text)
+        return text
+
+
+def pre_tokenize(text: str) -> list[str]:
+    """Split on whitespace (dropped) and punctuation (each mark its own word).
+
+    >>> pre_tokenize("Hello, world!! a+b")
+    ['Hello', ',', 'world', '!', '!', 'a', '+', 'b']
+    """
+    return _WORD.findall(text)
+
+
+@dataclass
+class Encoding:
+    """One encoded text (or pair): ids, segment ids, and how many tokens truncation dropped."""
+
+    ids: list[int]
+    token_type_ids: list[int]
+    n_truncated: int = 0
+
+
+@dataclass
+class BatchEncoding:
+    """A right-padded batch; `enc["input_ids"]` works as well as `enc.input_ids`.
+
+    n_truncated: per text, the tokens truncation dropped (0 where it fitted).
+    """
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    attention_mask: list[list[int]]
+    n_truncated: list[int] = field(default_factory=list)
+
+    def __getitem__(self, key: str):
+        if key not in ("input_ids", "token_type_ids", "attention_mask", "n_truncated"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return ["input_ids", "token_type_ids", "attention_mask", "n_truncated"]
+
+
+def truncate_pair(a: list[int], b: list[int] | None, budget: int) -> tuple[list[int], list[int] | None, int]:
+    """Cut `a` (and `b`) to `budget` tokens in all, `tokenizers`' LongestFirst: the shorter
+    keeps everything up to half the budget, the longer gets the rest (and the odd token).
+    Python BERT instead trims one token at a time, which differs on ties.
+
+    >>> truncate_pair([1, 2, 3, 4, 5], [6, 7], 5)
+    ([1, 2, 3], [6, 7], 2)
+    """
+    if b is None:
+        return a[:budget], None, max(0, len(a) - budget)
+    if len(a) + len(b) <= budget:
+        return a, b, 0
+    short, long_ = sorted((len(a), len(b)))
+    keep_long = max(short, budget - short)
+    keep_short = short
+    if keep_short + keep_long > budget:
+        keep_short, keep_long = budget // 2, budget // 2 + budget % 2
+    n_a, n_b = (keep_long, keep_short) if len(a) > len(b) else (keep_short, keep_long)
+    return a[:n_a], b[:n_b], len(a) + len(b) - n_a - n_b
+
+
+class WordPieceTokenizer:
+    """BERT's tokenizer over a vocabulary (token → id).
+
+    special_tokens: strings recognised in raw text before normalisation and kept whole, as
+    `tokenizers` does for added tokens (default: the five named below, if in the vocab).
+
+    >>> vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##aff", "##able", "!"]
+    >>> tok = WordPieceTokenizer(vocab)
+    >>> tok.tokenize("Unaffable!")
+    ['un', '##aff', '##able', '!']
+    >>> tok.encode("unaffable")
+    [2, 5, 6, 7, 3]
+    """
+
+    def __init__(
+        self,
+        vocab: Mapping[str, int] | Sequence[str],
+        normalizer: BertNormalizer | None = None,
+        unk_token: str = "[UNK]",
+        cls_token: str = "[CLS]",
+        sep_token: str = "[SEP]",
+        pad_token: str = "[PAD]",
+        mask_token: str = "[MASK]",
+        continuing_prefix: str = "##",
+        max_input_chars_per_word: int = 100,
+        model_max_length: int = 512,
+        special_tokens: Iterable[str] | None = None,
+    ):
+        self.vocab = dict(vocab) if isinstance(vocab, Mapping) else {t: i for i, t in enumerate(vocab)}
+        self._tokens = {i: t for t, i in self.vocab.items()}
+        if len(self._tokens) != len(self.vocab):
+            dup = next(i for i in self._tokens if list(self.vocab.values()).count(i) > 1)
+            raise ValueError(f"two tokens share the id {dup} in the WordPiece vocabulary")
+        if not self.vocab or min(self._tokens) < 0:
+            raise ValueError(f"WordPiece vocabulary ids must be >= 0, got {min(self._tokens, default=None)!r}")
+        names = {"unk_token": unk_token, "cls_token": cls_token, "sep_token": sep_token,
+                 "pad_token": pad_token, "mask_token": mask_token}
+        missing = {k: v for k, v in names.items() if v not in self.vocab}
+        if missing:
+            raise ValueError(f"special tokens missing from the WordPiece vocabulary: {missing}")
+        if max_input_chars_per_word < 1 or model_max_length < 2:
+            raise ValueError(
+                f"max_input_chars_per_word must be >= 1 and model_max_length >= 2, "
+                f"got {max_input_chars_per_word} and {model_max_length}"
+            )
+        self.normalizer = normalizer or BertNormalizer()
+        self.unk_token, self.cls_token, self.sep_token = unk_token, cls_token, sep_token
+        self.pad_token, self.mask_token = pad_token, mask_token
+        self.unk_token_id, self.cls_token_id, self.sep_token_id = (self.vocab[t] for t in (unk_token, cls_token, sep_token))
+        self.pad_token_id, self.mask_token_id = self.vocab[pad_token], self.vocab[mask_token]
+        self.prefix = continuing_prefix
+        self.max_input_chars_per_word = max_input_chars_per_word
+        self.model_max_length = model_max_length
+        specials = names.values() if special_tokens is None else special_tokens
+        self.special_tokens = {s: self.vocab[s] for s in specials if s in self.vocab}
+        # Longest first, so "[CLS]x" style overlaps resolve as `tokenizers`' leftmost-longest.
+        alts = sorted(self.special_tokens, key=len, reverse=True)
+        self._special_re = regex.compile("|".join(map(regex.escape, alts))) if alts else None
+        # No vocabulary entry is longer than this, so the greedy search starts no further out.
+        self._max_piece = max(len(t) for t in self.vocab)
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return max(self._tokens) + 1
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.vocab.get(token)
+
+    def id_to_token(self, i: int) -> str:
+        try:
+            return self._tokens[int(i)]
+        except KeyError:
+            raise ValueError(f"token id {i!r} is not in the vocabulary (size {self.vocab_size})") from None
+
+    # ---- encode -----------------------------------------------------------------------
+    def _wordpiece(self, word: str) -> list[int]:
+        """Greedy longest-match-first; a word with any unmatched rest is one [UNK]."""
+        if len(word) > self.max_input_chars_per_word:
+            return [self.unk_token_id]
+        ids, start, n = [], 0, len(word)
+        while start < n:
+            prefix = self.prefix if start else ""
+            for end in range(min(n, start + self._max_piece - len(prefix)), start, -1):
+                i = self.vocab.get(prefix + word[start:end])
+                if i is not None:
+                    break
+            else:
+                return [self.unk_token_id]
+            ids.append(i)
+            start = end
+        return ids
+
+    def _word_ids(self, word: str) -> list[int]:
+        ids = self._cache.get(word)
+        if ids is None:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            ids = self._cache[word] = self._wordpiece(word)
+        return ids
+
+    def _pieces(self, text: str) -> Iterable[tuple[str, int | None]]:
+        """Raw text → (segment, None) for ordinary text and (token, id) for special tokens."""
+        pos = 0
+        if self._special_re is not None:
+            for m in self._special_re.finditer(text):
+                yield text[pos : m.start()], None
+                yield m.group(), self.special_tokens[m.group()]
+                pos = m.end()
+        yield text[pos:], None
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of one text with no [CLS]/[SEP] and no truncation."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        ids: list[int] = []
+        for piece, special in self._pieces(text):
+            if special is not None:
+                ids.append(special)
+                continue
+            for word in pre_tokenize(self.normalizer.normalize(piece)):
+                ids.extend(self._word_ids(word))
+        return ids
+
+    def tokenize(self, text: str) -> list[str]:
+        return [self._tokens[i] for i in self.encode_ordinary(text)]
+
+    def encode_full(
+        self, text: str, pair: str | None = None, add_special_tokens: bool = True, max_length: int | None = None
+    ) -> Encoding:
+        """Ids, token types (0 for A and its [CLS]/[SEP], 1 for B and its [SEP]) and the
+        count truncation dropped. max_length counts the special tokens; None: no limit."""
+        a = self.encode_ordinary(text)
+        b = None if pair is None else self.encode_ordinary(pair)
+        n_special = 0 if not add_special_tokens else 2 if pair is None else 3
+        dropped = 0
+        if max_length is not None:
+            if max_length < max(n_special, 1):
+                raise ValueError(f"max_length {max_length} leaves no room for text beside {n_special} special tokens")
+            a, b, dropped = truncate_pair(a, b, max_length - n_special)
+        cls, sep = ([self.cls_token_id], [self.sep_token_id]) if add_special_tokens else ([], [])
+        ids = cls + a + sep
+        types = [0] * len(ids)
+        if b is not None:
+            ids += b + sep
+            types += [1] * (len(b) + len(sep))
+        return Encoding(ids, types, dropped)
+
+    def encode(
+        self, text: str, pair: str | None = None, add_special_tokens: bool = True, max_length: int | None = None
+    ) -> list[int]:
+        """`[CLS] text [SEP]` (`[CLS] text [SEP] pair [SEP]`) as ids; see `encode_full`."""
+        return self.encode_full(text, pair, add_special_tokens, max_length).ids
+
+    def token_type_ids(self, text: str, pair: str | None = None, add_special_tokens: bool = True,
+                       max_length: int | None = None) -> list[int]:
+        return self.encode_full(text, pair, add_special_tokens, max_length).token_type_ids
+
+    def encode_batch(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> BatchEncoding:
+        """Encode each text (with its pair), pad right to the longest with [PAD], mask 0 there."""
+        if isinstance(texts, str):
+            raise ValueError("encode_batch takes a list of texts, got one str (use encode)")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
+        encs = [self.encode_full(t, None if pairs is None else pairs[k], add_special_tokens, max_length)
+                for k, t in enumerate(texts)]
+        width = max((len(e.ids) for e in encs), default=0)
+        return BatchEncoding(
+            input_ids=[e.ids + [self.pad_token_id] * (width - len(e.ids)) for e in encs],
+            token_type_ids=[e.token_type_ids + [0] * (width - len(e.ids)) for e in encs],
+            attention_mask=[[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encs],
+            n_truncated=[e.n_truncated for e in encs],
+        )
+
+    # ---- decode -----------------------------------------------------------------------
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Ids → text: "##" pieces join the word before them, others get a space; then
+        `tokenizers`' clean-up (" ," → ","; " n't" → "n't" ...).
+
+        >>> WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##able", ","]).decode([2, 5, 6, 7, 3], True)
+        'unable,'
+        """
+        tokens = [self.id_to_token(i) for i in ids]
+        if skip_special_tokens:
+            tokens = [t for t in tokens if t not in self.special_tokens]
+        out = []
+        for k, t in enumerate(tokens):
+            # Like `tokenizers`, only a non-first token loses its "##"; clean-up runs per token.
+            if k:
+                t = t[len(self.prefix) :] if t.startswith(self.prefix) else " " + t
+            out.append(_cleanup(t))
+        return "".join(out)
+
+
+_CLEANUP = (
+    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+    (" 'm", "'m"), (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+)
+
+
+def _cleanup(s: str) -> str:
+    for a, b in _CLEANUP:
+        s = s.replace(a, b)
+    return s
