@@ -42,7 +42,10 @@ DISCONNECT_POLL_S = 0.25  # how often a plain (non-streaming) request checks for
 
 
 def model_not_found(name: str, state: ServerState) -> APIError:
-    return APIError(404, f"The model '{name}' does not exist; this server serves '{state.model_id}'",
+    what = "does not exist"
+    if state.embeddings is not None and name == state.embeddings.name:
+        what = "is an embedding model (POST /v1/embeddings)"
+    return APIError(404, f"The model '{name}' {what}; this server generates with '{state.model_id}'",
                     param="model", code="model_not_found")
 
 

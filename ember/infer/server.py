@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .completions import check_model, handle_chat, handle_completion, model_not_found
+from .completions import check_model, handle_chat, handle_completion
 from .embeddings_api import EmbeddingModel, handle_embeddings
 from .engine import Engine
 from .protocol import (
@@ -104,10 +104,12 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_byte
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str):
-        for card in _model_cards(state):
-            if card["id"] == model:
-                return card
-        raise model_not_found(model, state)
+        cards = {card["id"]: card for card in _model_cards(state)}
+        if model not in cards:
+            names = " and ".join(f"'{name}'" for name in cards)
+            raise APIError(404, f"The model '{model}' does not exist; this server serves {names}",
+                           param="model", code="model_not_found")
+        return cards[model]
 
     @app.get("/health")
     async def health():

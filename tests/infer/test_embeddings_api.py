@@ -112,8 +112,11 @@ def test_a_model_the_endpoint_does_not_serve_is_404_like_chat(srv):
         with pytest.raises(openai.NotFoundError) as e:
             srv.client.embeddings.create(model=name, input="Hi")
         assert e.value.body["code"] == "model_not_found" and name in e.value.body["message"]
-    chat = srv.http.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
-    assert _error(chat, 404)["code"] == "model_not_found"
+    chat = srv.http.post("/v1/chat/completions", json={"model": EMB, "messages": [{"role": "user", "content": "x"}]})
+    err = _error(chat, 404)
+    assert err["code"] == "model_not_found" and "embedding model" in err["message"]
+    err = _error(srv.http.get("/v1/models/nope"), 404)
+    assert CHAT in err["message"] and EMB in err["message"]
 
 
 @pytest.mark.parametrize("body, param, words", [
