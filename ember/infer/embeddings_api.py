@@ -15,7 +15,7 @@ What the endpoint chose where OpenAI leaves room (README, Serve, says the same):
   be cut short (Matryoshka-style), so a shorter vector would be silently worse;
 - an empty string is a 400, as at OpenAI (it would embed the specials alone).
 
-    >>> app = create_app(engine, "smollm2", embedder=embedder, embedding_model="minilm")  # doctest: +SKIP
+`create_app(engine, "smollm2", embedder=embedder, embedding_model="minilm")` turns it on.
 """
 
 from __future__ import annotations
@@ -35,12 +35,17 @@ from .state import ServerState
 
 
 class EmbeddingWorker:
-    """The one thread that runs the encoder. `submit(ids)` returns a Future of the (N, D)
-    float32 vectors, in the order given.
+    """The one thread that runs the encoder (any object whose `embed_ids(batch)` gives a
+    (B, D) tensor). `submit(ids)` returns a Future of the (N, D) float32 vectors, in order.
 
-    >>> w = EmbeddingWorker(embedder); w.start()           # doctest: +SKIP
-    >>> w.submit([[101, 7592, 102]]).result().shape        # doctest: +SKIP
-    torch.Size([1, 384])
+    >>> import torch
+    >>> class Length:
+    ...     def embed_ids(self, batch):
+    ...         return torch.tensor([[float(len(ids))] for ids in batch])
+    >>> w = EmbeddingWorker(Length()); w.start()
+    >>> w.submit([[1, 2, 3], [4]]).result().tolist()
+    [[3.0], [1.0]]
+    >>> w.stop()
     """
 
     def __init__(self, embedder, batch_size: int = 32, max_inputs: int = 2048):
