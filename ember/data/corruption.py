@@ -97,7 +97,8 @@ def span_corrupt(ids: Sequence[int], noise: Sequence[bool], sentinels: Sequence[
     """(inputs, targets): noise span i becomes sentinels[i] in the inputs; the targets are
     sentinels[i] + span i for each span, then one more sentinel when the text ends with kept
     tokens (T5's `nonnoise_span_to_unique_sentinel`; the same as it for masks that start
-    with kept tokens, and well defined for masks that do not).
+    with kept tokens, and well defined for masks that do not). `random_spans_noise_mask`
+    always ends with noise, so T5's own targets carry no final sentinel: only EOS.
 
     >>> span_corrupt([10, 11, 12, 13], [False, True, False, False], [99, 98])
     ([10, 99, 12, 13], [99, 11, 98])

@@ -80,6 +80,16 @@ def test_noise_mask_has_t5s_counts_and_is_never_degenerate(length, seed):
         return
     assert sum(mask) == num_noise and len(_spans(mask)) == num_spans
     assert not mask[0] and 0 < sum(mask) < length  # starts with kept tokens; one kept, one noise
+    assert mask[-1]  # kept and noise spans alternate in pairs: T5's masks end with noise
+
+
+def test_lengths_match_t5s_published_figures():
+    # T5's pre-training inputs: 568 raw tokens become 512 input ids and 114 target ids
+    # (transformers' run_t5_mlm_flax.compute_input_and_target_lengths(512, 0.15, 3) = 568, 114)
+    collate = SpanCorruption(tuple(SENTINELS), eos_id=900)
+    batch = collate(torch.randint(0, 900, (3, 568)), torch.Generator().manual_seed(0))
+    assert batch["input_ids"].shape == (3, 512) and bool(batch["attention_mask"].all())
+    assert batch["labels"].shape == (3, 114) and bool((batch["labels"] != IGNORE).all())
 
 
 def test_density_and_mean_span_length_over_many_draws():
