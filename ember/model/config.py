@@ -12,7 +12,8 @@ from typing import Any
 
 NORMS = ("rmsnorm", "layernorm")
 POS_EMBS = ("rope", "learned", "sinusoidal")
-MLPS = ("swiglu", "gelu")
+MLPS = ("swiglu", "gelu", "gelu_erf")
+NORM_POSITIONS = ("pre", "post")
 # rope_scaling "type" → the keys it needs (besides "type"); see layers.rope_inv_freq.
 # Bound on every size field: far above any real model (vocabularies ~256k, contexts ~10M),
 # and low enough that products such as vocab_size * d_model stay inside int64.
@@ -59,13 +60,21 @@ class ModelConfig:
     """true: RoPE rotates adjacent pairs (x[2i], x[2i+1]), the layout llama.cpp's GGUF
     converter leaves Q/K rows in; false: rotate-half (x[i], x[i + Dh/2]) as in HF Llama"""
     mlp: str = "swiglu"
-    """feed-forward block: swiglu (Llama) or gelu (GPT-2)"""
+    """feed-forward block: swiglu (Llama), gelu (GPT-2's tanh approximation) or gelu_erf
+    (the exact erf GELU of BERT)"""
     bias: bool = False
     """biases on the linear layers (GPT-2 has them)"""
     tie_embeddings: bool = False
     """the output head reuses the token embedding matrix"""
     causal: bool = True
     """causal attention (a decoder); false: bidirectional (an encoder such as BERT)"""
+    norm_position: str = "pre"
+    """pre: x + f(norm(x)) and a final norm (GPT-2, Llama); post: norm(x + f(x)) and no
+    final norm (the original Transformer and BERT)"""
+    n_token_types: int = 0
+    """token-type (segment A/B) embeddings added to the input, BERT's type_vocab_size; 0: none"""
+    embed_norm: bool = False
+    """a norm on the summed input embeddings, before the first block (BERT)"""
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -77,6 +86,11 @@ class ModelConfig:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("pos_emb", self.pos_emb, POS_EMBS)
         _check_choice("mlp", self.mlp, MLPS)
+        _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        if isinstance(self.n_token_types, bool) or not isinstance(self.n_token_types, int) or not (
+            0 <= self.n_token_types <= MAX_SIZE
+        ):
+            raise ValueError(f"ModelConfig.n_token_types must be an int >= 0, got {self.n_token_types!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -164,6 +178,14 @@ def _gpt2(n_layers: int, d_model: int, n_heads: int) -> dict[str, Any]:
     )
 
 
+def _bert(n_layers: int, d_model: int, n_heads: int) -> dict[str, Any]:
+    return dict(
+        vocab_size=30522, n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_ff=4 * d_model,
+        max_seq_len=512, norm="layernorm", norm_eps=1e-12, pos_emb="learned", mlp="gelu_erf", bias=True,
+        tie_embeddings=True, causal=False, norm_position="post", n_token_types=2, embed_norm=True,
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": _gpt2(12, 768, 12),
     "gpt2-medium": _gpt2(24, 1024, 16),
@@ -174,6 +196,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=256, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=176,
         max_seq_len=256, norm="rmsnorm", pos_emb="rope", mlp="swiglu",
     ),
+    # BERT-style encoders; tied so the MLM decoder (and `output`) reuse the word embeddings
+    "tiny-bert": {**_bert(2, 64, 4), "vocab_size": 256, "max_seq_len": 128, "d_ff": 256},
+    "minilm-l6": _bert(6, 384, 12),
     "smollm2-135m": dict(
         vocab_size=49152, n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, d_ff=1536,
         max_seq_len=8192, norm="rmsnorm", norm_eps=1e-5, pos_emb="rope", rope_theta=100000.0,

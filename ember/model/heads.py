@@ -1,4 +1,5 @@
-"""Scalar heads on a Transformer body: the reward model (RLHF stage 2) and PPO's value model.
+"""Heads on a Transformer body: sentence pooling (mean, CLS) for an encoder's embeddings, the
+reward model (RLHF stage 2) and PPO's value model.
 
 The body is an ordinary `Transformer`; its final hidden states (after the final norm, before
 the LM head) go through `ScalarHead`, a Linear(D, 1). `RewardModel` reads that scalar at the
@@ -28,11 +29,34 @@ def hidden_states(body: nn.Module, ids: torch.Tensor, attention_mask: torch.Tens
 
     A causal model needs no mask for right padding (real tokens never see the pads after
     them); a bidirectional one (config.causal False) gets attention_mask as a key mask."""
-    mask = None
     if attention_mask is not None and not body.config.causal:
-        B, T = ids.shape
-        mask = attention_mask.bool()[:, None, None, :].expand(B, 1, T, T)  # (B, 1, T, T) keys
-    return body.hidden(ids, mask=mask)
+        return body.hidden(ids, attention_mask=attention_mask)
+    return body.hidden(ids)
+
+
+def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the real tokens' states: h (B, T, D), attention_mask (B, T) → (B, D).
+
+    sentence-transformers' mean pooling: padding positions count for nothing, and the
+    count is clamped at 1e-9 (a row with no real token gives zeros, not NaN).
+
+    >>> mean_pool(torch.tensor([[[1.0], [3.0], [9.0]]]), torch.tensor([[1, 1, 0]]))
+    tensor([[2.]])
+    """
+    m = attention_mask.to(h.dtype)[..., None]  # (B, T, 1)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+
+def cls_pool(h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The first token's state ([CLS] in BERT): h (B, T, D) → (B, D).
+
+    >>> cls_pool(torch.tensor([[[1.0], [3.0]]]))
+    tensor([[1.]])
+    """
+    return h[:, 0]
+
+
+POOLINGS = {"mean": mean_pool, "cls": cls_pool}
 
 
 class ScalarHead(nn.Module):
@@ -59,7 +83,7 @@ class _ScalarModel(nn.Module):
         super().__init__()
         self.body = body
         self.head = ScalarHead(body.config.d_model) if head is None else head
-        self.head.to(body.norm.weight.device)
+        self.head.to(body.tok_embeddings.weight.device)
 
     @property
     def config(self):

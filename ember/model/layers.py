@@ -208,13 +208,15 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """Position-wise MLP. swiglu: w2(silu(w1 x) * w3 x) (Shazeer 2020); gelu: w2(gelu(w1 x)).
 
-    GELU uses the tanh approximation, as GPT-2 ("gelu_new") does. ember.quant.fuse replaces
-    a swiglu module by one whose `gate_up` is a single matmul.
+    mlp="gelu" uses the tanh approximation, as GPT-2 ("gelu_new") does; "gelu_erf" the exact
+    x·Φ(x), as BERT does (the two differ by up to ~1e-3, enough to break parity). ember.quant.fuse
+    replaces a swiglu module by one whose `gate_up` is a single matmul.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
+        self.gelu_approximate = "none" if cfg.mlp == "gelu_erf" else "tanh"
         self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)  # gate (swiglu) / up (gelu)
         self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)  # down
         if self.swiglu:
@@ -228,4 +230,4 @@ class FeedForward(nn.Module):
         if self.swiglu:
             gate, up = self.gate_up(x)
             return self.w2(F.silu(gate) * up)
-        return self.w2(F.gelu(self.w1(x), approximate="tanh"))
+        return self.w2(F.gelu(self.w1(x), approximate=self.gelu_approximate))

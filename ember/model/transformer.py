@@ -1,8 +1,9 @@
-"""One decoder for the GPT-2 and Llama families (and, with causal=False, an encoder).
+"""One decoder for the GPT-2 and Llama families (and, with causal=False, the BERT encoder).
 
 Read it like nanoGPT's model.py: embeddings → n_layers × (norm → attention → residual,
 norm → MLP → residual) → final norm (the body, `hidden`) → output head (`lm_head`). The
-switches live in ModelConfig. The model is plain: quantization, fusion and adapters
+switches live in ModelConfig; BERT's are bidirectional attention with a padding mask,
+token-type embeddings, a norm on the embeddings and post-norm blocks (no final norm). The model is plain: quantization, fusion and adapters
 replace or wrap its modules from outside.
 """
 
@@ -17,16 +18,21 @@ from ember.model.layers import Attention, FeedForward, make_norm, rope_cos_sin, 
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); or, with
+    norm_position="post" (Vaswani et al. 2017, BERT), norm(x + attn(x)), then norm(x + mlp(x))."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.post_norm = cfg.norm_position == "post"
         self.attention_norm = make_norm(cfg, cfg.d_model)
         self.attention = Attention(cfg)
         self.ffn_norm = make_norm(cfg, cfg.d_model)
         self.feed_forward = FeedForward(cfg)
 
     def forward(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, mask=None):
+        if self.post_norm:
+            x = self.attention_norm(x + self.attention(x, rope, cache, layer_idx, input_pos, mask))
+            return self.ffn_norm(x + self.feed_forward(x))
         x = x + self.attention(self.attention_norm(x), rope, cache, layer_idx, input_pos, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
@@ -45,8 +51,13 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.pos_emb == "learned":
             self.pos_embeddings = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        if cfg.n_token_types:
+            self.type_embeddings = nn.Embedding(cfg.n_token_types, cfg.d_model)
+        if cfg.embed_norm:
+            self.embed_norm = make_norm(cfg, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = make_norm(cfg, cfg.d_model)
+        # post-norm blocks end normed already: no final norm (BERT has none)
+        self.norm = make_norm(cfg, cfg.d_model) if cfg.norm_position == "pre" else nn.Identity()
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
         # GPT-2: projections into the residual stream start 1/√(2L) smaller, so the stream's
@@ -70,10 +81,16 @@ class Transformer(nn.Module):
         kv_len: int | None = None,
         segment_ids: torch.Tensor | None = None,
         logits_mask: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ids (B, T) → logits (B, T, V): `hidden`, then the LM head (see `lm_head` for
         logits_index and logits_mask, which compute the head at some positions only)."""
-        return self.lm_head(self.hidden(ids, cache, input_pos, kv_len, segment_ids), logits_index, logits_mask)
+        h = self.hidden(
+            ids, cache, input_pos, kv_len, segment_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        return self.lm_head(h, logits_index, logits_mask)
 
     def hidden(
         self,
@@ -86,6 +103,8 @@ class Transformer(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The body: token ids (B, T), or input embeddings (B, T, D), → final-normed hidden
         states (B, T, D), what every head (LM, reward, value) reads.
@@ -98,7 +117,10 @@ class Transformer(nn.Module):
         at 0 where the id changes and attention never crosses segments, so each packed
         sequence gets exactly the logits it would get alone.
         `positions` (B, T) and `mask` (B, 1, T, T) (True = may attend), no cache: a layout the
-        caller builds itself (prompt tuning's virtual tokens, an encoder's key mask).
+        caller builds itself (prompt tuning's virtual tokens).
+        `attention_mask` (B, T), no cache: 1/True = real token, 0 = padding; no query attends to
+        a padding key (an encoder's padded batch). `token_type_ids` (B, T): BERT's segment A/B
+        ids (zeros when not given and the model has n_token_types).
 
         >>> Transformer(ModelConfig.tiny()).hidden(torch.zeros(1, 5, dtype=torch.long)).shape
         torch.Size([1, 5, 64])
@@ -107,17 +129,51 @@ class Transformer(nn.Module):
             raise ValueError("give ids or inputs_embeds, not both or neither")
         src = ids if inputs_embeds is None else inputs_embeds
         B, T = src.shape[:2]
+        if attention_mask is not None:
+            mask = self._key_mask(attention_mask, (B, T), mask)
         pos, mask = self._layout(B, T, src.device, cache, input_pos, kv_len, segment_ids, positions, mask)
         x = self.tok_embeddings(ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        x = self._add_embeddings(x, pos, token_type_ids)  # (B, T, D)
+        cfg = self.config
+        rope = rope_cos_sin(cfg, pos) if cfg.pos_emb == "rope" else None  # 2 × (B, T, Dh/2)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, cache, i, pos, mask)  # (B, T, D)
+        return self.norm(x)
+
+    def _add_embeddings(self, x: torch.Tensor, pos: torch.Tensor, token_type_ids: torch.Tensor | None):
+        """Token embeddings x (B, T, D) + positions (+ token types), then the embedding norm."""
         cfg = self.config
         if cfg.pos_emb == "learned":
             x = x + self.pos_embeddings(pos)
         elif cfg.pos_emb == "sinusoidal":
             x = x + sinusoidal_embedding(pos, cfg.d_model).to(x.dtype)
-        rope = rope_cos_sin(cfg, pos) if cfg.pos_emb == "rope" else None  # 2 × (B, T, Dh/2)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rope, cache, i, pos, mask)  # (B, T, D)
-        return self.norm(x)
+        if cfg.n_token_types:
+            if token_type_ids is None:
+                x = x + self.type_embeddings.weight[0]  # every token in segment A
+            else:
+                if token_type_ids.shape != x.shape[:2]:
+                    raise ValueError(f"token_type_ids {tuple(token_type_ids.shape)} does not match ids {tuple(x.shape[:2])}")
+                x = x + self.type_embeddings(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given but the model has no token-type embeddings (n_token_types 0)")
+        return self.embed_norm(x) if cfg.embed_norm else x
+
+    def _key_mask(self, attention_mask: torch.Tensor, shape: tuple[int, int], mask) -> torch.Tensor:
+        """attention_mask (B, T), 1 = real token → bool mask: padding keys are hidden.
+
+        Bidirectional: (B, 1, 1, T), broadcast over queries (as HF BERT: padding queries still
+        see the real keys; every row needs one real token). Causal: (B, 1, T, T), and each query
+        also sees itself, so a left-padding query attends somewhere (an all-masked query row
+        gives NaN, which would then leak through the values)."""
+        if mask is not None:
+            raise ValueError("give attention_mask or mask, not both")
+        if tuple(attention_mask.shape) != shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match ids {shape}")
+        keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        if not self.config.causal:
+            return keys
+        eye = torch.eye(shape[1], dtype=torch.bool, device=keys.device)
+        return (keys & torch.ones_like(eye).tril()) | eye  # (B, 1, T, T)
 
     def lm_head(
         self, h: torch.Tensor, logits_index: torch.Tensor | None = None, logits_mask: torch.Tensor | None = None

@@ -30,6 +30,15 @@ def fill(template: str, layer: int | None) -> str:
     return template if layer is None else template.replace("{}", str(layer))
 
 
+def with_bias(linears: dict[str, str]) -> dict[str, str]:
+    """A table of linear/norm modules → the table of their weights and biases.
+
+    >>> with_bias({"ln": "norm"})
+    {'ln.weight': 'norm.weight', 'ln.bias': 'norm.bias'}
+    """
+    return {f"{h}.{s}": f"{e}.{s}" for h, e in linears.items() for s in ("weight", "bias")}
+
+
 def unknown_keys_error(source: str, keys: list[str], known) -> ValueError:
     shown = ", ".join(sorted(keys)[:10]) + (" ..." if len(keys) > 10 else "")
     return ValueError(f"{source}: {len(keys)} tensor(s) with no ember name: {shown} (known: {sorted(known)})")

@@ -1,4 +1,5 @@
-"""Hugging Face safetensors folders (config.json + *.safetensors) ↔ ember, for Llama and GPT-2.
+"""Hugging Face safetensors folders (config.json + *.safetensors) ↔ ember, for Llama, GPT-2
+and BERT (its table is in `bert.py`).
 
 `from_hf`/`to_hf` rename by the tables below and fix layouts: GPT-2's Conv1D stores weights
 as (in, out), the transpose of nn.Linear, and fuses q, k, v into one c_attn matrix.
@@ -15,19 +16,28 @@ import torch
 from ember.core.io import atomic_write_bytes, atomic_write_json, read_text_utf8
 from ember.core.registry import regular_file
 from ember.model.config import ModelConfig
-from ember.model.convert import fill, rope_rows_interleaved_to_half, split_layer, unknown_keys_error
+from ember.model.convert import (
+    fill,
+    rope_rows_interleaved_to_half,
+    split_layer,
+    unknown_keys_error,
+    with_bias,
+)
+from ember.model.convert.bert import (
+    BERT_IGNORED,
+    BERT_KEYS,
+    BERT_PREFIX,
+    bert_config,
+    bert_config_to_hf,
+    is_bert,
+)
 from ember.model.shapes import check_config_fits
-
-
-def _with_bias(linears: dict[str, str]) -> dict[str, str]:
-    return {f"{h}.{s}": f"{e}.{s}" for h, e in linears.items() for s in ("weight", "bias")}
-
 
 LLAMA_KEYS: dict[str, str] = {
     "model.embed_tokens.weight": "tok_embeddings.weight",
     "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
     "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
-    **_with_bias({
+    **with_bias({
         "model.layers.{}.self_attn.q_proj": "layers.{}.attention.wq",
         "model.layers.{}.self_attn.k_proj": "layers.{}.attention.wk",
         "model.layers.{}.self_attn.v_proj": "layers.{}.attention.wv",
@@ -43,7 +53,7 @@ LLAMA_KEYS: dict[str, str] = {
 GPT2_KEYS: dict[str, str | tuple[str, ...]] = {
     "transformer.wte.weight": "tok_embeddings.weight",
     "transformer.wpe.weight": "pos_embeddings.weight",
-    **_with_bias({
+    **with_bias({
         "transformer.h.{}.ln_1": "layers.{}.attention_norm",
         "transformer.h.{}.attn.c_proj": "layers.{}.attention.wo",
         "transformer.h.{}.ln_2": "layers.{}.ffn_norm",
@@ -62,7 +72,14 @@ GPT2_IGNORED = {"transformer.h.{}.attn.bias", "transformer.h.{}.attn.masked_bias
 
 # A config.json is a few KB; a far larger one is not a config and is refused before reading.
 MAX_CONFIG_BYTES = 16 << 20
-TABLES = {"llama": (LLAMA_KEYS, set(), set(), "model."), "gpt2": (GPT2_KEYS, GPT2_CONV1D, GPT2_IGNORED, "transformer.")}
+# arch → (key table, transposed weights, ignored keys, prefix a bare checkpoint lacks)
+TABLES = {
+    "llama": (LLAMA_KEYS, set(), set(), "model."),
+    "gpt2": (GPT2_KEYS, GPT2_CONV1D, GPT2_IGNORED, "transformer."),
+    "bert": (BERT_KEYS, set(), BERT_IGNORED, ""),
+}
+# arch → prefix of a task model's body that the table leaves out (BertForMaskedLM's "bert.")
+STRIPPED = {"bert": BERT_PREFIX}
 
 
 # ---- config ---------------------------------------------------------------------------------
@@ -106,19 +123,20 @@ def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
     if not isinstance(d, dict):
         raise ValueError(f"{where}: must hold a JSON object, got {type(d).__name__}")
     arch = d.get("model_type")
-    builders = {"llama": _llama_config, "gpt2": _gpt2_config}
+    builders = {"llama": _llama_config, "gpt2": _gpt2_config, "bert": lambda d, get: bert_config(get)}
     if not isinstance(arch, str) or arch not in builders:
         raise ValueError(f"{where}: unsupported HF model_type {_show(arch)}; supported: {sorted(TABLES)}")
+
+    def get(key, kind, default=_REQUIRED):
+        return _get(d, key, kind, where, default)
+
     try:
-        return builders[arch](d, where)
+        return builders[arch](d, get)
     except ValueError as e:  # ModelConfig's own checks (e.g. d_model % n_heads) name ember fields
         raise ValueError(e.args[0] if str(e).startswith(where) else f"{where}: {e}") from None
 
 
-def _llama_config(d: dict, where: str) -> ModelConfig:
-    def get(key, kind, default=_REQUIRED):
-        return _get(d, key, kind, where, default)
-
+def _llama_config(d: dict, get) -> ModelConfig:
     n_heads, d_model = get("num_attention_heads", "positive int"), get("hidden_size", "positive int")
     if get("head_dim", "positive int", None) not in (None, d_model // n_heads):
         raise ValueError(f"head_dim {d['head_dim']} != hidden_size / num_attention_heads is not supported")
@@ -129,7 +147,7 @@ def _llama_config(d: dict, where: str) -> ModelConfig:
         raise ValueError("attention_bias != mlp_bias is not supported (ember has one `bias` switch)")
     # transformers ≥ 5 writes rope_parameters; older versions rope_theta + rope_scaling.
     rope = dict(get("rope_parameters", "JSON object", {}))
-    theta = _get(rope, "rope_theta", "positive number", f"{where}: rope_parameters", None)
+    theta = _get(rope, "rope_theta", "positive number", "rope_parameters", None)
     theta = get("rope_theta", "positive number", 10000.0) if theta is None else theta
     rope.pop("rope_theta", None)
     scaling = get("rope_scaling", "JSON object", None) or (rope if rope.get("rope_type", "default") != "default" else None)
@@ -147,10 +165,7 @@ def _llama_config(d: dict, where: str) -> ModelConfig:
     )
 
 
-def _gpt2_config(d: dict, where: str) -> ModelConfig:
-    def get(key, kind, default=_REQUIRED):
-        return _get(d, key, kind, where, default)
-
+def _gpt2_config(d: dict, get) -> ModelConfig:
     act = get("activation_function", "string", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"GPT-2 activation_function {act!r} is not supported (only the tanh GELU)")
@@ -167,18 +182,23 @@ def _gpt2_config(d: dict, where: str) -> ModelConfig:
 
 
 def hf_arch(cfg: ModelConfig) -> str:
-    """Which HF family `cfg` can be written as: "llama" or "gpt2" (else ValueError)."""
+    """Which HF family `cfg` can be written as: "llama", "gpt2" or "bert" (else ValueError)."""
     switches = (cfg.norm, cfg.pos_emb, cfg.mlp)
-    if switches == ("rmsnorm", "rope", "swiglu") and cfg.causal:
+    decoder = cfg.causal and cfg.norm_position == "pre" and not cfg.n_token_types and not cfg.embed_norm
+    if switches == ("rmsnorm", "rope", "swiglu") and decoder:
         return "llama"
-    if switches == ("layernorm", "learned", "gelu") and cfg.bias and cfg.n_kv_heads == cfg.n_heads and cfg.causal:
+    if switches == ("layernorm", "learned", "gelu") and cfg.bias and cfg.n_kv_heads == cfg.n_heads and decoder:
         return "gpt2"
+    if is_bert(cfg):
+        return "bert"
     raise ValueError(f"no HF architecture has the switches norm/pos_emb/mlp = {switches} (with bias={cfg.bias})")
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
     """ModelConfig → config.json dict that transformers' Auto classes read."""
     arch, dtype_name = hf_arch(cfg), str(dtype).removeprefix("torch.")
+    if arch == "bert":
+        return bert_config_to_hf(cfg, dtype_name)
     if arch == "gpt2":
         return {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
@@ -215,7 +235,9 @@ def from_hf(items: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig, arch: s
     table, transposed, ignored, prefix = TABLES[arch]
     out, unknown = {}, []
     for key, t in items:
-        if not key.startswith((prefix, "lm_head.")):
+        if arch in STRIPPED:
+            key = key.removeprefix(STRIPPED[arch])
+        elif not key.startswith((prefix, "lm_head.")):
             key = prefix + key  # bare-model checkpoints (GPT-2 on the Hub has "h.0...", no prefix)
         tmpl, layer = split_layer(key)
         if tmpl in ignored:
