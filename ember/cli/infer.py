@@ -207,7 +207,8 @@ def perplexity(cfg: PerplexityConfig) -> float:
 
 @dataclass
 class ServeConfig(ModelOptions):
-    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, tokenize, metrics)."""
+    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings, tokenize,
+    metrics)."""
 
     host: str = "127.0.0.1"
     """address to listen on"""
@@ -224,6 +225,9 @@ class ServeConfig(ModelOptions):
     batch_invariant: bool = True
     """true: a seeded request gives the same tokens alone or beside others (every decode step
     runs all max_batch rows); false: decode only the busy rows, faster with few clients"""
+    embedding_model: str | None = None
+    """also serve this sentence encoder at /v1/embeddings (a known name such as minilm, or an
+    HF folder); its name must differ from --model"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -233,6 +237,12 @@ class ServeConfig(ModelOptions):
         at_least("--ctx", self.ctx, 1)
         at_least("--max-queue", self.max_queue, 1)
         at_least("--max-body-bytes", self.max_body_bytes, 1)
+
+
+def _load_embedder(name: str):
+    from ember.infer.embed import load_embedder
+
+    return load_embedder(name)
 
 
 def serve(cfg: ServeConfig) -> None:
@@ -246,7 +256,10 @@ def serve(cfg: ServeConfig) -> None:
     ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
     engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile,
                     batch_invariant=cfg.batch_invariant)
-    app = create_app(engine, cfg.model, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes)
-    print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}) on http://{cfg.host}:{cfg.port}",
+    embedder = _load_embedder(cfg.embedding_model) if cfg.embedding_model else None
+    app = create_app(engine, cfg.model, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes,
+                     embedder=embedder, embedding_model=cfg.embedding_model)
+    also = f", embeddings from {cfg.embedding_model}" if embedder is not None else ""
+    print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}{also}) on http://{cfg.host}:{cfg.port}",
           file=sys.stderr)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

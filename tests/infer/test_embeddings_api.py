@@ -176,3 +176,22 @@ def test_create_app_refuses_half_or_clashing_names(fake):
     with pytest.raises(ValueError, match="differ"):
         create_app(engine, CHAT, embedder=fake, embedding_model=CHAT)
 
+
+
+def test_ember_serve_passes_the_embedding_model_through(tmp_path, monkeypatch, fake):
+    import uvicorn
+
+    import ember.cli.infer as cli_infer
+    from ember.cli import main
+    from ember.model.convert.hf import save_hf
+
+    save_hf(make_model(), tmp_path)
+    make_tokenizer().save(tmp_path)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    monkeypatch.setattr(cli_infer, "_load_embedder", lambda name: seen.update(loaded=name) or fake)
+    assert main(["serve", "--model", str(tmp_path), "--embedding-model", "minilm"]) == 0
+    emb = seen["app"].state.ember.embeddings
+    assert seen["loaded"] == "minilm" and emb.name == "minilm" and emb.embedder is fake
+    assert main(["serve", "--model", str(tmp_path)]) == 0
+    assert seen["app"].state.ember.embeddings is None
