@@ -1,16 +1,17 @@
-"""Encoder-decoder pre-training on the one loop: T5's span corruption ("span") and BART's
-denoising ("denoise").
+"""Encoder-decoder pre-training: T5's span corruption ("span") and BART's denoising
+("denoise"), as parts for the one loop.
 
-Token windows from the same shards and loaders as `ember pretrain` go through a collator of
-ember.data.corruption (seeded by (seed, step, rank), so `batches(step)` stays pure and a
-resumed run repeats the uninterrupted one) into an EncoderDecoder; the loss is the
-cross-entropy of the target given the source (`seq2seq_loss`).
+`build_seq2seq` gives the model, the collator (ember.data.corruption: token windows + a
+seeded generator → a batch) and the training FLOPs per token; `seq2seq_loss` is the loss.
+`ember pretrain --objective span|denoise` runs them on the same shards, loaders, Trainer
+and checkpoints as every other objective.
 
-Ids: the model's vocabulary is the tokenizer's plus N_EXTRA ids on top. Span corruption's
-sentinels are the top N_EXTRA ids counting down (T5's <extra_id_i> = V − 1 − i); BART's
-mask is the top id. EOS is the tokenizer's end-of-text id and also starts the decoder
-input (BART's decoder_start_token_id is its </s>; T5 starts from its pad). Pads are never
-read: the encoder masks them and the labels ignore them.
+Ids: the model's vocabulary is the tokenizer's plus extra ids on top (`EXTRA_IDS`), as T5's
+vocabulary adds its 100 <extra_id_i> to the 32,000 SentencePiece pieces. Span corruption's
+sentinels are those ids counting down (<extra_id_i> = V − 1 − i); BART's mask is the top
+id. EOS is the tokenizer's end-of-text id and also starts the decoder input (BART's
+decoder_start_token_id is its </s>; T5 starts from its pad). Pads are never read: the
+encoder masks them and the labels ignore them. The clm shards serve as they are.
 
 >>> from ember.model import ModelConfig
 >>> from ember.data.corruption import SpanCorruption
@@ -22,26 +23,24 @@ True
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from ember.data.corruption import Denoising, SpanCorruption, sentinel_ids
+from ember.data.corruption import Denoising, SpanCorruption, noise_span_counts, sentinel_ids
 from ember.data.sft import IGNORE
+from ember.model.config import ModelConfig
 from ember.model.seq2seq import EncoderDecoder
-from ember.parallel import DistInfo, init_distributed
-from ember.train.kit.pretraining import PretrainConfig, model_config, prepare_data
-from ember.train.loop import Trainer, broadcast_config
 from ember.train.losses import cross_entropy
 from ember.train.metrics import non_embedding_params
 
-__all__ = ["N_EXTRA", "OBJECTIVES", "build_collator", "build_seq2seq", "seq2seq_batches", "seq2seq_loss",
-           "train_seq2seq"]
+__all__ = ["EXTRA_IDS", "build_collator", "build_seq2seq", "extra_positions", "seq2seq_flops_per_token",
+           "seq2seq_loss"]
 
-OBJECTIVES = ("span", "denoise")
-N_EXTRA = 100  # T5's extra_ids: sentinels for up to 100 spans (a window of ~2,000 tokens)
+# ids above the tokenizer's: T5's 100 sentinels (spans of a window up to ~2,000 tokens); BART's one mask
+EXTRA_IDS = {"span": 100, "denoise": 1}
 
 
 def seq2seq_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -64,86 +63,60 @@ def seq2seq_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
 
 
 def build_collator(objective: str, tok, vocab_size: int):
-    """The collator of an objective for a model of `vocab_size` = tokenizer + N_EXTRA ids.
+    """The collator of an objective for a model of `vocab_size` ≥ tokenizer + EXTRA_IDS ids.
 
     Denoising permutes sentences at ids whose text ends with . ! or ? (a byte-level BPE has
     no sentence splitter; fairseq splits at its full-stop id the same way)."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown seq2seq objective {objective!r}; choose one of {list(OBJECTIVES)}")
+    if objective not in EXTRA_IDS:
+        raise ValueError(f"unknown seq2seq objective {objective!r}; choose one of {sorted(EXTRA_IDS)}")
     if not tok.eos_token_ids:
         raise ValueError("seq2seq objectives need a tokenizer with an end-of-text token")
-    if vocab_size < tok.vocab_size + N_EXTRA:
-        raise ValueError(f"vocab_size {vocab_size} leaves no room for {N_EXTRA} extra ids above the tokenizer's "
+    n = EXTRA_IDS[objective]
+    if vocab_size < tok.vocab_size + n:
+        raise ValueError(f"vocab_size {vocab_size} leaves no room for {n} extra ids above the tokenizer's "
                          f"{tok.vocab_size}")
     eos = min(tok.eos_token_ids)
     ids = dict(eos_id=eos, pad_id=eos, start_id=eos)
     if objective == "span":
-        return SpanCorruption(tuple(sentinel_ids(vocab_size, N_EXTRA)), **ids)
+        return SpanCorruption(tuple(sentinel_ids(vocab_size, n)), **ids)
     ends = tuple(i for i, b in tok.vocab.items() if b.rstrip().endswith((b".", b"!", b"?")))
     return Denoising(mask_id=vocab_size - 1, sentence_end_ids=ends, **ids)
 
 
-def seq2seq_batches(loader, collate, seed: int, rank: int, device):
-    """batches(step) for the loop: the loader's windows for `step`, corrupted with a generator
-    seeded by (seed, step, rank) alone, on `device`."""
-
-    def batches(step: int) -> dict:
-        x, _ = loader.batch(step)
-        rng = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
-        return {k: v.to(device) for k, v in collate(x, rng).items()}
-
-    return batches
+def extra_positions(objective: str, T: int) -> int:
+    """Positions beyond a T-token window that a source or target may need: EOS, and BART's
+    inputs grow by the masks its 0-length spans insert (e^-3 ≈ 5% of its spans; T / 2 is ample)."""
+    return T // 2 + 2 if objective == "denoise" else 1
 
 
-def build_seq2seq(cfg: PretrainConfig, objective: str, info: DistInfo | None = None) -> Trainer:
-    """The Trainer of `ember pretrain --objective span|denoise`: shards, an EncoderDecoder of
-    cfg.arch's shape (n_layers encoder + n_layers decoder blocks), collator, loss, eval."""
-    from ember.data.loader import build_loader, eval_windows
-    from ember.data.shards import open_split
-    from ember.tokenizer import load_tokenizer
-
-    info = info or init_distributed(cfg.train.device)
-    folder = prepare_data(cfg.data, info, cfg.train.progress)
-    tok = load_tokenizer(folder / "tokenizer")
-    T = cfg.data.seq_len
-    # BART's inputs grow by the masks its 0-length spans insert; T / 2 of room is ample
-    mcfg = model_config(cfg.arch, cfg.model, tok.vocab_size + N_EXTRA, T + T // 2 + 2)
-    collate = build_collator(objective, tok, mcfg.vocab_size)
-    loader = build_loader(cfg.data.loader, open_split(folder, "train"), T, cfg.train.batch_size, cfg.train.seed,
-                          info.rank, info.world_size)
-    val_split = open_split(folder, "val")
-    eval_windows(val_split, T, 1)  # a val split too short for one window fails now
-
-    def evaluate(model) -> dict:  # the same windows, corrupted alike, every time
-        rng, total, n = torch.Generator().manual_seed(cfg.train.seed), 0.0, 0
-        for x, _ in eval_windows(val_split, T, cfg.train.eval_windows, batch_size=8):
-            batch = {k: v.to(info.device) for k, v in collate(x, rng).items()}
-            total += seq2seq_loss(model, batch)[0].item() * len(x)
-            n += len(x)
-        return {"val_loss": total / n}
-
-    torch.manual_seed(cfg.train.seed)  # same init on every rank
+def build_seq2seq(objective: str, mcfg: ModelConfig, tok, T: int):
+    """(model, collator, training FLOPs per window token) of an objective; mcfg's vocab_size
+    (the tokenizer's) grows by EXTRA_IDS[objective], its shape gives both stacks."""
+    if objective not in EXTRA_IDS:
+        raise ValueError(f"unknown seq2seq objective {objective!r}; choose one of {sorted(EXTRA_IDS)}")
+    if mcfg.max_seq_len < T + extra_positions(objective, T):
+        raise ValueError(f"max_seq_len {mcfg.max_seq_len} is too short for {objective} on {T}-token windows: "
+                         f"it needs {T + extra_positions(objective, T)}")
+    mcfg = dataclasses.replace(mcfg, vocab_size=tok.vocab_size + EXTRA_IDS[objective])
     model = EncoderDecoder(mcfg)
-    run_config = dict(_asdict(cfg), objective=objective, model=mcfg.to_dict())
-    run_config["data"]["dir"] = str(folder)
-    run_config = broadcast_config(run_config, info)
-    if info.is_main:
-        n = 2 * non_embedding_params(mcfg)  # about: the decoder's cross-attention adds more
-        print(f"model: encoder-decoder {cfg.arch} ({objective}), ~{n / 1e6:.2f} M non-embedding parameters, "
-              f"vocab {mcfg.vocab_size} ({N_EXTRA} extra ids)", file=sys.stderr)
-    trainer = Trainer(model, cfg.train, cfg.optim, seq2seq_loss,
-                      seq2seq_batches(loader, collate, cfg.train.seed, info.rank, info.device), run_config,
-                      eval_fn=evaluate, tokens_per_step=cfg.train.batch_size * T, info=info)
-    trainer.tokenizer = tok
-    return trainer
+    collator = build_collator(objective, tok, mcfg.vocab_size)
+    if objective == "span":
+        noise, spans = noise_span_counts(T, collator.noise_density, collator.mean_noise_span_length)
+        src, tgt = T - noise + spans + 1, noise + spans + 1
+    else:
+        masked = math.ceil(T * collator.mask_ratio)
+        src, tgt = T - masked + round(masked / collator.poisson_lambda) + 1, T + 1
+    return model, collator, seq2seq_flops_per_token(mcfg, src, tgt, T)
 
 
-def train_seq2seq(cfg: PretrainConfig, objective: str) -> dict:
-    """Build and run: the summary of the run (losses, steps, where the checkpoints are)."""
-    return build_seq2seq(cfg, objective).fit()
-
-
-def _asdict(cfg) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
+def seq2seq_flops_per_token(cfg: ModelConfig, src_len: int, tgt_len: int, T: int) -> float:
+    """Training FLOPs per window token (6 per weight per token, PaLM appendix B's attention
+    term) when a T-token window becomes src_len encoder and tgt_len decoder tokens: the
+    encoder's blocks on the source; the decoder's blocks, cross-attention and head on the target."""
+    blocks = non_embedding_params(cfg)  # one stack of n_layers blocks (+ a final norm)
+    kv = cfg.n_kv_heads * cfg.head_dim
+    cross = cfg.n_layers * 2 * (cfg.d_model * cfg.d_model + cfg.d_model * kv)  # wq, wo; wk, wv
+    enc = src_len * (6 * blocks + 12 * cfg.n_layers * src_len * cfg.d_model)
+    dec = tgt_len * (6 * (blocks + cross + cfg.vocab_size * cfg.d_model)
+                     + 12 * cfg.n_layers * (tgt_len + src_len) * cfg.d_model)
+    return (enc + dec) / T
