@@ -13,18 +13,17 @@ from pathlib import Path
 from ember.core.gguf import gguf_field, open_gguf
 from ember.core.registry import regular_file, resolve_model
 
+from .json_fields import MAX_TOKEN_ID, _check, _is, _list_of, _read_json, _token_id
 from .patterns import bytes_to_unicode
 from .tokenizer import FORMAT_NAME, Tokenizer
 from .wordpiece import WordPieceTokenizer
+from .wordpiece_files import from_vocab_txt, from_wordpiece_json, is_wordpiece_json
 
 # GGUF `tokenizer.ggml.pre` → our split-pattern name.
 GGUF_PRE_TOKENIZERS = {"gpt2": "gpt2", "default": "gpt2", "smollm": "smollm"}
 # Tokens that end a turn or a document in the families we load; generation stops on them.
 _END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 _GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4
-# Ids above this are refused: far past real vocabularies (~262k), and the Tokenizer sizes
-# itself by the largest id, so one absurd id in a file must not become a huge vocab_size.
-MAX_TOKEN_ID = 1 << 24
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, use_fast: bool = True) -> Tokenizer | WordPieceTokenizer:
@@ -34,9 +33,6 @@ def load_tokenizer(name_or_path: str | os.PathLike, use_fast: bool = True) -> To
     >>> load_tokenizer("smollm2").encode("Hello world")  # doctest: +SKIP
     [19556, 905]
     """
-    # Imported here: wordpiece_files reuses this module's JSON checks.
-    from .wordpiece_files import from_vocab_txt, from_wordpiece_json, is_wordpiece_json
-
     path = resolve_model(name_or_path)  # a regular file or a folder, never a device or FIFO
     if path.is_dir():
         if path.suffix in (".json", ".gguf"):
@@ -58,37 +54,6 @@ def load_tokenizer(name_or_path: str | os.PathLike, use_fast: bool = True) -> To
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     return from_tokenizer_json(path, use_fast, data=data)
-
-
-def _read_json(path: Path):
-    regular_file(path, "JSON file")  # reading /dev/zero or a FIFO would never end
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-
-
-def _check(ok: bool, where: str, field: str, expected: str, value) -> None:
-    """A ValueError naming file, field and the bad value: "tokenizer.json: added_tokens[3].id must be an int, got 'x'"."""
-    if not ok:
-        raise ValueError(f"{where}: {field} must be {expected}, got {repr(value)[:60]}")
-
-
-def _is(kind: type):
-    """isinstance as a predicate, with bool not counted as an int (JSON true is no token id)."""
-    return lambda v: isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
-
-
-def _list_of(kind: type):
-    return lambda v: isinstance(v, list) and all(map(_is(kind), v))
-
-
-def _token_id(v, where: str, field: str) -> int:
-    _check(_is(int)(v), where, field, "an int", v)
-    _check(0 <= v < MAX_TOKEN_ID, where, field, f"an id in [0, {MAX_TOKEN_ID})", v)
-    return v
 
 
 def _unbyte(token: str, table: dict[str, int], where: str) -> bytes:

@@ -6,82 +6,25 @@ BertPreTokenizer, WordPiece, TemplateProcessing, LongestFirst truncation, WordPi
 decoder): tests/parity/test_wordpiece_parity.py compares ids with it. Where the Rust code
 and the Python BERT reference differ, we follow the Rust code (each place says so).
 
-Deviation: `tokenizers` classifies punctuation, non-spacing marks and format characters
-with Unicode 8 tables; we use the `regex` module's current ones. They disagree only on the
-few hundred characters encoded since (historic-script punctuation such as U+2E43..U+2E5D,
-newer Arabic marks U+0898..U+08E2), which the parity test lists.
+Text preparation (normaliser, pre-tokenizer) lives in bert_text.py.
 """
 
 from __future__ import annotations
 
-import unicodedata
+import hashlib
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import regex
 
-# Rust's `char::is_whitespace` (Unicode White_Space), the class `tokenizers` cleans and
-# splits on. Not Python's `str.isspace`, which also counts U+001C..U+001F: BERT drops those
-# as control characters instead.
-WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-# BERT's punctuation: every Unicode P* character and every ASCII symbol that is not a
-# letter, digit or space ("$", "+", "<", "^", "`" are S*, not P*, but split all the same).
-PUNCTUATION = r"\p{P}!-/:-@\[-`{-~"
-# The CJK ideograph blocks BERT isolates (bert.rs `is_chinese_char`). Hangul and kana are
-# not among them: Korean and Japanese kana stay whole words.
-CJK = (
-    "\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b73f"
-    "\U0002b740-\U0002b81f\U0002b920-\U0002ceaf\U0002f800-\U0002fa1f"
-)
-# clean_text drops U+FFFD and control, format and private-use characters (Cc, Cf, Co; lone
-# surrogates too, which only a Python str can hold), except the three that are whitespace.
-# Unassigned code points (Cn) stay, as in `tokenizers`: tomorrow's emoji are not noise.
-_CONTROL = regex.compile(r"[\p{Cc}\p{Cf}\p{Co}\p{Cs}\ufffd--[\t\n\r]]", regex.V1)
-_SPACES = regex.compile(f"[{WHITESPACE}]")
-_CJK_CHAR = regex.compile(f"[{CJK}]")
-_NONSPACING_MARK = regex.compile(r"\p{Mn}")
-_WORD = regex.compile(f"[^{WHITESPACE}{PUNCTUATION}]+|[{PUNCTUATION}]")
+from ember.core.io import atomic_write_json
+
+from .bert_text import BertNormalizer, pre_tokenize
+
 _CACHE_LIMIT = 200_000  # words; cleared when full, so memory stays bounded on big corpora
-
-
-@dataclass(frozen=True)
-class BertNormalizer:
-    """BERT's text clean-up, in the order `tokenizers` applies it.
-
-    strip_accents: None means "when lower-casing", as in BERT.
-
-    >>> BertNormalizer().normalize("Héllo\\x00 中文\\u3000WORLD")
-    'hello  中  文  world'
-    """
-
-    clean_text: bool = True
-    handle_chinese_chars: bool = True
-    strip_accents: bool | None = None
-    lowercase: bool = True
-
-    def normalize(self, text: str) -> str:
-        if self.clean_text:
-            text = _SPACES.sub(" ", _CONTROL.sub("", text))
-        ascii_only = text.isascii()  # then no ideographs and no marks: two passes skipped
-        if self.handle_chinese_chars and not ascii_only:
-            text = _CJK_CHAR.sub(r" \g<0> ", text)
-        strip = self.lowercase if self.strip_accents is None else self.strip_accents
-        if strip and not ascii_only:
-            text = _NONSPACING_MARK.sub("", unicodedata.normalize("NFD", text))
-        if self.lowercase:
-            # `tokenizers` lower-cases char by char: Greek final sigma stays σ, where
-            # Python's str.lower() would write ς.
-            text = text.lower() if "Σ" not in text else "".join(c.lower() for c in text)
-        return text
-
-
-def pre_tokenize(text: str) -> list[str]:
-    """Split on whitespace (dropped) and punctuation (each mark its own word).
-
-    >>> pre_tokenize("Hello, world!! a+b")
-    ['Hello', ',', 'world', '!', '!', 'a', '+', 'b']
-    """
-    return _WORD.findall(text)
 
 
 @dataclass
@@ -312,6 +255,51 @@ class WordPieceTokenizer:
             attention_mask=[[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encs],
             n_truncated=[e.n_truncated for e in encs],
         )
+
+    # ---- save -------------------------------------------------------------------------
+    def to_hf_json(self) -> dict:
+        """This tokenizer as a Hugging Face `tokenizer.json` (loads back here and in `tokenizers`)."""
+        cls, sep = self.cls_token, self.sep_token
+
+        def special(t: str, type_id: int) -> dict:
+            return {"SpecialToken": {"id": t, "type_id": type_id}}
+
+        def seq(name: str, type_id: int) -> dict:
+            return {"Sequence": {"id": name, "type_id": type_id}}
+
+        added = sorted(self.special_tokens.items(), key=lambda kv: kv[1])
+        return {
+            "version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                              "normalized": False, "special": True} for t, i in added],
+            "normalizer": {"type": "BertNormalizer", **asdict(self.normalizer)},
+            "pre_tokenizer": {"type": "BertPreTokenizer"},
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [special(cls, 0), seq("A", 0), special(sep, 0)],
+                "pair": [special(cls, 0), seq("A", 0), special(sep, 0), seq("B", 1), special(sep, 1)],
+                "special_tokens": {t: {"id": t, "ids": [self.vocab[t]], "tokens": [t]} for t in (cls, sep)},
+            },
+            "decoder": {"type": "WordPiece", "prefix": self.prefix, "cleanup": True},
+            "model": {"type": "WordPiece", "unk_token": self.unk_token, "continuing_subword_prefix": self.prefix,
+                      "max_input_chars_per_word": self.max_input_chars_per_word, "vocab": self.vocab},
+        }
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write `tokenizer.json` + `tokenizer_config.json` (atomically); `load_tokenizer(folder)` reads them."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "tokenizer.json", self.to_hf_json())
+        names = {k: getattr(self, k) for k in ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token")}
+        atomic_write_json(folder / "tokenizer_config.json", {
+            "tokenizer_class": "BertTokenizer", "model_max_length": self.model_max_length,
+            "do_lower_case": self.normalizer.lowercase, **names})
+        return folder
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides the ids (for data manifests)."""
+        h = hashlib.sha256(json.dumps(self.to_hf_json(), sort_keys=True).encode())
+        return h.hexdigest()[:16]
 
     # ---- decode -----------------------------------------------------------------------
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:

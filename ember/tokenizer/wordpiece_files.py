@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .loaders import _check, _read_json, _token_id
-from .wordpiece import BertNormalizer, WordPieceTokenizer
+from .bert_text import BertNormalizer
+from .json_fields import _check, _read_json, _token_id
+from .wordpiece import WordPieceTokenizer
 
 _SPECIAL_NAMES = {"unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                   "pad_token": "[PAD]", "mask_token": "[MASK]"}

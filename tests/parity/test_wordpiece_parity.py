@@ -138,3 +138,22 @@ def test_every_code_point_of_common_blocks(hf, ours):
     bad = [hex(c) for c, t, w in zip(cps, texts, want) if ours.encode(t) != w and c not in known]
     assert not bad
     assert len(cps) - len(known) > 35_000
+
+
+def test_vocab_txt_gives_the_same_ids(hf, ours):
+    # MiniLM's folder read the BertTokenizer way: vocab.txt + tokenizer_config.json.
+    from ember.core.registry import resolve_model
+    from ember.tokenizer.wordpiece_files import from_vocab_txt
+
+    by_vocab = from_vocab_txt(resolve_model("minilm") / "vocab.txt")
+    assert by_vocab.model_max_length == ours.model_max_length == 256
+    for text in TORTURE:
+        assert by_vocab.encode(text) == hf.encode(text).ids
+
+
+def test_saved_tokenizer_json_loads_in_tokenizers(hf, ours, tmp_path):
+    ours.save(tmp_path)
+    again = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in TORTURE:
+        assert again.encode(text).ids == hf.encode(text).ids
+        assert again.encode(text, "a pair").type_ids == hf.encode(text, "a pair").type_ids

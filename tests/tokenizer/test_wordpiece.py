@@ -3,7 +3,8 @@ import json
 import pytest
 
 from ember.tokenizer import BertNormalizer, WordPieceTokenizer, load_tokenizer
-from ember.tokenizer.wordpiece import pre_tokenize, truncate_pair
+from ember.tokenizer.bert_text import pre_tokenize
+from ember.tokenizer.wordpiece import truncate_pair
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCAB = SPECIALS + ["un", "##aff", "##able", "want", "##ed", "runn", "##ing", ",", "!", "the", "cafe", "中", "a", "b"]
@@ -160,3 +161,12 @@ def test_load_minilm():
     assert isinstance(tok, WordPieceTokenizer)
     assert (tok.vocab_size, tok.model_max_length) == (30522, 256)
     assert tok.encode("The cat sat on the mat.") == [101, 1996, 4937, 2938, 2006, 1996, 13523, 1012, 102]
+
+
+def test_save_roundtrip(tmp_path):
+    tok = WordPieceTokenizer(VOCAB, BertNormalizer(strip_accents=False), model_max_length=48, max_input_chars_per_word=9)
+    back = load_tokenizer(tok.save(tmp_path / "wp"))
+    text = "Unaffable, the CAFE [MASK] 中 aaaaaaaaaa!"
+    assert back.encode(text, "a b") == tok.encode(text, "a b")
+    assert (back.model_max_length, back.max_input_chars_per_word, back.normalizer) == (48, 9, tok.normalizer)
+    assert back.fingerprint() == tok.fingerprint() != WordPieceTokenizer(VOCAB).fingerprint()
