@@ -136,12 +136,12 @@ def text_infill(ids: Sequence[int], mask_id: int, rng: torch.Generator, mask_rat
     _check_ratio("mask_ratio", mask_ratio)
     if not poisson_lambda > 0:
         raise ValueError(f"poisson_lambda must be > 0, got {poisson_lambda!r}")
-    budget, lengths = math.ceil(len(ids) * mask_ratio), []
-    while sum(lengths) < budget:  # draw spans until the budget is covered
-        draws = torch.poisson(torch.full((max(budget, 1),), float(poisson_lambda)), generator=rng).long().tolist()
-        for n in draws:
-            lengths.append(min(n, budget - sum(lengths)))
-            if sum(lengths) == budget:
+    budget, lengths, total = math.ceil(len(ids) * mask_ratio), [], 0
+    while total < budget:  # draw spans until the budget is covered
+        for n in torch.poisson(torch.full((budget,), float(poisson_lambda)), generator=rng).long().tolist():
+            lengths.append(min(n, budget - total))
+            total += lengths[-1]
+            if total == budget:
                 break
     # each span goes after a uniformly drawn number of the kept tokens, in drawing order
     gaps = torch.randint(0, len(ids) - budget + 1, (len(lengths),), generator=rng).sort().values.tolist()
