@@ -2,8 +2,9 @@
 
 A request is parsed and tokenized off the event loop; every input's tokens are checked
 against the vocabulary and the model's length; then its ids go to one `EmbeddingWorker`
-thread that owns the encoder. Requests that arrive while it works are embedded together,
-sorted by length (a burst of small requests shares forwards, and padding stays small).
+thread that owns the encoder. Requests that arrive while it works are embedded together
+(a burst of small requests shares forwards; the Embedder sorts them by length, so padding
+stays small).
 
 What the endpoint chose where OpenAI leaves room (README, Serve, says the same):
 - token-id inputs are the text's tokens without the model's specials: the server adds
@@ -48,10 +49,10 @@ class EmbeddingWorker:
     >>> w.stop()
     """
 
-    def __init__(self, embedder, batch_size: int = 32, max_inputs: int = 2048):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.embedder, self.batch_size, self.max_inputs = embedder, batch_size, max_inputs
+    def __init__(self, embedder, max_inputs: int = 2048):
+        if max_inputs < 1:
+            raise ValueError(f"max_inputs must be >= 1, got {max_inputs}")
+        self.embedder, self.max_inputs = embedder, max_inputs
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -90,33 +91,25 @@ class EmbeddingWorker:
             self._embed(jobs)
 
     def _embed(self, jobs: list) -> None:
-        import torch
-
         ids = [x for job, _ in jobs for x in job]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         try:
-            out = [None] * len(ids)
-            for s in range(0, len(order), self.batch_size):
-                chunk = order[s : s + self.batch_size]
-                vecs = self.embedder.embed_ids([ids[i] for i in chunk]).float()  # (B, D)
-                for i, v in zip(chunk, vecs):
-                    out[i] = v
-            start = 0
-            for job, fut in jobs:
-                fut.set_result(torch.stack(out[start : start + len(job)]))
-                start += len(job)
+            vecs = self.embedder.embed_ids(ids).float()  # (N, D); the embedder batches by length
         except Exception as e:  # the clients learn of it; the thread lives on
             for _, fut in jobs:
-                if not fut.done():
-                    fut.set_exception(e)
+                fut.set_exception(e)
+            return
+        start = 0
+        for job, fut in jobs:
+            fut.set_result(vecs[start : start + len(job)])
+            start += len(job)
 
 
 class EmbeddingModel:
     """The encoder as the endpoint sees it: its name, its limits, its tokenizer, its worker."""
 
-    def __init__(self, name: str, embedder, batch_size: int = 32):
+    def __init__(self, name: str, embedder):
         self.name, self.embedder = name, embedder
-        self.worker = EmbeddingWorker(embedder, batch_size)
+        self.worker = EmbeddingWorker(embedder)
         self.in_flight = 0  # requests submitted and not answered (event-loop side only)
 
     @property
