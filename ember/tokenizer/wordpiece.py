@@ -216,6 +216,8 @@ class WordPieceTokenizer:
         n_special = 0 if not add_special_tokens else 2 if pair is None else 3
         dropped = 0
         if max_length is not None:
+            if not isinstance(max_length, int) or isinstance(max_length, bool):
+                raise ValueError(f"max_length must be an int or None, got {max_length!r}")
             if max_length < max(n_special, 1):
                 raise ValueError(f"max_length {max_length} leaves no room for text beside {n_special} special tokens")
             a, b, dropped = truncate_pair(a, b, max_length - n_special)
@@ -241,7 +243,12 @@ class WordPieceTokenizer:
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None,
         add_special_tokens: bool = True,
     ) -> BatchEncoding:
-        """Encode each text (with its pair), pad right to the longest with [PAD], mask 0 there."""
+        """Encode each text (with its pair), pad right to the longest with [PAD], mask 0 there.
+
+        >>> tok = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hi", "there"])
+        >>> tok.encode_batch(["hi there", "hi"]).attention_mask
+        [[1, 1, 1, 1], [1, 1, 1, 0]]
+        """
         if isinstance(texts, str):
             raise ValueError("encode_batch takes a list of texts, got one str (use encode)")
         if pairs is not None and len(pairs) != len(texts):

@@ -157,3 +157,17 @@ def test_saved_tokenizer_json_loads_in_tokenizers(hf, ours, tmp_path):
     for text in TORTURE:
         assert again.encode(text).ids == hf.encode(text).ids
         assert again.encode(text, "a pair").type_ids == hf.encode(text, "a pair").type_ids
+
+
+def test_matches_what_sentence_transformers_feeds_minilm(ours):
+    # sentence-transformers tokenizes through transformers' AutoTokenizer on the same folder,
+    # truncating to sentence_bert_config.json's max_seq_length (256): ours.model_max_length.
+    transformers = pytest.importorskip("transformers")
+    from ember.core.registry import resolve_model
+
+    auto = transformers.AutoTokenizer.from_pretrained(str(resolve_model("minilm")))
+    texts = TORTURE + [" ".join(TORTURE) * 3]  # the last is far past 256 tokens
+    want = auto(texts, padding=True, truncation="longest_first", max_length=256)
+    got = ours.encode_batch(texts, max_length=ours.model_max_length)
+    assert got.input_ids == want["input_ids"] and got.attention_mask == want["attention_mask"]
+    assert got.n_truncated[-1] > 0 and len(got.input_ids[-1]) == 256

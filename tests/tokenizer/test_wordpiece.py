@@ -82,6 +82,8 @@ def test_truncation_counts_specials_and_dropped(tok):
     assert e.ids == [CLS] + ids("the", "cafe") + [SEP] and e.n_truncated == 2
     with pytest.raises(ValueError, match="max_length 2"):
         tok.encode("the", "a", max_length=2)
+    with pytest.raises(ValueError, match="got 5.5"):
+        tok.encode("the", max_length=5.5)
 
 
 def test_encode_batch_pads_right(tok):
