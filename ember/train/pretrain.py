@@ -1,4 +1,4 @@
-"""`ember pretrain`: a GPT from scratch on token shards, on the one training loop.
+"""`ember pretrain`: a GPT (or an encoder) from scratch on token shards, on the one training loop.
 
 With no arguments it trains the `mini-llama` arch on the bundled corpus (pydoc topics and
 stdlib docstrings, on every machine) with a 4,096-token BPE trained on that corpus, in a
@@ -6,10 +6,19 @@ few minutes on 2 cores; samples go from noise to word-like text. The same comman
 under `torchrun --nproc-per-node N -m ember pretrain ...` with DDP or FSDP2. The building
 blocks (arch table, data and run configs, the Trainer) live in ember.train.kit.pretraining,
 which the scaling sweep shares.
+
+`--objective` picks what is learned (ember.train.kit.objectives): clm, next-token prediction
+(the default); mlm, electra or plm, an encoder (`--arch mini-bert`), e.g.
+
+    ember pretrain --arch mini-bert --objective electra --train.steps 200
+
+The checkpoint of an encoder run holds everything trained (ELECTRA's generator too);
+`load_run` returns the encoder kept: the model itself, ELECTRA's discriminator, XLNet's body.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ember.model.config import ModelConfig
@@ -36,7 +45,10 @@ def main(cfg: PretrainConfig) -> dict:
 
     trainer = build_pretrain(cfg)
     summary = trainer.fit()
-    if cfg.export_hf:
+    if cfg.export_hf and cfg.objective != "clm":
+        print("export_hf: skipped; encoder objectives keep their encoder in the checkpoint (load_run)",
+              file=sys.stderr)
+    elif cfg.export_hf:
         sd = full_state_dict(trainer.model, trainer.info)  # collective: FSDP gathers the shards
         if trainer.info.is_main:
             model = build_model(trainer.plain.config, sd)
@@ -64,6 +76,7 @@ def load_run(run_dir: str | Path):
     from ember.model.load import build_model
     from ember.tokenizer import load_tokenizer
     from ember.train.checkpoint import latest_checkpoint, load_checkpoint
+    from ember.train.kit.objectives import body_state_dict
 
     path = latest_checkpoint(run_dir)
     if path is None:
@@ -72,6 +85,6 @@ def load_run(run_dir: str | Path):
     config = ckpt["state"].get("config", {})
     if "model" not in config or "data" not in config:
         raise ValueError(f"checkpoint {path} lacks its run config")
-    model = build_model(ModelConfig.from_dict(config["model"]), ckpt["model"])
+    model = build_model(ModelConfig.from_dict(config["model"]), body_state_dict(ckpt["model"]))
     tok = load_tokenizer(Path(config["data"]["dir"]) / "tokenizer")
     return model, tok

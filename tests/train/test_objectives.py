@@ -1,5 +1,8 @@
 """Encoder objectives against their published formulas, computed by hand on tiny models."""
 
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -154,3 +157,70 @@ def test_each_objective_overfits_one_batch():
             loss.backward()
             opt.step()
         assert loss.item() < 0.5 * first, (loss_fn.__name__, first, loss.item())
+
+
+# ---- `ember pretrain --objective` end to end ------------------------------------------------
+@pytest.fixture(scope="module")
+def mask_shards(tmp_path_factory):
+    from ember.data.corpus import pydoc_topics_text
+    from ember.data.shards import prepare_shards
+    from ember.tokenizer import train_bpe
+
+    text = pydoc_topics_text()[:60_000]
+    docs = [text[i : i + 3000] for i in range(0, len(text), 3000)]
+    tok = train_bpe(docs, 400, special_tokens=["<|endoftext|>", "[MASK]"], eos_tokens=["<|endoftext|>"])
+    out = tmp_path_factory.mktemp("mask-shards")
+    prepare_shards(out, tok, texts=docs, progress=False, workers=1)
+    return out
+
+
+TINY_BERT = ["--arch", "mini-bert", "--model.n_layers", "2", "--model.d_model", "32", "--model.n_heads", "2",
+             "--model.d_ff", "64", "--data.seq_len", "24"]
+
+
+def pretrain_args(shards, out, objective, *extra):
+    return ["pretrain", *TINY_BERT, "--objective", objective, "--data.dir", str(shards), "--train.steps", "4",
+            "--train.batch_size", "4", "--train.eval_every", "2", "--train.eval_windows", "4",
+            "--train.sample_every", "0", "--train.log_every", "1", "--train.out", str(out),
+            "--train.progress", "false", "--train.precision", "fp32", *extra]
+
+
+@pytest.mark.parametrize("objective, metric", [("mlm", "mlm_acc"), ("electra", "disc_acc"), ("plm", "plm_acc")])
+def test_pretrain_objective_end_to_end(mask_shards, tmp_path, objective, metric):
+    import json
+
+    from ember.cli import main
+    from ember.train.pretrain import load_run
+
+    out = tmp_path / objective
+    assert main(pretrain_args(mask_shards, out, objective)) == 0
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and metric in r and r["tok_s"] > 0 for r in recs)
+    assert "val_loss" in recs[1] and f"val_{metric}" in recs[3]
+    body, tok = load_run(out)  # the encoder kept: a plain bidirectional Transformer
+    assert type(body) is Transformer and not body.config.causal and "[MASK]" in tok.special_tokens
+
+
+def test_pretrain_objective_resumes_bit_for_bit(mask_shards, tmp_path):
+    import json
+
+    from ember.cli import main
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(pretrain_args(mask_shards, full, "electra", "--train.save_every", "2")) == 0
+    assert main(pretrain_args(mask_shards, cut, "electra", "--train.steps", "2")) == 0
+    assert main(pretrain_args(mask_shards, cut, "electra", "--train.resume", "true")) == 0
+    losses = [[json.loads(r)["loss"] for r in (o / "metrics.jsonl").read_text().splitlines()] for o in (full, cut)]
+    assert losses[0] == losses[1]
+
+
+def test_pretrain_objective_errors_name_the_fix(mask_shards, shards, tmp_path, capsys):
+    from ember.cli import main
+
+    assert main(pretrain_args(mask_shards, tmp_path / "a", "mlm", "--model.causal", "true")) == 2
+    assert "--arch mini-bert" in capsys.readouterr().err
+    assert main(pretrain_args(shards, tmp_path / "b", "mlm")) == 2  # a BPE without [MASK]
+    assert "no mask token" in capsys.readouterr().err
+    assert main(pretrain_args(mask_shards, tmp_path / "c", "span")) == 2
+    assert "valid objectives: ['clm', 'electra', 'mlm', 'plm']" in capsys.readouterr().err

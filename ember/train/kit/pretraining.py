@@ -16,11 +16,18 @@ import torch
 
 from ember.model.config import PRESETS as MODEL_PRESETS
 from ember.model.config import ModelConfig
-from ember.model.transformer import Transformer
 from ember.parallel import DistInfo, barrier, init_distributed
+from ember.train.kit.objectives import (
+    OBJECTIVE_SPECIALS,
+    ObjectiveConfig,
+    build_objective,
+    evaluate_objective,
+    extra_rows,
+    to_device,
+)
 from ember.train.loop import TrainConfig, Trainer, broadcast_config
-from ember.train.losses import cross_entropy, lm_loss
-from ember.train.metrics import flops_per_token, non_embedding_params
+from ember.train.losses import cross_entropy
+from ember.train.metrics import non_embedding_params
 from ember.train.optim import OptimConfig
 
 # Every model shape `--arch` names, in one table: ModelConfig's presets and the shapes for
@@ -33,6 +40,10 @@ ARCHS: dict[str, dict[str, Any]] = {
     # the nanoGPT "baby GPT" shape used by bench/train.py
     "gpt2-mini": dict(n_layers=6, d_model=384, n_heads=6, d_ff=1536, max_seq_len=256, norm="layernorm",
                       pos_emb="learned", mlp="gelu", bias=True, tie_embeddings=True),
+    # a BERT-style encoder (bidirectional, learned positions, LayerNorm, GELU) of mini-llama's
+    # size, for the encoder objectives (--objective mlm, electra, plm)
+    "mini-bert": dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, max_seq_len=256, norm="layernorm",
+                      pos_emb="learned", mlp="gelu", bias=True, tie_embeddings=True, causal=False),
 }
 
 
@@ -83,14 +94,24 @@ class DataConfig:
 
 
 DEFAULT_VOCAB_SIZE, DEFAULT_VAL_FRACTION = 4096, 0.05
+SEPARATOR = "<|endoftext|>"  # between documents in the shards: the BPE's first special token
+
+
+Objective = Literal["clm", "mlm", "electra", "plm", "span", "denoise"]
 
 
 @dataclass
 class PretrainConfig:
-    """Train a decoder from scratch."""
+    """Train a model from scratch: a decoder (clm), or an encoder (mlm, electra, plm)."""
 
     arch: str = "mini-llama"
-    """model shape: a name of ARCHS (mini-llama, gpt2-mini, gpt2, tiny, smollm2-135m, ...)"""
+    """model shape: a name of ARCHS (mini-llama, gpt2-mini, mini-bert, gpt2, tiny, smollm2-135m, ...)"""
+    objective: Objective = "clm"
+    """clm: next token (a decoder); mlm: BERT's masked LM; electra: ELECTRA's replaced-token
+    detection; plm: XLNet's permutation LM (the three encoder ones need an encoder arch such
+    as mini-bert); span, denoise: T5 and BART (encoder-decoder)"""
+    encoder: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """options of the encoder objectives"""
     model: ModelOverrides = field(default_factory=ModelOverrides)
     """fields that override the arch's shape, e.g. --model.n_layers 6"""
     data: DataConfig = field(default_factory=DataConfig)
@@ -129,13 +150,16 @@ def model_config(arch: str, overrides, vocab_size: int, seq_len: int) -> ModelCo
     return cfg
 
 
-def prepare_data(data: DataConfig, info: DistInfo, progress: bool = True) -> Path:
+def prepare_data(data: DataConfig, info: DistInfo, progress: bool = True,
+                 special_tokens: list[str] | None = None) -> Path:
     """The shard folder to train on: checked against `data` when it holds shards, else
     prepared (by rank 0, once) from data.input, or from the bundled corpus when no
-    data.dir is named. A named data.dir that holds no shards needs data.input."""
+    data.dir is named. A named data.dir that holds no shards needs data.input.
+    special_tokens: those of the BPE trained for it (default: the document separator)."""
     from ember.data.shards import load_manifest, prepare_shards
 
-    folder = Path(data.dir) if data.dir else _default_data_dir(data)
+    special_tokens = special_tokens or [SEPARATOR]
+    folder = Path(data.dir) if data.dir else _default_data_dir(data, special_tokens)
     if info.is_main and (folder / "manifest.json").is_file():
         check_data_dir(folder, data)
     elif info.is_main:
@@ -146,7 +170,7 @@ def prepare_data(data: DataConfig, info: DistInfo, progress: bool = True) -> Pat
         from ember.data.corpus import bundled_documents
 
         texts = None if data.input else bundled_documents()
-        tok = _tokenizer_for(data, texts, folder)
+        tok = _tokenizer_for(data, texts, special_tokens)
         print(f"preparing token shards in {folder}", file=sys.stderr)
         prepare_shards(folder, tok, inputs=data.input or None, texts=texts, val_fraction=_val_fraction(data),
                        progress=progress)
@@ -192,18 +216,20 @@ def check_data_dir(folder: Path, data: DataConfig) -> None:
     print(f"using the shards in {folder} ({what}, vocab {manifest.vocab_size})", file=sys.stderr)
 
 
-def _default_data_dir(data: DataConfig) -> Path:
+def _default_data_dir(data: DataConfig, special_tokens: list[str]) -> Path:
     if data.input:
         raise ValueError("with --data.input, also name the shard folder with --data.dir")
     tok = (data.tokenizer or f"bpe{data.vocab_size or DEFAULT_VOCAB_SIZE}").replace("/", "_")
-    return Path("runs/data") / f"bundled-{tok}"
+    # a BPE trained with more special tokens (e.g. [MASK]) is another tokenizer: another folder
+    extra = "" if data.tokenizer else "".join(f"-{s.strip('[]<|>').lower()}" for s in special_tokens[1:])
+    return Path("runs/data") / f"bundled-{tok}{extra}"
 
 
 def _val_fraction(data: DataConfig) -> float:
     return DEFAULT_VAL_FRACTION if data.val_fraction is None else data.val_fraction
 
 
-def _tokenizer_for(data: DataConfig, texts: list[str] | None, folder: Path):
+def _tokenizer_for(data: DataConfig, texts: list[str] | None, special_tokens: list[str]):
     from ember.tokenizer import load_tokenizer, train_bpe
 
     if data.tokenizer:
@@ -215,8 +241,8 @@ def _tokenizer_for(data: DataConfig, texts: list[str] | None, folder: Path):
         texts = [read_text_utf8(f) for f in expand_inputs(data.input)]
     vocab_size = data.vocab_size or DEFAULT_VOCAB_SIZE
     print(f"training a {vocab_size}-token BPE on the data", file=sys.stderr)
-    return train_bpe(texts, vocab_size, pattern="gpt4", special_tokens=["<|endoftext|>"],
-                     eos_tokens=["<|endoftext|>"], progress=False)
+    return train_bpe(texts, vocab_size, pattern="gpt4", special_tokens=special_tokens,
+                     eos_tokens=[SEPARATOR], progress=False)
 
 
 def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer:
@@ -226,30 +252,33 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
     from ember.tokenizer import load_tokenizer
 
     info = info or init_distributed(cfg.train.device)
-    folder = prepare_data(cfg.data, info, cfg.train.progress)
+    folder = prepare_data(cfg.data, info, cfg.train.progress, OBJECTIVE_SPECIALS.get(cfg.objective))
     manifest = load_manifest(folder)
     tok = load_tokenizer(folder / "tokenizer")
-    mcfg = model_config(cfg.arch, cfg.model, tok.vocab_size, cfg.data.seq_len)
-    train_split, val_split = open_split(folder, "train"), open_split(folder, "val")
     T = cfg.data.seq_len
+    mcfg = model_config(cfg.arch, cfg.model, tok.vocab_size, T + extra_rows(cfg.objective, cfg.encoder, T))
+    train_split, val_split = open_split(folder, "train"), open_split(folder, "val")
     loader = build_loader(cfg.data.loader, train_split, T, cfg.train.batch_size, cfg.train.seed,
                           info.rank, info.world_size)
     eval_windows(val_split, T, 1)  # a val split too short for one window fails now, not at step 100
     device = info.device
+    torch.manual_seed(cfg.train.seed)  # same init on every rank
+    parts = build_objective(cfg.objective, mcfg, tok, cfg.encoder, cfg.train.seed, info.rank, T)
+    model = parts.model
 
     def batches(step):
-        x, y = loader.batch(step)
-        return x.to(device), y.to(device)
+        return to_device(parts.collate(*loader.batch(step), step), device)
 
     def evaluate(model) -> dict:  # mean loss over the same validation windows every time
+        if cfg.objective != "clm":
+            return evaluate_objective(parts, model, eval_windows(val_split, T, cfg.train.eval_windows, batch_size=8),
+                                      device)
         total, n = 0.0, 0
         for x, y in eval_windows(val_split, T, cfg.train.eval_windows, batch_size=8):
             total += cross_entropy(model(x.to(device)), y.to(device)).item() * len(x)
             n += len(x)
         return {"val_loss": total / n}
 
-    torch.manual_seed(cfg.train.seed)  # same init on every rank
-    model = Transformer(mcfg)
     run_config = _jsonable(cfg)
     run_config["model"] = mcfg.to_dict()
     run_config["data"]["dir"] = str(folder)
@@ -257,13 +286,13 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
     run_config = broadcast_config(run_config, info)
     if info.is_main:
         n = non_embedding_params(mcfg)
-        print(f"model: {cfg.arch}, {n / 1e6:.2f} M non-embedding parameters, vocab {mcfg.vocab_size}, "
+        print(f"model: {cfg.arch} ({cfg.objective}), {n / 1e6:.2f} M non-embedding parameters, vocab {mcfg.vocab_size}, "
               f"ctx {T}; data: {manifest.splits['train'].n_tokens:,} train tokens", file=sys.stderr)
     trainer = Trainer(
-        model, cfg.train, cfg.optim, lm_loss, batches, run_config, eval_fn=evaluate,
+        model, cfg.train, cfg.optim, parts.loss_fn, batches, run_config, eval_fn=evaluate,
         sample_fn=(lambda m: sample_text(m, tok, cfg.sample_prompt, cfg.sample_tokens, cfg.train.seed))
-        if cfg.sample_tokens > 0 else None,
-        tokens_per_step=cfg.train.batch_size * T, flops_per_token=flops_per_token(mcfg, T), info=info,
+        if cfg.sample_tokens > 0 and cfg.objective == "clm" else None,
+        tokens_per_step=cfg.train.batch_size * T, flops_per_token=parts.flops_per_token, info=info,
     )
     trainer.tokenizer = tok
     return trainer
