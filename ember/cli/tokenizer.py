@@ -74,7 +74,7 @@ class TokenizeConfig:
     text: str | None = None
     """the text to tokenize (also the bare word after `ember tokenize`); or use --file"""
     model: str = "smollm2"
-    """known name, GGUF file, tokenizer.json or its folder, or an ember tokenizer JSON"""
+    """known name (smollm2, minilm), GGUF file, tokenizer.json or its folder, vocab.txt, or an ember tokenizer JSON"""
     file: str | None = None
     """read the text from this file instead"""
     format: Literal["ids", "pieces", "json"] = "ids"
@@ -85,14 +85,18 @@ class TokenizeConfig:
 
 def tokenize(cfg: TokenizeConfig) -> str:
     from ember.core.io import read_text_utf8
-    from ember.tokenizer import load_tokenizer
+    from ember.tokenizer import WordPieceTokenizer, load_tokenizer
 
     if (cfg.text is None) == (cfg.file is None):
         raise ValueError("give either TEXT or --file, not both or neither")
     text = read_text_utf8(cfg.file) if cfg.file else cfg.text
     tok = load_tokenizer(cfg.model)
-    ids = tok.encode(text, allowed_special="all" if cfg.allow_special else ())
-    pieces = [tok.id_to_bytes(i).decode("utf-8", errors="backslashreplace") for i in ids]
+    if isinstance(tok, WordPieceTokenizer):  # BERT: [CLS] text [SEP], as the encoder sees it
+        ids = tok.encode(text)
+        pieces = [tok.id_to_token(i) for i in ids]
+    else:
+        ids = tok.encode(text, allowed_special="all" if cfg.allow_special else ())
+        pieces = [tok.id_to_bytes(i).decode("utf-8", errors="backslashreplace") for i in ids]
     if cfg.format == "ids":
         out = json.dumps(ids)
     elif cfg.format == "pieces":
