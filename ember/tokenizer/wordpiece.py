@@ -69,13 +69,27 @@ def truncate_pair(a: list[int], b: list[int] | None, budget: int) -> tuple[list[
         return a[:budget], None, max(0, len(a) - budget)
     if len(a) + len(b) <= budget:
         return a, b, 0
-    short, long_ = sorted((len(a), len(b)))
-    keep_long = max(short, budget - short)
-    keep_short = short
+    keep_short = min(len(a), len(b))
+    keep_long = max(keep_short, budget - keep_short)
     if keep_short + keep_long > budget:
         keep_short, keep_long = budget // 2, budget // 2 + budget % 2
     n_a, n_b = (keep_long, keep_short) if len(a) > len(b) else (keep_short, keep_long)
     return a[:n_a], b[:n_b], len(a) + len(b) - n_a - n_b
+
+
+def _id_to_token(vocab: dict[str, int]) -> dict[int, str]:
+    """The inverse vocabulary; a ValueError names a bad entry or a shared id."""
+    if not vocab:
+        raise ValueError("the WordPiece vocabulary is empty")
+    for t, i in vocab.items():
+        if not isinstance(t, str) or not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise ValueError(f"WordPiece vocabulary entries must be str -> int >= 0, got {t!r} -> {i!r}")
+    inverse = {i: t for t, i in vocab.items()}
+    if len(inverse) != len(vocab):
+        seen: set[int] = set()
+        dup = next(i for i in vocab.values() if i in seen or seen.add(i))
+        raise ValueError(f"two tokens share the id {dup} in the WordPiece vocabulary")
+    return inverse
 
 
 class WordPieceTokenizer:
@@ -107,12 +121,7 @@ class WordPieceTokenizer:
         special_tokens: Iterable[str] | None = None,
     ):
         self.vocab = dict(vocab) if isinstance(vocab, Mapping) else {t: i for i, t in enumerate(vocab)}
-        self._tokens = {i: t for t, i in self.vocab.items()}
-        if len(self._tokens) != len(self.vocab):
-            dup = next(i for i in self._tokens if list(self.vocab.values()).count(i) > 1)
-            raise ValueError(f"two tokens share the id {dup} in the WordPiece vocabulary")
-        if not self.vocab or min(self._tokens) < 0:
-            raise ValueError(f"WordPiece vocabulary ids must be >= 0, got {min(self._tokens, default=None)!r}")
+        self._tokens = _id_to_token(self.vocab)
         names = {"unk_token": unk_token, "cls_token": cls_token, "sep_token": sep_token,
                  "pad_token": pad_token, "mask_token": mask_token}
         missing = {k: v for k, v in names.items() if v not in self.vocab}

@@ -120,6 +120,10 @@ def test_bad_vocab_and_input():
         WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])
     with pytest.raises(ValueError, match="share the id 1"):
         WordPieceTokenizer({"[PAD]": 0, "[UNK]": 1, "[CLS]": 1, "[SEP]": 2, "[MASK]": 3})
+    with pytest.raises(ValueError, match=r"str -> int >= 0, got 'a' -> -1"):
+        WordPieceTokenizer({**dict.fromkeys(SPECIALS, 0), "a": -1})
+    with pytest.raises(ValueError, match="is empty"):
+        WordPieceTokenizer([])
     with pytest.raises(ValueError, match="must be a str"):
         WordPieceTokenizer(VOCAB).encode(None)
 
