@@ -176,3 +176,34 @@ def test_save_roundtrip(tmp_path):
     assert back.encode(text, "a b") == tok.encode(text, "a b")
     assert (back.model_max_length, back.max_input_chars_per_word, back.normalizer) == (48, 9, tok.normalizer)
     assert back.fingerprint() == tok.fingerprint() != WordPieceTokenizer(VOCAB).fingerprint()
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"model": {"type": "WordPiece", "vocab": ["a"]}}, "model.vocab must be a JSON object"),
+    ({"model": {"type": "WordPiece", "vocab": {"[UNK]": "1"}}}, r"model.vocab\['\[UNK\]'\] must be an int"),
+    ({"post_processor": {"type": "RobertaProcessing"}}, "unsupported post_processor"),
+    ({"normalizer": {"type": "NFC"}}, "unsupported normalizer"),
+    ({"added_tokens": [{"id": 0}]}, r"added_tokens\[0\] must be"),
+])
+def test_malformed_wordpiece_json(tmp_path, change, match):
+    data = {"model": {"type": "WordPiece", "vocab": {t: i for i, t in enumerate(VOCAB)}},
+            "normalizer": None, "pre_tokenizer": {"type": "BertPreTokenizer"}, **change}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=match):
+        load_tokenizer(tmp_path)
+
+
+def test_malformed_vocab_txt(tmp_path):
+    (tmp_path / "vocab.txt").write_bytes(b"[PAD]\n\xff\n")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "vocab.txt").write_text("")
+    with pytest.raises(ValueError, match="holds no tokens"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": "yes"}))
+    with pytest.raises(ValueError, match="do_lower_case must be true, false or null, got 'yes'"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"mask_token": 3}))
+    with pytest.raises(ValueError, match="mask_token must be a non-empty string"):
+        load_tokenizer(tmp_path)
