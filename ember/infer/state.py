@@ -7,13 +7,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .engine import Engine
 from .worker import EngineWorker
-
-if TYPE_CHECKING:
-    from .embeddings_api import EmbeddingModel
 
 # A full 8k-token context is ~32 KB of text, ~200 KB as JSON \u escapes; a batch of 64
 # such prompts (lm_eval's completions) fits too. A bigger body is refused unread.
@@ -87,7 +83,9 @@ class ServerState:
     metrics: Metrics
     max_body_bytes: int = MAX_BODY_BYTES
     in_flight: int = 0  # engine requests submitted and not finished (event-loop side only)
-    embeddings: EmbeddingModel | None = None  # the encoder behind /v1/embeddings, if one is served
+    # The encoder behind /v1/embeddings, if one is served: an embeddings_api.EmbeddingModel
+    # (not named here: that module imports this one).
+    embeddings: object | None = None
 
     @property
     def tokenizer(self):
