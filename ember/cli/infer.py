@@ -237,6 +237,8 @@ class ServeConfig(ModelOptions):
         at_least("--ctx", self.ctx, 1)
         at_least("--max-queue", self.max_queue, 1)
         at_least("--max-body-bytes", self.max_body_bytes, 1)
+        if self.embedding_model is not None and self.embedding_model == self.model:
+            raise ValueError(f"--embedding-model must name another model than --model, both are {self.model!r}")
 
 
 def _load_embedder(name: str):

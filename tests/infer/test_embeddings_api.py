@@ -195,6 +195,8 @@ def test_ember_serve_passes_the_embedding_model_through(tmp_path, monkeypatch, f
     assert seen["loaded"] == "minilm" and emb.name == "minilm" and emb.embedder is fake
     assert main(["serve", "--model", str(tmp_path)]) == 0
     assert seen["app"].state.ember.embeddings is None
+    with pytest.raises(ValueError, match="another model"):
+        cli_infer.ServeConfig(model="minilm", embedding_model="minilm")
 
 
 def test_real_minilm_is_served_beside_the_chat_model():
