@@ -30,7 +30,8 @@ COMMANDS: dict[str, Command] = {
     # training
     "data prepare": Command("ember.cli.train:data_prepare", "tokenize files into shards", "DataPrepareConfig",
                             many=("input",)),
-    "pretrain": Command("ember.train.pretrain", "train a decoder from scratch"),
+    "pretrain": Command("ember.train.pretrain", "train a decoder (or an encoder: --objective) from scratch"),
+    "classify": Command("ember.train.classify", "fine-tune an encoder with a classification head (word-swap probe)"),
     "scaling sweep": Command("ember.train.scaling:sweep", "train a grid of tiny models", "ScalingSweepConfig"),
     "scaling fit": Command("ember.train.scaling:fit", "fit L(N, D) and predict", "ScalingFitConfig"),
     "export": Command("ember.cli.train:export", "a run's checkpoint → HF folder", "ExportConfig"),

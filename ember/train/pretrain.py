@@ -21,13 +21,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ember.model.config import ModelConfig
 from ember.train.kit.pretraining import (
     ARCHS,
     DataConfig,
     ModelOverrides,
     PretrainConfig,
     build_pretrain,
+    load_run,
     model_config,
     prepare_data,
     sample_text,
@@ -66,25 +66,3 @@ def export_hf(model, tok, folder: Path) -> Path:
     save_hf_tokenizer(tok, folder)
     tok.save(folder)
     return folder
-
-
-def load_run(run_dir: str | Path):
-    """(model, tokenizer) from a training run folder: its latest checkpoint and config.
-
-    >>> model, tok = load_run("runs/pretrain")  # doctest: +SKIP
-    """
-    from ember.model.load import build_model
-    from ember.tokenizer import load_tokenizer
-    from ember.train.checkpoint import latest_checkpoint, load_checkpoint
-    from ember.train.kit.objectives import body_state_dict
-
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise ValueError(f"{run_dir} holds no checkpoint (expected {Path(run_dir) / 'checkpoints' / 'latest'})")
-    ckpt = load_checkpoint(path)
-    config = ckpt["state"].get("config", {})
-    if "model" not in config or "data" not in config:
-        raise ValueError(f"checkpoint {path} lacks its run config")
-    model = build_model(ModelConfig.from_dict(config["model"]), body_state_dict(ckpt["model"]))
-    tok = load_tokenizer(Path(config["data"]["dir"]) / "tokenizer")
-    return model, tok

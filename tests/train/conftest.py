@@ -19,6 +19,21 @@ def shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mask_shards(tmp_path_factory):
+    """Shards whose BPE has a [MASK] token, for the encoder objectives."""
+    from ember.data.corpus import pydoc_topics_text
+    from ember.data.shards import prepare_shards
+    from ember.tokenizer import train_bpe
+
+    text = pydoc_topics_text()[:60_000]
+    docs = [text[i : i + 3000] for i in range(0, len(text), 3000)]
+    tok = train_bpe(docs, 400, special_tokens=["<|endoftext|>", "[MASK]"], eos_tokens=["<|endoftext|>"])
+    out = tmp_path_factory.mktemp("mask-shards")
+    prepare_shards(out, tok, texts=docs, progress=False, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_chat_model(tmp_path_factory, smollm2_tokenizer):
     """A random tiny Llama wearing SmolLM2's tokenizer and ChatML template: an HF folder."""
     import torch

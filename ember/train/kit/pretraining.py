@@ -314,3 +314,27 @@ def sample_text(model, tok, prompt: str, max_tokens: int, seed: int) -> str:
 
 def _jsonable(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def load_run(run_dir: str | Path):
+    """(model, tokenizer) from a pre-training run folder: its latest checkpoint and config.
+    For an encoder objective the model is the encoder kept (ELECTRA's discriminator, XLNet's
+    body), a plain Transformer.
+
+    >>> model, tok = load_run("runs/pretrain")  # doctest: +SKIP
+    """
+    from ember.model.load import build_model
+    from ember.tokenizer import load_tokenizer
+    from ember.train.checkpoint import latest_checkpoint, load_checkpoint
+    from ember.train.kit.objectives import body_state_dict
+
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise ValueError(f"{run_dir} holds no checkpoint (expected {Path(run_dir) / 'checkpoints' / 'latest'})")
+    ckpt = load_checkpoint(path)
+    config = ckpt["state"].get("config", {})
+    if "model" not in config or "data" not in config:
+        raise ValueError(f"checkpoint {path} lacks its run config")
+    model = build_model(ModelConfig.from_dict(config["model"]), body_state_dict(ckpt["model"]))
+    tok = load_tokenizer(Path(config["data"]["dir"]) / "tokenizer")
+    return model, tok
