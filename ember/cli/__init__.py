@@ -27,6 +27,8 @@ COMMANDS: dict[str, Command] = {
     "perplexity": Command("ember.cli.infer:perplexity", "perplexity on a text file", "PerplexityConfig",
                           loads_model=True),
     "serve": Command("ember.cli.infer:serve", "OpenAI-compatible HTTP server", "ServeConfig", loads_model=True),
+    "embed": Command("ember.cli.infer:embed", "sentence embeddings from a BERT encoder", "EmbedConfig",
+                     many=("text",), positional="text", loads_model=True),
     # training
     "data prepare": Command("ember.cli.train:data_prepare", "tokenize files into shards", "DataPrepareConfig",
                             many=("input",)),

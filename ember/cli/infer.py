@@ -265,3 +265,53 @@ def serve(cfg: ServeConfig) -> None:
     print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}{also}) on http://{cfg.host}:{cfg.port}",
           file=sys.stderr)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+
+
+@dataclass
+class EmbedConfig:
+    """Sentence embeddings from a BERT encoder: one L2-normalised vector per text."""
+
+    text: list[str] = field(default_factory=list)
+    """the texts to embed (also the bare words after `ember embed`); or use --file"""
+    file: str | None = None
+    """embed each line of this file (blank lines included: [CLS] [SEP] alone)"""
+    model: str = "minilm"
+    """known name (minilm) or an HF BERT folder: config.json, *.safetensors, tokenizer.json or vocab.txt"""
+    json: bool = False
+    """print {"model", "dim", "embeddings": [[...], ...], "n_tokens", "n_truncated"} as one JSON line"""
+    threads: int | None = None
+    """torch threads (default: all cores)"""
+
+    def __post_init__(self):
+        at_least("--threads", self.threads, 1, optional=True)
+
+
+def embed(cfg: EmbedConfig) -> list[list[float]]:
+    import torch
+
+    from ember.core.io import read_text_utf8
+    from ember.infer.embed import load_embedder
+
+    if bool(cfg.text) == (cfg.file is not None):
+        raise ValueError("give texts or --file, not both or neither")
+    texts = read_text_utf8(cfg.file).splitlines() if cfg.file else list(cfg.text)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    embedder = load_embedder(cfg.model)
+    out = embedder.embed_batch(texts)
+    vectors = out.vectors.tolist()
+    cut = sum(n > 0 for n in out.n_truncated)
+    if cut:
+        print(f"note: {cut} of {len(texts)} texts were cut to {embedder.max_tokens} tokens", file=sys.stderr)
+    if cfg.json:
+        print(json.dumps({"model": cfg.model, "dim": out.vectors.shape[1], "embeddings": vectors,
+                          "n_tokens": out.n_tokens, "n_truncated": out.n_truncated}))
+        return vectors
+    for text, v, n in zip(texts, vectors, out.n_tokens):
+        head = " ".join(f"{x:+.4f}" for x in v[:5])
+        print(f"[{head} ...] ({len(v)} values, {n} tokens)  {text[:60]!r}")
+    if 1 < len(texts) <= 10:  # unit vectors: the dot product is the cosine
+        print("cosine similarity:")
+        for row in (out.vectors @ out.vectors.T).tolist():
+            print("  " + " ".join(f"{x:6.3f}" for x in row))
+    return vectors

@@ -150,6 +150,8 @@ def normalize_argv(argv: list[str], parser: ArgumentParser, positional: str | No
                 expects = 0 if eq else (-1 if action is not None and action.nargs == "+" else 1)
         elif positional and expects == 0 and not tok.startswith("-"):
             out.extend([f"--{positional}", tok])
+            # a list positional (ember embed A B) takes the bare words that follow as well
+            expects = -1 if getattr(actions.get(f"--{positional}"), "nargs", None) == "+" else 0
         else:
             out.append(tok)
             expects = -1 if expects == -1 else 0
