@@ -5,10 +5,12 @@ changes: the loader, the Trainer, checkpoints and metrics are the same for every
 
 - clm: next-token prediction on a decoder (the default; `(x, y)` windows, `lm_loss`);
 - mlm, electra, plm: the encoder objectives of ember.train.objectives on a bidirectional
-  model (an arch with causal=False, e.g. mini-bert); they read the windows' first T tokens.
+  model (an arch with causal=False, e.g. mini-bert); they read the windows' first T tokens;
+- span, denoise: T5's span corruption and BART's denoising (ember.train.seq2seq) on an
+  EncoderDecoder of the arch's shape (a causal arch, e.g. mini-t5), over the clm shards.
 
 >>> sorted(OBJECTIVES)
-['clm', 'electra', 'mlm', 'plm']
+['clm', 'denoise', 'electra', 'mlm', 'plm', 'span']
 """
 
 from __future__ import annotations
@@ -127,9 +129,22 @@ def _plm(mcfg, tok, ocfg, seed, rank, T) -> ObjectiveParts:
     return ObjectiveParts(TwoStream(Transformer(mcfg)), plm_loss, _encoder_collate(collator, seed, rank), flops)
 
 
+def _seq2seq(objective: str) -> Callable[..., ObjectiveParts]:
+    def build(mcfg, tok, ocfg, seed, rank, T) -> ObjectiveParts:
+        from ember.train.seq2seq import build_seq2seq, seq2seq_loss
+
+        # the model's vocabulary is the tokenizer's + the objective's extra ids (sentinels, mask)
+        model, collator, flops = build_seq2seq(objective, mcfg, tok, T)
+        return ObjectiveParts(model, seq2seq_loss, _encoder_collate(collator, seed, rank), flops)
+
+    return build
+
+
 # --objective → builder(model config, tokenizer, ObjectiveConfig, seed, rank, T) → ObjectiveParts.
-# span and denoise (the encoder-decoder objectives) add their builders here.
-OBJECTIVES: dict[str, Callable[..., ObjectiveParts]] = {"clm": _clm, "mlm": _mlm, "electra": _electra, "plm": _plm}
+OBJECTIVES: dict[str, Callable[..., ObjectiveParts]] = {
+    "clm": _clm, "mlm": _mlm, "electra": _electra, "plm": _plm,
+    "span": _seq2seq("span"), "denoise": _seq2seq("denoise"),
+}
 # The special tokens of the BPE that `ember pretrain` trains for each objective (default: clm's).
 OBJECTIVE_SPECIALS: dict[str, list[str]] = {
     "mlm": ["<|endoftext|>", "[MASK]"], "electra": ["<|endoftext|>", "[MASK]"], "plm": ["<|endoftext|>", "[MASK]"],
@@ -143,6 +158,10 @@ def extra_rows(objective: str, ocfg: ObjectiveConfig, T: int) -> int:
         from ember.data.objectives import PermutationLM
 
         return PermutationLM(k=ocfg.plm_k).n_targets(T)
+    if objective in ("span", "denoise"):  # EOS, and the masks BART's 0-length spans insert
+        from ember.train.seq2seq import extra_positions
+
+        return extra_positions(objective, T)
     return 0
 
 
