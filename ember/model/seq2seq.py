@@ -22,6 +22,7 @@ import torch.nn as nn
 from ember.model.config import ModelConfig
 from ember.model.kv_cache import KVCache
 from ember.model.layers import Attention, make_norm, rope_cos_sin, sinusoidal_embedding
+from ember.model.shapes import check_state_dict
 from ember.model.transformer import Block, _init_weights
 
 
@@ -183,6 +184,21 @@ class EncoderDecoder(nn.Module):
             if eos_id is not None and bool(done.all()):
                 break
         return out[:, 1:]
+
+
+def load_encoder_decoder(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> EncoderDecoder:
+    """EncoderDecoder(cfg) holding `sd`, after checking every key and shape (a ValueError
+    names each missing, unexpected or mis-shaped tensor); in eval mode.
+
+    >>> cfg = ModelConfig.tiny(n_layers=1)
+    >>> load_encoder_decoder(cfg, EncoderDecoder(cfg).state_dict()).training
+    False
+    """
+    model = EncoderDecoder(cfg)
+    check_state_dict(model, sd)
+    model.load_state_dict(sd, strict=False)  # strict check done above (a tied head need not repeat)
+    model.tie_weights()
+    return model.eval()
 
 
 def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ember.model import ModelConfig
-from ember.model.seq2seq import EncoderDecoder
+from ember.model.seq2seq import EncoderDecoder, load_encoder_decoder
 
 VARIANTS = {
     "llama-style": {},
@@ -116,3 +116,17 @@ def test_bad_arguments_are_value_errors():
         model.generate(torch.ones(1, 3, dtype=torch.long), 16, start_id=0)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.encode(torch.ones(1, 17, dtype=torch.long))
+
+
+def test_load_checks_every_key_and_shape():
+    cfg = ModelConfig.tiny(tie_embeddings=True)
+    model = _model(tie_embeddings=True)
+    sd = {k: v for k, v in model.state_dict().items() if k != "output.weight"}  # a tied head need not repeat
+    back = load_encoder_decoder(cfg, sd)
+    assert back.output.weight is back.tok_embeddings.weight
+    src, tgt = torch.randint(0, 256, (1, 5)), torch.randint(0, 256, (1, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(back(src, tgt), model(src, tgt))
+    del sd["layers.0.cross_attention.wk.weight"]
+    with pytest.raises(ValueError, match="missing.*layers.0.cross_attention.wk.weight"):
+        load_encoder_decoder(cfg, sd)
