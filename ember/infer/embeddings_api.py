@@ -91,6 +91,11 @@ class EmbeddingWorker:
             self._embed(jobs)
 
     def _embed(self, jobs: list) -> None:
+        # A request whose client left was cancelled while it waited: skip it. The others are
+        # marked running, so no cancel can land between here and their results.
+        jobs = [(job, fut) for job, fut in jobs if fut.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         ids = [x for job, _ in jobs for x in job]
         try:
             vecs = self.embedder.embed_ids(ids).float()  # (N, D); the embedder batches by length

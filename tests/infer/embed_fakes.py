@@ -17,8 +17,9 @@ class FakeEmbedder:
     def __init__(self):
         self.table = torch.randn(self.vocab_size, self.dim, generator=torch.Generator().manual_seed(0))
         self.batches: list[int] = []
-        self.gate = threading.Event()
+        self.gate = threading.Event()  # cleared: embed_ids waits (at most 10 s) until it is set
         self.gate.set()
+        self.entered = threading.Event()  # set when embed_ids is called
 
     def tokenize(self, text: str) -> list[int]:
         return self.wrap(list(text.encode("utf-8")))
@@ -27,6 +28,7 @@ class FakeEmbedder:
         return [CLS, *ids, SEP]
 
     def embed_ids(self, batch: list[list[int]]) -> torch.Tensor:
+        self.entered.set()
         self.gate.wait(10)
         self.batches.append(len(batch))
         v = torch.stack([self.table[ids].mean(0) for ids in batch])

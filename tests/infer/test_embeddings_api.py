@@ -97,12 +97,34 @@ def test_concurrent_requests_share_forwards(srv, fake):
     assert max(fake.batches[-3:]) > 1  # at least one forward held more than one request
 
 
+def test_a_request_cancelled_while_it_waits_is_skipped_and_the_worker_lives_on(fake):
+    from ember.infer.embeddings_api import EmbeddingWorker
+
+    w = EmbeddingWorker(fake)
+    w.start()
+    try:
+        fake.gate.clear()
+        fake.entered.clear()
+        first = w.submit([[1, 2]])
+        assert fake.entered.wait(10)  # the worker took it and waits at the gate
+        gone, kept = w.submit([[3]]), w.submit([[4, 5]])
+        assert gone.cancel()  # as asyncio does when the client hangs up
+        fake.gate.set()
+        assert first.result(10).shape == (1, fake.dim) and kept.result(10).shape == (1, fake.dim)
+        assert w.submit([[6]]).result(10).shape == (1, fake.dim)
+    finally:
+        fake.gate.set()
+        w.stop()
+
+
 def test_models_lists_both_and_each_model_has_its_card(srv, fake):
     ids = [m.id for m in srv.client.models.list().data]
     assert ids == [CHAT, EMB]
     card = srv.http.get(f"/v1/models/{EMB}").json()
     assert card["dimensions"] == fake.dim and card["max_model_len"] == fake.max_tokens
     assert srv.http.get(f"/v1/models/{CHAT}").status_code == 200
+    metrics = srv.http.get("/metrics").text
+    assert 'endpoint="/v1/embeddings"' in metrics and "ember_embedding_tokens_total" in metrics
 
 
 def test_a_model_the_endpoint_does_not_serve_is_404_like_chat(srv):
