@@ -12,7 +12,13 @@ from ember.model import ModelConfig
 from ember.model.seq2seq import EncoderDecoder
 from ember.tokenizer import load_tokenizer
 from ember.train.config import TrainConfig
-from ember.train.kit.pretraining import DataConfig, ModelOverrides, PretrainConfig, build_pretrain
+from ember.train.kit.pretraining import (
+    DataConfig,
+    ModelOverrides,
+    PretrainConfig,
+    build_pretrain,
+    load_run,
+)
 from ember.train.optim import OptimConfig
 from ember.train.seq2seq import EXTRA_IDS, build_collator, build_seq2seq, seq2seq_loss
 
@@ -50,13 +56,18 @@ def test_loss_drops_on_a_tiny_run(shards, tmp_path, objective):
 
 def test_ember_pretrain_objective_span(shards, tmp_path):
     out = tmp_path / "run"
-    args = ["pretrain", "--arch", "tiny", "--objective", "span", "--model.n_layers", "1", "--model.d_ff", "128",
+    args = ["pretrain", "--arch", "mini-t5", "--objective", "span", "--model.n_layers", "1", "--model.d_model", "64",
+            "--model.d_ff", "128",
             "--data.dir", str(shards), "--data.seq_len", str(T), "--train.steps", "2", "--train.batch_size", "4",
             "--train.eval_windows", "4", "--train.out", str(out), "--train.progress", "false",
             "--train.precision", "fp32", "--sample_tokens", "0"]
     assert main(args) == 0
     assert "val_loss" in _metrics(out)[-1]
     assert not (out / "hf").exists()  # an encoder-decoder has no HF causal-LM export
+    model, tok = load_run(out)
+    assert isinstance(model, EncoderDecoder) and model.config.vocab_size == tok.vocab_size + EXTRA_IDS["span"]
+    ids = torch.tensor([tok.encode("The assert statement")])
+    assert model.generate(ids, 4, start_id=min(tok.eos_token_ids)).shape == (1, 4)
 
 
 def test_span_batches_are_pure_and_use_the_extra_ids(shards, tmp_path):

@@ -40,6 +40,10 @@ ARCHS: dict[str, dict[str, Any]] = {
     # the nanoGPT "baby GPT" shape used by bench/train.py
     "gpt2-mini": dict(n_layers=6, d_model=384, n_heads=6, d_ff=1536, max_seq_len=256, norm="layernorm",
                       pos_emb="learned", mlp="gelu", bias=True, tie_embeddings=True),
+    # a T5-style encoder-decoder for --objective span, denoise: mini-llama's blocks, 4 in the
+    # encoder and 4 in the decoder (which adds cross-attention), embeddings tied as in T5
+    "mini-t5": dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, d_ff=688, max_seq_len=256,
+                    norm="rmsnorm", pos_emb="rope", mlp="swiglu", tie_embeddings=True),
     # a BERT-style encoder (bidirectional, learned positions, LayerNorm, GELU) of mini-llama's
     # size, for the encoder objectives (--objective mlm, electra, plm)
     "mini-bert": dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, max_seq_len=256, norm="layernorm",
@@ -265,6 +269,7 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
     torch.manual_seed(cfg.train.seed)  # same init on every rank
     parts = build_objective(cfg.objective, mcfg, tok, cfg.encoder, cfg.train.seed, info.rank, T)
     model = parts.model
+    mcfg = model.config  # the model built: span and denoise add their extra ids to the vocabulary
 
     def batches(step):
         return to_device(parts.collate(*loader.batch(step), step), device)
@@ -319,7 +324,7 @@ def _jsonable(cfg) -> dict:
 def load_run(run_dir: str | Path):
     """(model, tokenizer) from a pre-training run folder: its latest checkpoint and config.
     For an encoder objective the model is the encoder kept (ELECTRA's discriminator, XLNet's
-    body), a plain Transformer.
+    body), a plain Transformer; for span and denoise, the EncoderDecoder.
 
     >>> model, tok = load_run("runs/pretrain")  # doctest: +SKIP
     """
@@ -335,6 +340,12 @@ def load_run(run_dir: str | Path):
     config = ckpt["state"].get("config", {})
     if "model" not in config or "data" not in config:
         raise ValueError(f"checkpoint {path} lacks its run config")
-    model = build_model(ModelConfig.from_dict(config["model"]), body_state_dict(ckpt["model"]))
+    mcfg = ModelConfig.from_dict(config["model"])
+    if config.get("objective") in ("span", "denoise"):  # an encoder-decoder, kept whole
+        from ember.model.seq2seq import load_encoder_decoder
+
+        model = load_encoder_decoder(mcfg, ckpt["model"])
+    else:
+        model = build_model(mcfg, body_state_dict(ckpt["model"]))
     tok = load_tokenizer(Path(config["data"]["dir"]) / "tokenizer")
     return model, tok
