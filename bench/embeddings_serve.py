@@ -1,7 +1,8 @@
 """Embeddings throughput: `ember serve --embedding-model minilm` over HTTP beside
 sentence-transformers in-process, in one run, on the same sentences.
 
-The sentences are the first N of Python's help topics cut at full stops (5 to 60 words).
+The sentences are the first N of Python's help topics cut at full stops (5 to 60 words,
+at most the encoder's 256 tokens: the server refuses longer inputs rather than cut them).
 One after the other (each gets the whole machine):
 
   ember HTTP   `ember serve` in a child process; C clients post requests of R sentences
@@ -30,11 +31,11 @@ import torch
 THREADS = 2
 
 
-def sentences(n: int) -> list[str]:
+def sentences(n: int, embedder) -> list[str]:
     from ember.data.corpus import pydoc_topics_text
 
     parts = re.split(r"(?<=\.)\s+", " ".join(pydoc_topics_text().split()))
-    out = [p for p in parts if 5 <= len(p.split()) <= 60]
+    out = [p for p in parts if 5 <= len(p.split()) <= 60 and len(embedder.tokenize(p)) <= embedder.max_tokens]
     if len(out) < n:
         raise ValueError(f"only {len(out)} sentences in the help topics, asked for {n}")
     return out[:n]
@@ -60,7 +61,8 @@ def over_http(url: str, texts: list[str], clients: int, per_request: int) -> tup
 
     def post(chunk):
         r = httpx.post(url + "/v1/embeddings", json={"model": "minilm", "input": chunk}, timeout=300)
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"ember serve answered {r.status_code}: {r.text}")
         return [d["embedding"] for d in r.json()["data"]]
 
     post(chunks[0])  # warm-up
@@ -85,11 +87,10 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
-    texts = sentences(args.n)
-
     from ember.infer.embed import load_embedder
 
     embedder = load_embedder("minilm")
+    texts = sentences(args.n, embedder)
     n_tokens = sum(len(embedder.tokenize(t)) for t in texts)
     results = {}
     proc = serve(args.port)
