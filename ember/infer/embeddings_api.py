@@ -138,12 +138,12 @@ class EmbeddingModel:
             V = self.embedder.vocab_size
             if max(item) >= V:
                 raise APIError(400, f"{where}: token id {max(item)} is outside the vocabulary 0..{V - 1}",
-                               param="input")
+                               param=where)
             ids = self.embedder.wrap(item)
         if len(ids) > self.max_tokens:
             raise APIError(400, f"{where} has {len(ids)} tokens (with the model's special tokens), but "
                                 f"'{self.name}' reads at most {self.max_tokens}; shorten or split it",
-                           param="input", code="context_length_exceeded")
+                           param=where, code="context_length_exceeded")
         return ids
 
 

@@ -97,6 +97,27 @@ def test_concurrent_requests_share_forwards(srv, fake):
     assert max(fake.batches[-3:]) > 1  # at least one forward held more than one request
 
 
+def test_a_full_embeddings_queue_answers_503_then_recovers(srv, fake):
+    from concurrent.futures import ThreadPoolExecutor
+
+    emb = srv.app.state.ember.embeddings
+    fake.gate.clear()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            held = [pool.submit(_post, srv, input=f"held {i}") for i in range(4)]  # max_queue is 4
+            for _ in range(500):
+                if emb.in_flight == 4:
+                    break
+                threading.Event().wait(0.01)
+            err = _error(_post(srv, input="one too many"), 503)
+            assert err["code"] == "server_overloaded" and err["type"] == "server_error"
+            fake.gate.set()
+            assert all(f.result().status_code == 200 for f in held)
+    finally:
+        fake.gate.set()
+    assert _post(srv, input="again").status_code == 200
+
+
 def test_a_request_cancelled_while_it_waits_is_skipped_and_the_worker_lives_on(fake):
     from ember.infer.embeddings_api import EmbeddingWorker
 
@@ -150,7 +171,8 @@ def test_a_model_the_endpoint_does_not_serve_is_404_like_chat(srv):
     ({"input": [[1, 2], "a"]}, "input", "mixes"),
     ({"input": [[1], []]}, "input[1]", "at least 1"),
     ({"input": [999]}, "input", "vocabulary 0..259"),
-    ({"input": [[5], [1, 300]]}, "input", "input[1]: token id 300"),
+    ({"input": [[5], [1, 300]]}, "input[1]", "input[1]: token id 300"),
+    ({"input": ["a", "x" * 31]}, "input[1]", "input[1] has 33 tokens"),
     ({"input": [-1]}, "input[0]", "greater than or equal"),
     ({"input": "\ud800"}, "input", "surrogate"),
     ({"input": "x" * 31}, "input", "at most 32"),
