@@ -56,17 +56,7 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_byte
     get a 413 before they are read. embedder (an ember.infer.embed.Embedder) answers
     /v1/embeddings under the name embedding_model, which must differ from model_id.
     """
-    if (embedder is None) != (embedding_model is None):
-        raise ValueError("give both embedder and embedding_model, or neither")
-    if embedding_model is not None and embedding_model == model_id:
-        raise ValueError(f"the embedding model's name must differ from the chat model's, both are {model_id!r}")
-    if max_queue < 1:
-        raise ValueError(f"max_queue must be >= 1, got {max_queue}")
-    if max_body_bytes < 1:
-        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-    state = ServerState(engine, EngineWorker(engine), model_id, max_queue, Metrics(), max_body_bytes)
-    if embedder is not None:
-        state.embeddings = EmbeddingModel(embedding_model, embedder)
+    state = _server_state(engine, model_id, max_queue, max_body_bytes, embedder, embedding_model)
     workers = [state.worker] + ([state.embeddings.worker] if embedder is not None else [])
 
     @asynccontextmanager
@@ -98,18 +88,7 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_byte
     async def embeddings(request: Request):
         return await handle_embeddings(state, request)
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": _model_cards(state)}
-
-    @app.get("/v1/models/{model:path}")
-    async def model(model: str):
-        cards = {card["id"]: card for card in _model_cards(state)}
-        if model not in cards:
-            names = " and ".join(f"'{name}'" for name in cards)
-            raise APIError(404, f"The model '{model}' does not exist; this server serves {names}",
-                           param="model", code="model_not_found")
-        return cards[model]
+    _model_routes(app, state)
 
     @app.get("/health")
     async def health():
@@ -136,6 +115,40 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_byte
         return FileResponse(page, media_type="text/html")
 
     return app
+
+
+def _server_state(engine: Engine, model_id: str, max_queue: int, max_body_bytes: int, embedder,
+                  embedding_model: str | None) -> ServerState:
+    if (embedder is None) != (embedding_model is None):
+        raise ValueError("give both embedder and embedding_model, or neither")
+    if embedding_model is not None and embedding_model == model_id:
+        raise ValueError(f"the embedding model's name must differ from the chat model's, both are {model_id!r}")
+    if max_queue < 1:
+        raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    state = ServerState(engine, EngineWorker(engine), model_id, max_queue, Metrics(), max_body_bytes)
+    if embedder is not None:
+        state.embeddings = EmbeddingModel(embedding_model, embedder)
+    return state
+
+
+def _model_routes(app: FastAPI, state: ServerState) -> None:
+    """GET /v1/models (the chat model, then the embedding model if one is served) and
+    GET /v1/models/{id}."""
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": _model_cards(state)}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str):
+        cards = {card["id"]: card for card in _model_cards(state)}
+        if model not in cards:
+            names = " and ".join(f"'{name}'" for name in cards)
+            raise APIError(404, f"The model '{model}' does not exist; this server serves {names}",
+                           param="model", code="model_not_found")
+        return cards[model]
 
 
 def _tokenize(state: ServerState, raw: bytes) -> JSONResponse:
