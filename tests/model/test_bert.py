@@ -148,3 +148,16 @@ def test_decoders_are_not_written_as_bert_nor_bert_as_gpt2():
     with pytest.raises(ValueError, match="no HF architecture"):
         hf_arch(ModelConfig.from_preset("tiny-gpt2", norm_position="post"))
     assert hf_arch(tiny_bert()) == "bert"
+
+
+def test_minilm_preset_is_the_real_checkpoints_config():
+    import json
+
+    from ember.core.registry import ModelNotFoundError, resolve_model
+
+    try:
+        folder = resolve_model("minilm")
+    except ModelNotFoundError as e:
+        pytest.skip(str(e))
+    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    assert cfg == ModelConfig.from_preset("minilm-l6")
