@@ -1,4 +1,4 @@
-"""load_model: a GGUF file, an HF safetensors folder, or a known name → a ready Transformer.
+"""load_model: a GGUF file, an HF safetensors folder (Llama, GPT-2, BERT), or a known name → a ready Transformer.
 
 The config is checked against the weights' shapes (read from the file headers) before
 anything is built; then the model is built on the meta device (no memory, no init) and the
