@@ -46,8 +46,8 @@ def main(cfg: PretrainConfig) -> dict:
     trainer = build_pretrain(cfg)
     summary = trainer.fit()
     if cfg.export_hf and cfg.objective != "clm":
-        print("export_hf: skipped; encoder objectives keep their encoder in the checkpoint (load_run)",
-              file=sys.stderr)
+        print(f"export_hf: skipped for --objective {cfg.objective}; the checkpoint keeps the model (load_run "
+              "returns the encoder kept, or span/denoise's encoder-decoder)", file=sys.stderr)
     elif cfg.export_hf:
         sd = full_state_dict(trainer.model, trainer.info)  # collective: FSDP gathers the shards
         if trainer.info.is_main:
