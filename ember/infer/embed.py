@@ -47,8 +47,9 @@ def length_batches(lengths: list[int], token_budget: int, max_batch: int = 256) 
     batches: list[list[int]] = []
     for i in order:
         # sorted longest first: a batch's first row is its longest, so its width is known
-        if batches and len(batches[-1]) < max_batch and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= token_budget:
-            batches[-1].append(i)
+        last = batches[-1] if batches else None
+        if last and len(last) < max_batch and (len(last) + 1) * lengths[last[0]] <= token_budget:
+            last.append(i)
         else:
             batches.append([i])
     return batches

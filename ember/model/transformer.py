@@ -3,8 +3,8 @@
 Read it like nanoGPT's model.py: embeddings → n_layers × (norm → attention → residual,
 norm → MLP → residual) → final norm (the body, `hidden`) → output head (`lm_head`). The
 switches live in ModelConfig; BERT's are bidirectional attention with a padding mask,
-token-type embeddings, a norm on the embeddings and post-norm blocks (no final norm). The model is plain: quantization, fusion and adapters
-replace or wrap its modules from outside.
+token-type embeddings, a norm on the embeddings and post-norm blocks (no final norm).
+The model is plain: quantization, fusion and adapters replace or wrap its modules from outside.
 """
 
 from __future__ import annotations
@@ -152,7 +152,8 @@ class Transformer(nn.Module):
                 x = x + self.type_embeddings.weight[0]  # every token in segment A
             else:
                 if token_type_ids.shape != x.shape[:2]:
-                    raise ValueError(f"token_type_ids {tuple(token_type_ids.shape)} does not match ids {tuple(x.shape[:2])}")
+                    got, want = tuple(token_type_ids.shape), tuple(x.shape[:2])
+                    raise ValueError(f"token_type_ids {got} does not match ids {want}")
                 x = x + self.type_embeddings(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the model has no token-type embeddings (n_token_types 0)")

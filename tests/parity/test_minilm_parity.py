@@ -18,7 +18,8 @@ def _import_sentence_transformers():
     """pytest puts tests/ on sys.path, where the peft/ test folder looks like the `peft` package
     (a namespace package) to transformers, whose trainer then fails to import from it."""
     saved = sys.path[:]
-    sys.path[:] = [p for p in saved if not (Path(p or ".") / "peft").is_dir() or (Path(p or ".") / "peft/__init__.py").exists()]
+    shadowing = [p for p in saved if (Path(p or ".") / "peft").is_dir() and not (Path(p or ".") / "peft/__init__.py").exists()]
+    sys.path[:] = [p for p in saved if p not in shadowing]
     try:
         import sentence_transformers
     finally:

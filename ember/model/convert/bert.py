@@ -35,7 +35,9 @@ BERT_KEYS: dict[str, str] = {
 # sentence-transformers does not use) and the pre-training heads of BertForPreTraining/MaskedLM.
 _HEADS = ("pooler.dense", "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
           "cls.predictions.decoder", "cls.seq_relationship")
-BERT_IGNORED = {"embeddings.position_ids", "cls.predictions.bias", *(f"{m}.{s}" for m in _HEADS for s in ("weight", "bias"))}
+BERT_IGNORED = {
+    "embeddings.position_ids", "cls.predictions.bias", *(f"{m}.{s}" for m in _HEADS for s in ("weight", "bias")),
+}
 # BertForMaskedLM & co. put the body under "bert."; BertModel saves it bare.
 BERT_PREFIX = "bert."
 # hidden_act → ember's mlp: "gelu" in HF BERT is the exact erf GELU
