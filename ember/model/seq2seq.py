@@ -109,8 +109,6 @@ class EncoderDecoder(nn.Module):
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor):
         """ids, pos (B, T) → embeddings (B, T, D) with additive positions, and RoPE's cos/sin or None."""
         cfg = self.config
-        if int(pos.max()) >= cfg.max_seq_len:
-            raise ValueError(f"position {int(pos.max())} is past max_seq_len {cfg.max_seq_len}")
         x = self.tok_embeddings(ids)
         if cfg.pos_emb == "learned":
             x = x + self.pos_embeddings(pos)
@@ -121,6 +119,7 @@ class EncoderDecoder(nn.Module):
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """src (B, S) → memory (B, S, D): bidirectional over the real tokens of each row."""
         B, S = src.shape
+        _check_length("source", S, self.config.max_seq_len)
         x, rope = self._embed(src, torch.arange(S, device=src.device).expand(B, S))
         mask = _key_mask(src_mask)  # (B, 1, 1, S) or None
         for block in self.encoder:
@@ -136,6 +135,7 @@ class EncoderDecoder(nn.Module):
         """
         B, T = tgt.shape
         if cache is None:
+            _check_length("target", T, self.config.max_seq_len)
             pos = torch.arange(T, device=tgt.device).expand(B, T)
             mask = _causal_mask(tgt_mask)  # (B, 1, T, T) or None (plain causal)
         else:
@@ -199,6 +199,12 @@ def load_encoder_decoder(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Encod
     model.load_state_dict(sd, strict=False)  # strict check done above (a tied head need not repeat)
     model.tie_weights()
     return model.eval()
+
+
+def _check_length(what: str, n: int, max_seq_len: int) -> None:
+    # from the shape, not the positions' values: no device sync per forward
+    if n > max_seq_len:
+        raise ValueError(f"{what} of {n} tokens is longer than max_seq_len {max_seq_len}")
 
 
 def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -116,6 +116,8 @@ def test_bad_arguments_are_value_errors():
         model.generate(torch.ones(1, 3, dtype=torch.long), 16, start_id=0)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.encode(torch.ones(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="target of 17 tokens"):
+        model(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 17, dtype=torch.long))
 
 
 def test_load_checks_every_key_and_shape():
