@@ -66,6 +66,18 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def encoder_flops(cfg: ModelConfig, T: int, head_share: float, extra: int = 0) -> float:
+    """Training FLOPs per window token of an encoder whose LM head runs at `head_share` of
+    the positions (MLM: the masked 15%) and whose forward holds `extra` more rows than the
+    window's T (XLNet's query stream): 6·N·R + 12·L·R²·D/T + 6·V·D·head_share, R = T + extra
+    rows (flops_per_token's count, with the head and the rows as computed)."""
+    from ember.train.metrics import non_embedding_params
+
+    rows = (T + extra) / T
+    return (6 * non_embedding_params(cfg) * rows + 12 * cfg.n_layers * (T + extra) * cfg.d_model * rows
+            + 6 * cfg.vocab_size * cfg.d_model * head_share)
+
+
 def _needs_encoder(name: str, cfg: ModelConfig) -> None:
     if cfg.causal:
         raise ValueError(f"objective {name!r} trains an encoder, but the model is causal: pass --arch mini-bert "
@@ -97,7 +109,7 @@ def _mlm(mcfg, tok, ocfg, seed, rank, T) -> ObjectiveParts:
     _needs_encoder("mlm", mcfg)
     collator = _masked(tok, ocfg)
     return ObjectiveParts(Transformer(mcfg), mlm_loss, _encoder_collate(collator, seed, rank),
-                          flops_per_token(mcfg, T))
+                          encoder_flops(mcfg, T, ocfg.mask_rate))
 
 
 def _electra(mcfg, tok, ocfg, seed, rank, T) -> ObjectiveParts:
@@ -108,8 +120,8 @@ def _electra(mcfg, tok, ocfg, seed, rank, T) -> ObjectiveParts:
     collator = _masked(tok, ocfg, mask_frac=0.85, random_frac=0.0)
     model = Electra(mcfg, ocfg.generator_layers, ocfg.tie_generator)
     gen_cfg = model.generator.config
-    # the generator's forward + backward, then the discriminator's (its LM head never runs)
-    flops = flops_per_token(gen_cfg, T) + flops_per_token(mcfg, T) - 6 * mcfg.vocab_size * mcfg.d_model
+    # the generator with its head at the masked positions, the discriminator with a scalar head
+    flops = encoder_flops(gen_cfg, T, ocfg.mask_rate) + encoder_flops(mcfg, T, 1 / mcfg.vocab_size)
 
     def loss_fn(m, batch):
         return electra_loss(m, batch, ocfg.disc_weight)
@@ -124,8 +136,8 @@ def _plm(mcfg, tok, ocfg, seed, rank, T) -> ObjectiveParts:
     _needs_encoder("plm", mcfg)
     collator = PermutationLM(k=ocfg.plm_k)
     n = collator.n_targets(T)
-    # T content rows and n query rows attend over T keys
-    flops = flops_per_token(mcfg, T) * (T + n) / T
+    # T content rows and n query rows; the head runs on the n query rows
+    flops = encoder_flops(mcfg, T, n / T, extra=n)
     return ObjectiveParts(TwoStream(Transformer(mcfg)), plm_loss, _encoder_collate(collator, seed, rank), flops)
 
 

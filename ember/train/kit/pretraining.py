@@ -44,10 +44,10 @@ ARCHS: dict[str, dict[str, Any]] = {
     # encoder and 4 in the decoder (which adds cross-attention), embeddings tied as in T5
     "mini-t5": dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, d_ff=688, max_seq_len=256,
                     norm="rmsnorm", pos_emb="rope", mlp="swiglu", tie_embeddings=True),
-    # a BERT-style encoder (bidirectional, learned positions, LayerNorm, GELU) of mini-llama's
+    # a BERT-style encoder (bidirectional, learned positions, LayerNorm, erf GELU) of mini-llama's
     # size, for the encoder objectives (--objective mlm, electra, plm)
     "mini-bert": dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, max_seq_len=256, norm="layernorm",
-                      pos_emb="learned", mlp="gelu", bias=True, tie_embeddings=True, causal=False),
+                      pos_emb="learned", mlp="gelu_erf", bias=True, tie_embeddings=True, causal=False),
 }
 
 
