@@ -32,6 +32,16 @@ def test_json_for_bare_words_and_for_a_file(tmp_path, capsys):
     assert "1 of 3 texts were cut to 256 tokens" in captured.err
 
 
+def test_bfloat16_stays_close_to_float32(capsys):
+    texts = ["The cat sat on the mat.", "Stock markets fell sharply today."]
+    vectors = []
+    for dtype in ("float32", "bfloat16"):
+        assert main(["embed", *texts, "--dtype", dtype, "--json"]) == 0
+        vectors.append(json.loads(capsys.readouterr().out)["embeddings"])
+    for a, b in zip(*vectors):
+        assert sum(x * y for x, y in zip(a, b)) >= 0.9999
+
+
 def test_plain_output_and_bad_models(tmp_path, capsys):
     assert main(["embed", "a cat", "a dog"]) == 0
     out = capsys.readouterr().out
