@@ -44,7 +44,7 @@ def test_tokenizer_train_then_tokenize(tmp_path, capsys):
         (["tokenizer", "train", "--input", "/no/such/file"], "neither a file nor a folder"),
         (["tokenize", "--model", "no-such-model", "x"], "unknown model"),
         (["tokenize", "--model", "{badjson}", "x"], "not valid JSON"),
-        (["tokenize", "--model", "{good}", "x"], "not valid JSON"),
+        (["tokenize", "--model", "{good}", "x"], "special tokens missing"),  # a .txt is read as vocab.txt
         (["tokenize"], "either TEXT or --file"),
     ],
 )
