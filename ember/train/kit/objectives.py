@@ -61,7 +61,11 @@ class ObjectiveParts:
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """A torch.Generator seeded by (seed, step, rank): the batch of a step is a pure function.
-    Each rank masks its own rows, so the masks of a run depend on its world size."""
+    Each rank masks its own rows, so the masks of a run depend on its world size.
+
+    >>> torch.equal(torch.rand(2, generator=step_generator(0, 5, 0)), torch.rand(2, generator=step_generator(0, 5, 0)))
+    True
+    """
     state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -70,7 +74,12 @@ def encoder_flops(cfg: ModelConfig, T: int, head_share: float, extra: int = 0) -
     """Training FLOPs per window token of an encoder whose LM head runs at `head_share` of
     the positions (MLM: the masked 15%) and whose forward holds `extra` more rows than the
     window's T (XLNet's query stream): 6·N·R + 12·L·R²·D/T + 6·V·D·head_share, R = T + extra
-    rows (flops_per_token's count, with the head and the rows as computed)."""
+    rows (flops_per_token's count, with the head and the rows as computed).
+
+    >>> cfg = ModelConfig.tiny(causal=False)
+    >>> encoder_flops(cfg, 64, 1.0) == flops_per_token(cfg, 64) > encoder_flops(cfg, 64, 0.15)
+    True
+    """
     from ember.train.metrics import non_embedding_params
 
     rows = (T + extra) / T
