@@ -16,6 +16,12 @@ sentence as written, or were two of its words swapped?) and scored on held-out r
 The probe's sentences come from the corpus the encoders pre-train on (each sentence is a
 probe row once, as written or swapped), so pre-training has seen the originals: the probe
 asks whether the encoder learned what fluent text of this corpus looks like.
+
+Measured (2026-12-06, defaults: 4 × 128, 0.01 PFLOPs each, 2 shared CPU cores, ~9 min): MLM
+52.3%, ELECTRA 49.3%, PLM 50.0%, untrained 53.0% — all within noise of chance (σ ≈ 1.6
+points on 1,000 rows). At this budget MLM predicts 12% of masked tokens and ELECTRA's
+discriminator stays at its base rate (it calls every token original; BCE = the entropy of
+the 14% replaced), so the claim is neither confirmed nor refuted here: it needs more compute.
 """
 
 from __future__ import annotations
