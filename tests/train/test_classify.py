@@ -65,7 +65,7 @@ def toy_rows(n, seed):
 
 
 def small_cfg(tmp_path, **kw):
-    train = TrainConfig(steps=150, batch_size=16, eval_every=0, sample_every=0, save_every=0, log_every=20,
+    train = TrainConfig(steps=300, batch_size=16, eval_every=0, sample_every=0, save_every=0, log_every=20,
                         out=str(tmp_path / "clf"), progress=False, precision="fp32")
     return Config(train=train, optim=OptimConfig(lr=3e-3, warmup_steps=5), **kw)
 
