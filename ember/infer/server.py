@@ -2,7 +2,8 @@
 
 The app is thin: pydantic models validate (protocol.py), one thread owns the engine
 (worker.py), the generation endpoints plan, submit and format (completions.py), and an
-optional encoder beside the chat model answers /v1/embeddings (embeddings_api.py). Here:
+optional encoder beside the chat model answers /v1/embeddings (embeddings_api.py), and
+/tokenizer_info, /tokenize and /detokenize speak vLLM's shapes (tokenizer_api.py). Here:
 the routes, OpenAI-shaped errors for everything (a client mistake is never a 500), the
 OpenAPI schema, and Prometheus metrics.
 
@@ -24,7 +25,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .completions import check_model, handle_chat, handle_completion
+from . import tokenizer_api
+from .completions import handle_chat, handle_completion
 from .embeddings_api import EmbeddingModel, handle_embeddings
 from .engine import Engine
 from .protocol import (
@@ -36,7 +38,6 @@ from .protocol import (
     TokenizeRequest,
     describe_errors,
     error_body,
-    parse_request,
 )
 from .state import MAX_BODY_BYTES, Metrics, ServerState
 from .worker import EngineWorker
@@ -95,13 +96,17 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_byte
         w = state.worker
         return {"status": "ok", "model": state.model_id, "running": w.running, "waiting": w.waiting}
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        return tokenizer_api.tokenizer_info(state)
+
     @app.post("/tokenize", openapi_extra=_body(TokenizeRequest))
     async def tokenize(request: Request):
-        return await run_in_threadpool(_tokenize, state, await request.body())
+        return await run_in_threadpool(tokenizer_api.tokenize, state, await request.body())
 
     @app.post("/detokenize", openapi_extra=_body(DetokenizeRequest))
     async def detokenize(request: Request):
-        return await run_in_threadpool(_detokenize, state, await request.body())
+        return await run_in_threadpool(tokenizer_api.detokenize, state, await request.body())
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
@@ -149,29 +154,6 @@ def _model_routes(app: FastAPI, state: ServerState) -> None:
             raise APIError(404, f"The model '{model}' does not exist; this server serves {names}",
                            param="model", code="model_not_found")
         return cards[model]
-
-
-def _tokenize(state: ServerState, raw: bytes) -> JSONResponse:
-    body = parse_request(raw, TokenizeRequest)
-    check_model(state, body.model)
-    if body.messages is not None:
-        msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            ids, _ = state.tokenizer.render_chat(msgs, add_generation_prompt=body.add_generation_prompt)
-        except ValueError as e:  # the model's template refused these messages
-            raise APIError(400, str(e), param="messages") from None
-    else:
-        ids = state.tokenizer.encode(body.prompt, add_bos=None)  # BOS as generation adds it
-    return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": state.ctx})
-
-
-def _detokenize(state: ServerState, raw: bytes) -> JSONResponse:
-    body = parse_request(raw, DetokenizeRequest)
-    check_model(state, body.model)
-    try:
-        return JSONResponse({"prompt": state.tokenizer.decode(body.tokens)})
-    except ValueError as e:  # an id the vocabulary lacks
-        raise APIError(400, str(e), param="tokens") from None
 
 
 BODIES = (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest, EmbeddingRequest)
