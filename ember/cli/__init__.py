@@ -45,6 +45,9 @@ COMMANDS: dict[str, Command] = {
     "grpo": Command("ember.train.grpo", "GRPO with verifiable rewards"),
     "ppo": Command("ember.train.ppo", "RLHF: PPO against an `ember reward` model, KL to the reference",
                    prints=("before", "after", "score_first", "score_last", "kl_first", "kl_last")),
+    # looking inside
+    "trace": Command("ember.inspect.trace:trace", "one text through the model: tokens, logit lens, attention, sampling",
+                     "TraceConfig", positional="text", loads_model=True),
     # evaluation
     "eval tool-use": Command("ember.cli.evaluate:tool_use", "calculator tool use", "ToolUseEvalConfig"),
 }
