@@ -14,40 +14,14 @@ import json
 from typing import Annotated, Literal, TypeVar
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from .protocol_ext import Strict, Text, ToolCall, ToolFields, VendorSampling
 
 MAX_N = 8  # choices per request: each is its own engine request
 MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's cap for chat)
 MAX_STOP = 16
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-def _unicode(s: str) -> str:
-    # JSON can spell a lone UTF-16 surrogate ("\ud800"); it is no character, so it can
-    # be neither tokenized nor written back as UTF-8: refuse it here, naming the field.
-    if not s.isascii():
-        try:
-            s.encode("utf-8")
-        except UnicodeEncodeError as e:
-            msg = f"lone surrogate U+{ord(s[e.start]):04X} at character {e.start} is not valid Unicode"
-            raise PydanticCustomError("invalid_unicode", msg) from None
-    return s
-
-
-Text = Annotated[str, AfterValidator(_unicode)]  # every string a request carries
 
 
 class TextPart(Strict):
@@ -60,6 +34,7 @@ class ChatMessage(Strict):
     content: Text | list[TextPart] | None = None  # None only makes sense for assistant turns
     name: Text | None = None
     tool_call_id: Text | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn's calls
 
     def text(self) -> str:
         # Parts are joined with newlines, as vLLM does; OpenAI does not specify a separator.
@@ -75,7 +50,7 @@ class StreamOptions(Strict):
 Stop = Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None
 
 
-class SamplingFields(Strict):
+class SamplingFields(VendorSampling):
     """Fields both completion endpoints share (OpenAI's names and ranges, plus vLLM's
     top_k / min_p / repetition_penalty)."""
 
@@ -113,7 +88,7 @@ class SamplingFields(Strict):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(ToolFields, SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
@@ -224,7 +199,6 @@ class TokenizeRequest(Strict):
     add_special_tokens: bool | None = None
     return_token_strs: bool = False
 
-
     @model_validator(mode="after")
     def _one_input(self):
         if (self.prompt is None) == (self.messages is None):
@@ -281,7 +255,8 @@ def _path(err: dict) -> tuple:
     loc = loc[1:] if loc[:1] == ("body",) else loc
     key = loc[-1:] if err.get("type") == "extra_forbidden" else ()
     body = loc[: len(loc) - len(key)]
-    return tuple(p for p in body if isinstance(p, int) or not ("[" in p or p in _TYPE_TAGS)) + key
+    # (a model member of a union is tagged with its class name: "NamedToolChoice")
+    return tuple(p for p in body if isinstance(p, int) or not ("[" in p or p in _TYPE_TAGS or p[:1].isupper())) + key
 
 
 def _param(path: tuple) -> str | None:
