@@ -52,6 +52,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ember.model.kv_cache import KVCache
 
+from .constrain_step import constrain_logits
 from .request import (
     GenerationResult,
     Request,
@@ -63,10 +64,8 @@ from .request import (
 from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprobs
 
 # Request bookkeeping and stop strings live in request.py; their names stay importable from here.
-__all__ = [
-    "Engine", "GenerationResult", "Request", "StopStringMatcher", "StreamChunk", "TokenLogprob", "find_stop",
-    "partial_stop_len",
-]
+__all__ = ["Engine", "GenerationResult", "Request", "StopStringMatcher", "StreamChunk", "TokenLogprob",
+           "find_stop", "partial_stop_len"]
 
 # Decode attends over a key length (kv_len) rounded up to this (and the cache is sized in
 # multiples of it), so kv_len, and with it the float rounding, never depends on the neighbours.
@@ -103,11 +102,7 @@ class Engine:
         self, model, tokenizer, max_batch_size: int = 8, max_seq_len: int | None = None,
         compile: bool = False, batch_invariant: bool = True,
     ):
-        if (
-            isinstance(max_batch_size, bool)
-            or not isinstance(max_batch_size, int)
-            or max_batch_size < 1
-        ):
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if not isinstance(batch_invariant, bool):
             raise ValueError(f"batch_invariant must be a bool, got {batch_invariant!r}")
@@ -136,10 +131,10 @@ class Engine:
         self._active: Tensor | None = None  # [B] 1 for a running slot, 0 for a free one
 
     # ---- requests ---------------------------------------------------------------------
-    def add_request(
-        self, prompt_ids: Sequence[int], params: SamplingParams | None = None
-    ) -> Request:
-        """Validate and queue one request; `step()` runs it."""
+    def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
+                    constraint=None) -> Request:
+        """Validate and queue one request; `step()` runs it. constraint: a `TokenConstraint`
+        (ember.infer.constrained) that masks its logits; see constrain_step.py."""
         params = params or SamplingParams()
         prompt_ids = [int(t) for t in prompt_ids]
         n, m = len(prompt_ids), params.max_tokens
@@ -161,7 +156,7 @@ class Engine:
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
         req = Request(
             prompt_ids, params, self.tokenizer.stream_decoder(), StopStringMatcher(params.stop),
-            frozenset(stop_ids), t_arrival=time.perf_counter(),
+            frozenset(stop_ids), t_arrival=time.perf_counter(), constraint=constraint,
         )
         self.waiting.append(req)
         return req
@@ -224,6 +219,7 @@ class Engine:
 
     def _postprocess(self, reqs: list[Request], logits: Tensor) -> None:
         rows = [r.slot for r in reqs]
+        logits = constrain_logits(reqs, logits)  # the same tensor unless a request is constrained
         next_ids = self.sampler(logits, rows)  # [N]
         self.sampler.update(next_ids, rows)
         self._tokens[rows] = next_ids
@@ -346,8 +342,10 @@ class Engine:
         self,
         prompts: list[list[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        constraints: Sequence | None = None,
     ) -> list[GenerationResult]:
-        """Generate for every prompt (batched, up to max_batch_size at a time).
+        """Generate for every prompt (batched, up to max_batch_size at a time); constraints:
+        one `TokenConstraint` (or None) per prompt.
 
         >>> [r.text for r in engine.generate([ids], SamplingParams(max_tokens=8))]  # doctest: +SKIP
         """
@@ -355,9 +353,12 @@ class Engine:
             params = [params or SamplingParams()] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
+        constraints = [None] * len(prompts) if constraints is None else list(constraints)
+        if len(constraints) != len(prompts):
+            raise ValueError(f"{len(constraints)} constraints for {len(prompts)} prompts")
         if self.has_unfinished():
             raise RuntimeError("the engine is busy with other requests")
-        reqs = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        reqs = [self.add_request(p, sp, c) for p, sp, c in zip(prompts, params, constraints)]
         try:
             while self.has_unfinished():
                 self.step()
@@ -368,7 +369,7 @@ class Engine:
         return [r.result() for r in reqs]
 
     def stream(
-        self, prompt_ids: Sequence[int], params: SamplingParams | None = None
+        self, prompt_ids: Sequence[int], params: SamplingParams | None = None, constraint=None
     ) -> Iterator[StreamChunk]:
         """Yield the reply as it is generated; the last chunk carries the GenerationResult.
 
@@ -377,7 +378,7 @@ class Engine:
         """
         if self.has_unfinished():
             raise RuntimeError("the engine is busy with other requests")
-        req = self.add_request(prompt_ids, params)
+        req = self.add_request(prompt_ids, params, constraint)
         try:
             while not req.finished:
                 self.step()

@@ -129,6 +129,7 @@ class Request:
     t_arrival: float = 0.0  # add_request time: TTFT includes any wait in the queue
     t_first: float = 0.0
     t_last: float = 0.0
+    constraint: object = None  # a TokenConstraint (ember.infer.constrained) or None
 
     @property
     def finished(self) -> bool:
@@ -145,12 +146,16 @@ class Request:
             self.t_first = now
         self.t_last = now
         self.token_ids.append(token_id)
+        if self.constraint is not None:
+            self.constraint.advance(token_id)  # the mask allowed it (constrain_step.py)
         if token_id in self.stop_ids:  # EOS / stop token: its text is not part of the reply
             return self._finish("stop", self.decoder.flush())
         text, stopped = self.stopper.push(self.decoder.push(token_id))
         self._emit(text)
         if stopped:
             self.finish_reason = "stop"
+        elif self.constraint is not None and self.constraint.done:  # nothing more may follow
+            self._finish("stop", self.decoder.flush())
         elif len(self.token_ids) >= self.params.max_tokens:
             self._finish("length", self.decoder.flush())
 

@@ -1,0 +1,157 @@
+"""`Grammar` (a compiled constraint over one vocabulary) and `TokenConstraint` (one
+request's walk through it).
+
+A mask is the union over the live threads of each thread's mask, and a thread's mask is
+cached in the vocabulary's LRU (keyed by the thread itself, a hashable tuple), so a state
+that repeats (inside a free string, after a comma in an array of numbers) costs a dict
+lookup. A miss walks the vocabulary trie (vocab.py), with the free-string fast path.
+EOS ids are allowed exactly when some thread may end here.
+
+>>> from ember.infer.constrained.nodes import Lit                   # doctest: +SKIP
+>>> c = Grammar(Lit(b"ok"), vocab_for(tok)).start()                 # doctest: +SKIP
+>>> c.allowed().nonzero().flatten()                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import codecs
+
+import torch
+
+from .json_nodes import Str
+from .nodes import FreeText, Node, accepting, initial_threads, step_all
+from .vocab import MASK_CACHE_SIZE, Vocab
+
+
+def walk(trie: dict, threads: list[tuple], out: list[int]) -> None:
+    """Append to out the ids of every token in trie that some thread can consume whole."""
+    todo = [(trie, threads)]
+    while todo:
+        node, ths = todo.pop()
+        for b, child in node.items():
+            if b is None:
+                continue
+            nxt = step_all(ths, b)
+            if not nxt:
+                continue
+            ids = child.get(None)
+            if ids:
+                out.extend(ids)
+            if len(child) > (ids is not None):
+                todo.append((child, nxt))
+
+
+class Grammar:
+    """A constraint compiled for one vocabulary; `start()` gives each request its own
+    `TokenConstraint`. Made by `json_schema`, `json_object`, `regex`, `choice`,
+    `tool_calls` (cached: the same arguments give the same object)."""
+
+    def __init__(self, root: Node, vocab: Vocab, description: str = ""):
+        self.root, self.vocab, self.description = root, vocab, description
+        self.initial = initial_threads(root)
+        self._eos = torch.tensor(vocab.eos_ids, dtype=torch.long)
+
+    def __repr__(self) -> str:
+        return f"Grammar({self.description})"
+
+    def start(self) -> TokenConstraint:
+        return TokenConstraint(self)
+
+    def thread_mask(self, thread: tuple) -> torch.Tensor:
+        """bool [V]: the tokens this thread can consume (never EOS); cached."""
+        v = self.vocab
+        return v.cached(v.masks, thread, lambda: self._compute_mask(thread), MASK_CACHE_SIZE)
+
+    def _compute_mask(self, thread: tuple) -> torch.Tensor:
+        v = self.vocab
+        if not thread:
+            return torch.zeros(v.size, dtype=torch.bool)
+        node, local = thread[-1]
+        if isinstance(node, FreeText) and local < 0:
+            return v.text_mask
+        ids: list[int] = []
+        if isinstance(node, Str) and node.is_free_body(local):
+            base = v.string_body
+            if node.max_len is not None:
+                base = base & (v.string_chars <= node.max_len - local[1])
+            walk(v.rest_trie, [thread], ids)
+            return v.ids_to_mask(ids, base)
+        walk(v.trie, [thread], ids)
+        return v.ids_to_mask(ids)
+
+    def matches(self, text: str) -> bool:
+        """Is text a complete output of this grammar?
+
+        >>> g.matches('{"a": 1}')                                       # doctest: +SKIP
+        True
+        """
+        threads = self.initial
+        for b in text.encode():
+            threads = step_all(threads, b)
+            if not threads:
+                return False
+        return any(accepting(t) for t in threads)
+
+
+class TokenConstraint:
+    """One request's position in a grammar: which tokens may come next, and the text so far.
+
+    allowed() is a bool [vocab_size] mask; advance(token_id) takes the sampled token
+    (ValueError if the mask forbids it); done says the output is complete and nothing may
+    follow, so generation must stop. After an EOS token (allowed only when the output is
+    complete) the constraint is done too."""
+
+    def __init__(self, grammar: Grammar):
+        self.grammar = grammar
+        self._threads = grammar.initial
+        self._bytes = bytearray()
+        self._ended = False
+
+    @property
+    def complete(self) -> bool:
+        """The output may end here (EOS is allowed), though more may follow."""
+        return self._ended or any(accepting(t) for t in self._threads)
+
+    @property
+    def done(self) -> bool:
+        return self._ended or all(not t for t in self._threads)
+
+    def allowed(self) -> torch.Tensor:
+        g = self.grammar
+        if self.done:  # only EOS may follow a finished output
+            mask = torch.zeros(g.vocab.size, dtype=torch.bool)
+            mask[g._eos] = not self._ended
+            return mask
+        masks = [g.thread_mask(t) for t in self._threads]
+        mask = masks[0]
+        for m in masks[1:]:
+            mask = mask | m
+        if self.complete:
+            mask = mask.clone() if len(masks) == 1 else mask
+            mask[g._eos] = True
+        return mask
+
+    def advance(self, token_id: int) -> None:
+        v = self.grammar.vocab
+        token_id = int(token_id)
+        if self.done:
+            raise ValueError(f"token {token_id} after the end of a complete output")
+        if token_id in v.eos_ids:
+            if not self.complete:
+                raise ValueError(f"end of text (token {token_id}) before the output is complete: {self.text()!r}")
+            self._ended = True
+            return
+        data = v.token_bytes[token_id] if 0 <= token_id < v.size else None
+        if data is None:
+            raise ValueError(f"token {token_id} is a special or unknown token, not allowed here")
+        threads = self._threads
+        for b in data:
+            threads = step_all(threads, b)
+            if not threads:
+                raise ValueError(f"token {token_id} ({data!r}) does not continue {self.text()!r}")
+        self._threads = threads
+        self._bytes += data
+
+    def text(self) -> str:
+        """The output so far (an unfinished UTF-8 character at the end is held back)."""
+        return codecs.getincrementaldecoder("utf-8")("replace").decode(bytes(self._bytes))
