@@ -28,6 +28,7 @@ from .tool_calls import (
     render_prompt,
     resolve_tool_choice,
 )
+from .tool_stream import ToolCallStream
 
 
 @dataclass
@@ -61,6 +62,32 @@ def setup_chat(tokenizer, body) -> ChatSetup:
         raise _api_error(e) from None
     incremental = grammar is not None and choice != "none"
     return ChatSetup(ids, choice, grammar, incremental)
+
+
+class ChatDeltas:
+    """A chat stream's deltas per choice: content as it comes, or (tool_choice not "none")
+    through a ToolCallStream each; finish_reason "tool_calls" for a choice that called."""
+
+    def __init__(self, setup: ChatSetup, plan, tokenizer):
+        self.plan, self.tokenizer = plan, tokenizer
+        on = setup.choice != "none" and not plan.zero
+        self.streams = {i: ToolCallStream(setup.incremental) for i, _, _ in plan.specs} if on else {}
+
+    def __call__(self, ev) -> list[dict]:
+        """The deltas of one engine event (worker.Event) of choice ev.index."""
+        plan, i, last = self.plan, ev.index, ev.result is not None
+        if plan.zero:
+            return []
+        text = ev.text + (stop_suffix(self.tokenizer, ev.result, plan.stops, plan.end_ids) if last else "")
+        if i not in self.streams:
+            return [{"content": text}] if text else []
+        return self.streams[i].push(text) + (self.streams[i].finish() if last else [])
+
+    def reason(self, i: int, finish_reason: str) -> str:
+        if self.plan.zero:
+            return "length"
+        calls = i in self.streams and self.streams[i].n_calls
+        return "tool_calls" if calls and finish_reason == "stop" else finish_reason
 
 
 def check_sampling_extras(body, vocab_size: int, max_tokens: int) -> None:
@@ -105,6 +132,9 @@ class MinTokens:
 
     def advance(self, token_id: int) -> None:
         self.count += 1
+
+    def text(self) -> str:
+        return ""
 
 
 class AllOf:

@@ -25,6 +25,14 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from . import protocol as P
+from .chat_tools import (
+    ChatDeltas,
+    ChatSetup,
+    check_sampling_extras,
+    constraint_factory,
+    setup_chat,
+    stop_suffix,
+)
 from .engine import GenerationResult
 from .protocol import (
     APIError,
@@ -36,6 +44,7 @@ from .protocol import (
 )
 from .sampling import SamplingParams
 from .state import ServerState
+from .tool_calls import to_message
 from .worker import Event, Job
 
 DISCONNECT_POLL_S = 0.25  # how often a plain (non-streaming) request checks for a hang-up
@@ -80,6 +89,9 @@ class Plan:
     prompts: list[list[int]]
     specs: list[tuple[int, list[int], SamplingParams]]
     zero: bool  # max_tokens 0: the engine makes one token that nobody sees
+    constraint: object = None  # makes each choice's decoding constraint (chat_tools), or None
+    stops: tuple = ()  # stop strings, and the ids that end a reply (include_stop_str_in_output)
+    end_ids: frozenset = frozenset()
 
     @property
     def prompt_tokens(self) -> int:
@@ -98,7 +110,7 @@ def check_fits_queue(state: ServerState, n_prompts: int, n: int) -> None:
 
 
 def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | None,
-          prompt_logprobs: bool = False) -> Plan:
+          prompt_logprobs: bool = False, grammar=None) -> Plan:
     where = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     ctx, asked = state.ctx, body.max_new_tokens
     V = min(state.engine.config.vocab_size, state.tokenizer.vocab_size)  # ids both know
@@ -118,9 +130,13 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
                                 f"requested {len(ids) + m} tokens ({len(ids)} in the {where}, {m} for "
                                 f"max_tokens). Please reduce the {where} or max_tokens.",
                            param="max_tokens", code="context_length_exceeded")
+        check_sampling_extras(body, V, m)
         for j in range(body.n):
             specs.append((p * body.n + j, ids, _params(body, j, m, n_logprobs, prompt_logprobs)))
-    return Plan(prompts, specs, zero=asked == 0)
+    end_ids = frozenset(body.stop_token_ids or ()) | frozenset(() if body.ignore_eos else state.tokenizer.eos_token_ids)
+    make = constraint_factory(grammar, body.min_tokens, end_ids, state.tokenizer.vocab_size)
+    stops = tuple(body.stop_list()) if body.include_stop_str_in_output else ()
+    return Plan(prompts, specs, zero=asked == 0, constraint=make, stops=stops, end_ids=end_ids)
 
 
 def _params(body, j: int, max_tokens: int, n_logprobs: int | None, prompt_logprobs: bool) -> SamplingParams:
@@ -135,7 +151,7 @@ def _params(body, j: int, max_tokens: int, n_logprobs: int | None, prompt_logpro
             presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
             seed=None if body.seed is None else (body.seed + j) % (P.MAX_SEED + 1),
             max_tokens=max(max_tokens, 1), stop=tuple(body.stop_list()), logprobs=n_logprobs,
-            prompt_logprobs=prompt_logprobs,
+            prompt_logprobs=prompt_logprobs, ignore_eos=body.ignore_eos, stop_token_ids=tuple(body.stop_token_ids or ()),
         )
     except ValueError as e:  # the protocol's bounds should have caught it: still the client's value
         raise APIError(400, str(e)) from None
@@ -152,7 +168,8 @@ class Generation:
                                 f"{state.max_queue}); retry later", type="server_error", code="server_overloaded")
         self.state, self.plan, self.queue = state, plan, asyncio.Queue()
         loop = asyncio.get_running_loop()
-        jobs = [Job(i, ids, params, loop, self.queue) for i, ids, params in plan.specs]
+        jobs = [Job(i, ids, params, loop, self.queue, constraint=plan.constraint and plan.constraint())
+                for i, ids, params in plan.specs]
         self.pending = {j.index: j for j in jobs}
         self.closed = False
         state.in_flight += len(jobs)
@@ -207,8 +224,10 @@ async def _gather(state: ServerState, plan: Plan, request: Request) -> list[Choi
     return choices
 
 
-def _finish(c: Choice, zero: bool) -> tuple[str, str]:
-    return ("length" if zero else c.result.finish_reason), ("" if zero else c.text)
+def _finish(state: ServerState, c: Choice, plan: Plan) -> tuple[str, str]:
+    if plan.zero:
+        return "length", ""
+    return c.result.finish_reason, c.text + stop_suffix(state.tokenizer, c.result, plan.stops, plan.end_ids)
 
 
 def _head(kind: str, state: ServerState) -> dict:
@@ -220,7 +239,7 @@ def _head(kind: str, state: ServerState) -> dict:
 async def handle_chat(state: ServerState, request: Request):
     # Parsing, the chat template and tokenizing cost CPU in proportion to the body (up to
     # --max_body_bytes): a worker thread does them, so the event loop keeps answering.
-    body, plan = await run_in_threadpool(_prepare_chat, state, await request.body())
+    body, plan, setup = await run_in_threadpool(_prepare_chat, state, await request.body())
     k, tok = body.top_logprobs or 0, state.tokenizer
 
     def lps(entries):
@@ -228,37 +247,34 @@ async def handle_chat(state: ServerState, request: Request):
 
     if body.stream:
         gen = Generation(state, plan)
-        return _stream(_chat_chunks(state, body, gen, lps), gen)
+        return _stream(_chat_chunks(state, body, gen, lps, setup), gen)
     choices = await _gather(state, plan, request)
-    return await run_in_threadpool(_chat_response, state, plan, choices, lps)
+    return await run_in_threadpool(_chat_response, state, plan, choices, lps, setup)
 
 
-def _prepare_chat(state: ServerState, raw: bytes) -> tuple[ChatCompletionRequest, Plan]:
+def _prepare_chat(state: ServerState, raw: bytes) -> tuple[ChatCompletionRequest, Plan, ChatSetup]:
     body = P.parse_request(raw, ChatCompletionRequest)
     check_model(state, body.model)
     check_fits_queue(state, 1, body.n)
-    msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-    try:
-        ids, _ = state.tokenizer.render_chat(msgs, add_generation_prompt=True)
-    except ValueError as e:  # the model's template refused these messages
-        raise APIError(400, str(e), param="messages") from None
+    setup = setup_chat(state.tokenizer, body)  # tools, tool_choice, response_format (400s name them)
     k = body.top_logprobs or 0
-    return body, _plan(state, body, [ids], k if body.logprobs else None)
+    return body, _plan(state, body, [setup.ids], k if body.logprobs else None, grammar=setup.grammar), setup
 
 
-def _chat_response(state: ServerState, plan: Plan, choices: list[Choice], lps) -> JSONResponse:
+def _chat_response(state: ServerState, plan: Plan, choices: list[Choice], lps, setup: ChatSetup) -> JSONResponse:
     out = []
     for i, c in enumerate(choices):
-        reason, text = _finish(c, plan.zero)
-        msg = {"role": "assistant", "content": text}
+        reason, text = _finish(state, c, plan)
+        msg, reason = to_message(text, reason, "none" if plan.zero else setup.choice)
         out.append({"index": i, "message": msg, "logprobs": lps([] if plan.zero else c.logprobs), "finish_reason": reason})
     completion = sum(len(c.token_ids) for c in choices) if not plan.zero else 0
     usage = P.usage(plan.prompt_tokens, completion)
     return JSONResponse({**_head("chat.completion", state), "choices": out, "usage": usage})
 
 
-async def _chat_chunks(state, body, gen: Generation, lps):
+async def _chat_chunks(state, body, gen: Generation, lps, setup: ChatSetup):
     head, completion, plan = _head("chat.completion.chunk", state), 0, gen.plan
+    deltas = ChatDeltas(setup, plan, state.tokenizer)
 
     def chunk(i, delta, reason=None, logprobs=None):
         return P.sse({**head, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]})
@@ -270,11 +286,14 @@ async def _chat_chunks(state, body, gen: Generation, lps):
             if ev.error:
                 yield P.sse(error_body(ev.error, type="server_error"))
                 break
-            if not plan.zero and (ev.text or (body.logprobs and ev.logprobs)):
-                yield chunk(ev.index, {"content": ev.text}, logprobs=lps(ev.logprobs))
+            ds = deltas(ev)
+            if body.logprobs and ev.logprobs and not plan.zero and not ds:
+                ds = [{}]  # tokens whose text is held back still send their log-probs
+            for j, d in enumerate(ds):
+                yield chunk(ev.index, d, logprobs=lps(ev.logprobs) if j == 0 else None)
             if ev.result is not None:
                 completion += 0 if plan.zero else ev.result.completion_tokens
-                yield chunk(ev.index, {}, reason="length" if plan.zero else ev.result.finish_reason)
+                yield chunk(ev.index, {}, reason=deltas.reason(ev.index, ev.result.finish_reason))
     finally:
         gen.close()
     if body.include_usage:
@@ -322,7 +341,7 @@ def _completion_response(state: ServerState, body, plan: Plan, choices: list[Cho
     out = []
     for i, c in enumerate(choices):
         p = i // body.n
-        reason, text = _finish(c, plan.zero)
+        reason, text = _finish(state, c, plan)
         logprobs = lps(c, plan.prompts[p], echoes[p])
         out.append({"index": i, "text": echoes[p] + text, "logprobs": logprobs, "finish_reason": reason})
     completion = sum(len(c.token_ids) for c in choices) if not plan.zero else 0
@@ -357,7 +376,8 @@ async def _completion_chunks(state, body, gen: Generation, echoes, lps):
             sent[i] = offset + len(echo + part.text)
             if ev.result is not None:
                 completion += 0 if plan.zero else ev.result.completion_tokens
-                yield chunk(i, "", reason="length" if plan.zero else ev.result.finish_reason)
+                tail = "" if plan.zero else stop_suffix(state.tokenizer, ev.result, plan.stops, plan.end_ids)
+                yield chunk(i, tail, reason="length" if plan.zero else ev.result.finish_reason)
     finally:
         gen.close()
     if body.include_usage:

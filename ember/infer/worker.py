@@ -49,6 +49,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue  # shared by the jobs of one HTTP request
     req: object = None  # the engine's Request, once added
+    constraint: object = None  # a TokenConstraint-like mask for its logits (chat_tools), or None
     sent: int = 0  # tokens already handed over
 
 
@@ -118,7 +119,8 @@ class EngineWorker:
 
     def _add(self, job: Job) -> None:
         try:
-            job.req = self.engine.add_request(job.prompt_ids, job.params)
+            extra = {} if job.constraint is None else {"constraint": job.constraint}
+            job.req = self.engine.add_request(job.prompt_ids, job.params, **extra)
         except ValueError as e:  # handlers check first; this is the engine's last word
             return self._send(job, Event(job.index, error=str(e)))
         except Exception as e:  # an engine bug: fail this request, keep the thread serving
