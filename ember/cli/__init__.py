@@ -50,6 +50,8 @@ COMMANDS: dict[str, Command] = {
                      "TraceConfig", positional="text", loads_model=True),
     # evaluation
     "eval tool-use": Command("ember.cli.evaluate:tool_use", "calculator tool use", "ToolUseEvalConfig"),
+    "eval run": Command("ember.cli.evaluate:run", "an lm-eval style task (multiple choice, generation, perplexity)",
+                        "EvalRunConfig", loads_model=True),
 }
 
 EPILOG = "`ember COMMAND --help` lists a command's options. An error is one line; EMBER_DEBUG=1 shows its traceback."
