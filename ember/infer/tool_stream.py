@@ -3,7 +3,8 @@
 gives the message a plain response has (tool_calls.to_message).
 
 Text outside calls streams as content, except what may begin `<tool_call>` and trailing
-whitespace (sent once more text follows; dropped at the end, as `split_calls` strips it).
+whitespace (sent once more text follows; at the end, dropped after calls, as `split_calls`
+strips it, and sent when there were none).
 A call's first fragment carries its index, id, type and name with empty arguments. Then:
 
 - incremental (constrained decoding, where every call that starts is valid): the
@@ -57,6 +58,8 @@ class ToolCallStream:
             out = [self._fragment({"arguments": rest})] if rest else []
         else:
             out = self._say((CALL_OPEN if self._in_call else "") + self._buf)
+            if self._held and not self.n_calls:  # no call: the text is the reply, as it was
+                out.append({"content": self._held})
         self._buf, self._held, self._in_call = "", "", False
         return out
 
@@ -109,7 +112,7 @@ class ToolCallStream:
             return True, out
         args = self._buf[self._args_at:]
         safe = args[: len(args) - partial_stop_len(args, [CALL_CLOSE])].rstrip()
-        safe = safe[:-1] if safe.endswith("}") else safe  # maybe the call's own closing brace
+        safe = safe[:-1].rstrip() if safe.endswith("}") else safe  # maybe the call's own closing brace
         if len(safe) > self._sent:
             out.append(self._fragment({"arguments": safe[self._sent:]}))
             self._sent = len(safe)
