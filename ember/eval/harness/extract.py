@@ -4,7 +4,7 @@ A task's `filter_list` is a list of named pipelines; each step is `{function: NA
 lm-eval's functions: `regex` (regex_pattern, group_select, fallback), `take_first`,
 `lowercase`, `uppercase`, `remove_whitespace`. ember adds presets built on `regex`
 (lm-eval rejects these names; write them as `regex` steps there): `first_number`,
-`last_number` and `choice_letter` (the letter A-Z standing alone).
+`last_number` and `choice_letter` (the first letter A-H standing alone; not I, a word).
 Each item has one response here, so `take_first` keeps it as is.
 
     >>> build_pipeline([{"function": "regex", "regex_pattern": "(-?[0-9]+)", "group_select": -1}])("3 + 4 = 7")
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 FALLBACK = "[invalid]"  # lm-eval's RegexFilter default
 NUMBER = r"(-?[0-9]+(?:\.[0-9]+)?)"
-PRESETS = {"first_number": (NUMBER, 0), "last_number": (NUMBER, -1), "choice_letter": (r"\b([A-Z])\b", 0)}
+PRESETS = {"first_number": (NUMBER, 0), "last_number": (NUMBER, -1), "choice_letter": (r"\b([A-H])\b", 0)}
 
 
 def regex_extract(text: str, pattern: str, group_select: int = 0, fallback: str = FALLBACK) -> str:
