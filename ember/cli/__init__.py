@@ -50,6 +50,10 @@ COMMANDS: dict[str, Command] = {
                      "TraceConfig", positional="text", loads_model=True),
     # evaluation
     "eval tool-use": Command("ember.cli.evaluate:tool_use", "calculator tool use", "ToolUseEvalConfig"),
+    # agents
+    "agent": Command("ember.agents.cli:agent", "an agent (ReAct or plan-and-execute) with built-in tools",
+                     "AgentConfig", positional="task", loads_model=True),
+    "tool python": Command("ember.agents.cli:tool_python", "run a Python file in the sandbox", "ToolPythonConfig"),
     "eval run": Command("ember.cli.evaluate:run", "an lm-eval style task (multiple choice, generation, perplexity)",
                         "EvalRunConfig", loads_model=True),
 }
