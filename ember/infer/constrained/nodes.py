@@ -166,7 +166,7 @@ def feed(stack: tuple, b: int, out: set) -> None:
     for act in node.step(local, b):
         kind = act[0]
         if kind == STAY:
-            out.add(base + ((node, act[1]),))
+            out.add(_normalize(base + ((node, act[1]),)) if node.final(act[1]) else base + ((node, act[1]),))
         elif kind == DONE:
             out.add(_normalize(base))
         else:
