@@ -119,8 +119,7 @@ class EngineWorker:
 
     def _add(self, job: Job) -> None:
         try:
-            extra = {} if job.constraint is None else {"constraint": job.constraint}
-            job.req = self.engine.add_request(job.prompt_ids, job.params, **extra)
+            job.req = self.engine.add_request(job.prompt_ids, job.params, constraint=job.constraint)
         except ValueError as e:  # handlers check first; this is the engine's last word
             return self._send(job, Event(job.index, error=str(e)))
         except Exception as e:  # an engine bug: fail this request, keep the thread serving
