@@ -230,3 +230,24 @@ def test_stop_suffix_names_the_stop_string_that_ended_the_reply(smollm2_tokenize
     assert stop_suffix(tok, result("Hello ", ids), ["ND", "END"], {2}) == "END"
     assert stop_suffix(tok, result("Hello ", ids, "length"), ["END"], {2}) == ""
     assert stop_suffix(tok, result("Hello END there", ids + [2]), ["END"], {2}) == ""  # EOS ended it
+
+
+# ---- chat(): the same turn for Python callers ------------------------------------------------
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_chat_returns_the_servers_message(constrained):
+    from infer_helpers import IM_END, ScriptedModel, make_tokenizer
+
+    from ember.infer import Engine
+    from ember.infer.tool_calls import chat
+
+    tok, msgs = make_tokenizer(), [{"role": "user", "content": "Weather in Paris?"}]
+    reply = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    start = len(render_prompt(tok, msgs, check_tools([WEATHER, CLOCK])))
+    engine = Engine(ScriptedModel([*reply.encode(), IM_END], start, fill=IM_END, max_seq_len=1024), tok)
+    out = chat(engine, tok, msgs, tools=[WEATHER, CLOCK], tool_choice="get_weather", constrained=constrained)
+    assert out["finish_reason"] == "tool_calls" and out["message"]["content"] is None
+    assert out["message"]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    with pytest.raises(ToolError, match="send_mail"):
+        chat(engine, tok, msgs, tools=[WEATHER], tool_choice="send_mail")
