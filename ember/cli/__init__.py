@@ -48,6 +48,10 @@ COMMANDS: dict[str, Command] = {
     # looking inside
     "trace": Command("ember.inspect.trace:trace", "one text through the model: tokens, logit lens, attention, sampling",
                      "TraceConfig", positional="text", loads_model=True),
+    # retrieval
+    "rag index": Command("ember.rag.cli_index:index", "index files into a RAG store (SQLite or PostgreSQL)",
+                         "IndexConfig", many=("input",), loads_model=True),
+    "rag pydoc": Command("ember.rag.cli_index:pydoc", "write Python's pydoc topics as a text corpus", "PydocConfig"),
     # evaluation
     "eval tool-use": Command("ember.cli.evaluate:tool_use", "calculator tool use", "ToolUseEvalConfig"),
     # agents

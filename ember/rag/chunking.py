@@ -40,6 +40,7 @@ MIN_FILL = 0.5  # a chunk ends at a weaker cut rather than below half the budget
 HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
 FENCE = re.compile(r"^[ \t]{0,3}(```|~~~)")
 PY_DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?(def|class)[ \t]+(\w+)")
+RST_MARKS = set("=-*~^\"'+#`:._")
 SENTENCE_END = re.compile(r"(?<=[.!?])[ \t]+(?=\S)")
 
 
@@ -55,12 +56,13 @@ class Span:
 
 def sections(text: str, kind: str) -> list[tuple[int, int, tuple[str, ...]]]:
     """(start, end, heading path) covering `text`, split at Markdown headings (markdown,
-    html) or Python class/def lines (python); one section for other kinds.
+    html), Python class/def lines (python) or underlined reStructuredText headings (text).
 
     >>> sections("intro\\n# A\\nx\\n## B\\ny\\n", "markdown")
     [(0, 6, ()), (6, 12, ('A',)), (12, 19, ('A', 'B'))]
     """
-    starts = {"markdown": _markdown_starts, "html": _markdown_starts, "python": _python_starts}
+    starts = {"markdown": _markdown_starts, "html": _markdown_starts, "python": _python_starts,
+              "text": _rst_starts}
     cuts = starts[kind](text) if kind in starts else []
     if not cuts or cuts[0][0] != 0:
         cuts.insert(0, (0, ()))
@@ -90,6 +92,23 @@ def _markdown_starts(text: str) -> list[tuple[int, tuple[str, ...]]]:
         if h:
             level = len(h.group(1))
             stack = [x for x in stack if x[0] < level] + [(level, h.group(2).strip())]
+            out.append((pos, tuple(t for _, t in stack)))
+    return out
+
+
+def _rst_starts(text: str) -> list[tuple[int, tuple[str, ...]]]:
+    """A line underlined by one repeated punctuation character, as long as it, is a heading;
+    levels follow the order in which underline characters first appear (as in docutils)."""
+    out, stack, levels = [], [], []
+    lines = list(_lines(text))
+    for (pos, line), (_, under) in zip(lines, lines[1:]):
+        title, mark = line.strip(), under.strip()
+        if (len(mark) >= max(3, len(title)) and mark[0] in RST_MARKS and mark == mark[0] * len(mark)
+                and title and not line[0].isspace() and not title.startswith(mark[0] * 3)):
+            if mark[0] not in levels:
+                levels.append(mark[0])
+            level = levels.index(mark[0])
+            stack = [x for x in stack if x[0] < level] + [(level, title)]
             out.append((pos, tuple(t for _, t in stack)))
     return out
 
@@ -138,6 +157,9 @@ def atoms(text: str, start: int, end: int) -> list[tuple[int, int, int]]:
         if not line.strip() and out and fence is None:
             s, _, _ = out[-1]
             out[-1] = (s, pos + len(line), PARAGRAPH)  # blank lines ride with the atom before
+            continue
+        if not line.strip() and out:
+            out[-1] = (out[-1][0], pos + len(line), out[-1][2])  # white space joins the atom before
             continue
         cuts = [pos] + [pos + m.end() for m in SENTENCE_END.finditer(line)] + [pos + len(line)]
         for a, b in zip(cuts, cuts[1:]):
@@ -211,7 +233,9 @@ def _pack(text, units, path, count, budget, overlap) -> list[Span]:
             if n <= budget or j == i + 1:
                 break
             j -= 1
-        if b > a:
+        if b > a and out and a <= out[-1].start:
+            out[-1] = Span(a, b, path, n)  # same start (atoms of no tokens between): the longer one
+        elif b > a:
             out.append(Span(a, b, path, n))
         if j >= len(units):
             break

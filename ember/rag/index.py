@@ -120,11 +120,7 @@ class Index:
     def add(self, paths, progress: bool = True) -> IndexReport:
         """Index files and folders (see the module docstring); returns what was done."""
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        if not paths:
-            raise ValueError("no input given: name files or folders to index")
-        files = list(iter_files(paths))
-        if not files:
-            raise ValueError(f"nothing to index: no files under {', '.join(map(str, paths))}")
+        files = input_files(paths)
         t0 = time.perf_counter()
         with self.store.lock():
             self._prepare()
@@ -181,6 +177,16 @@ class Index:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def input_files(paths: list) -> list[Path]:
+    """The files to index under `paths`; a ValueError when there are none."""
+    if not paths:
+        raise ValueError("no input given: name files or folders to index")
+    files = list(iter_files(paths))
+    if not files:
+        raise ValueError(f"nothing to index: no files under {', '.join(map(str, paths))}")
+    return files
 
 
 def display_path(path: Path) -> str:

@@ -90,7 +90,7 @@ def read_bytes(path: Path) -> bytes:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise Skip(f"larger than {MAX_FILE_BYTES >> 20} MiB ({size} bytes)")
+            raise Skip(f"{size} bytes, over the limit of {MAX_FILE_BYTES}")
         return path.read_bytes()
     except OSError as e:
         raise Skip(f"unreadable ({e.strerror or e})") from None
