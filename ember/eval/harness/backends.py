@@ -56,8 +56,9 @@ class EngineBackend:
 
     @torch.inference_mode()
     def score(self, groups: list[Group]) -> list[list[tuple[float, bool]]]:
-        fn = self._score_shared if self.shared_prefill else self._score_naive
-        return [fn(ctx, conts) for ctx, conts in groups]
+        # one continuation (a rolling window) has nothing to share: one plain causal forward
+        return [(self._score_shared if self.shared_prefill and len(conts) > 1 else self._score_naive)(ctx, conts)
+                for ctx, conts in groups]
 
     def _device(self):
         return next(self.model.parameters()).device
