@@ -52,6 +52,12 @@ COMMANDS: dict[str, Command] = {
     "rag index": Command("ember.rag.cli_index:index", "index files into a RAG store (SQLite or PostgreSQL)",
                          "IndexConfig", many=("input",), loads_model=True),
     "rag pydoc": Command("ember.rag.cli_index:pydoc", "write Python's pydoc topics as a text corpus", "PydocConfig"),
+    "rag search": Command("ember.cli.rag:search", "search a RAG store (hybrid, BM25 or dense)", "RagSearchConfig",
+                          positional="query"),
+    "rag ask": Command("ember.cli.rag:ask", "answer from a RAG store with cited sources", "RagAskConfig",
+                       positional="question", loads_model=True),
+    "rag eval": Command("ember.cli.rag:evaluate", "recall@k, MRR, nDCG@10 per search mode on labelled questions",
+                        "RagEvalConfig", many=("modes",)),
     # evaluation
     "eval tool-use": Command("ember.cli.evaluate:tool_use", "calculator tool use", "ToolUseEvalConfig"),
     # agents
@@ -60,6 +66,8 @@ COMMANDS: dict[str, Command] = {
     "tool python": Command("ember.agents.cli:tool_python", "run a Python file in the sandbox", "ToolPythonConfig"),
     "eval run": Command("ember.cli.evaluate:run", "an lm-eval style task (multiple choice, generation, perplexity)",
                         "EvalRunConfig", loads_model=True),
+    "report": Command("ember.eval.report:report", "one self-contained HTML page about runs (curves, evals, configs)",
+                      "ReportConfig", many=("runs",), positional="runs"),
 }
 
 EPILOG = "`ember COMMAND --help` lists a command's options. An error is one line; EMBER_DEBUG=1 shows its traceback."
