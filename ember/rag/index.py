@@ -68,12 +68,14 @@ class Index:
     `tokenize(text)` (ids with the two specials), `dim` and `max_tokens`; None loads
     `embedding_model` when first needed. rebuild: accept a database built with another model
     or other chunk settings; `add` then re-chunks and re-embeds everything. create=False:
-    the database must already exist (for searching).
+    the database must already exist (for searching). pg_schema: the PostgreSQL schema
+    holding the store's tables. batch_chunks: chunks embedded together before their
+    documents are written.
     """
 
     def __init__(self, db, embedding_model: str | None = None, chunk_tokens: int = 200, overlap: int = 32,
                  late_chunking: bool = False, embedder=None, backend: str = "sqlite", rebuild: bool = False,
-                 create: bool = True, batch_chunks: int = 128):
+                 create: bool = True, batch_chunks: int = 128, pg_schema: str = "ember_rag"):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
         if chunk_tokens < 8 or not 0 <= overlap <= chunk_tokens // 2:
@@ -82,7 +84,7 @@ class Index:
         if backend == "postgres":
             from ember.rag.pgstore import PgStore
 
-            self.store = PgStore(str(db))
+            self.store = PgStore(str(db), schema=pg_schema)
         else:
             from ember.rag.store import SQLiteStore
 
