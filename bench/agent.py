@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N tasks of each kind")
     ap.add_argument("--strategy", choices=["react", "plan"], default="react")
     ap.add_argument("--max-steps", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=128, help="most tokens per model turn")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["base", "adapter"], default=None, help="run one of the two models")
     ap.add_argument("--out", default=None, help="write every task's record here (JSON)")
@@ -53,7 +54,7 @@ def main() -> None:
         start = time.perf_counter()
 
         def fresh(m=agent_model):
-            return EngineModel(m.engine, m.tokenizer, temperature=0.0, seed=0)
+            return EngineModel(m.engine, m.tokenizer, temperature=0.0, seed=0, max_tokens=args.max_tokens)
 
         def show(rec, name=name):
             print(f"{name:8} {rec['id']:10} {'right' if rec['right'] else 'wrong'}  called={rec['called']} "

@@ -11,10 +11,12 @@ What confines it beyond that depends on the machine (`isolation()` probes once):
 
 - "root" (running as root, namespaces available): no network (an empty network
   namespace), no filesystem beyond read-only /usr and the Python installation (a mount
-  namespace and chroot into an empty tmpfs), a PID namespace (every process dies with the
+  namespace and chroot into an empty tmpfs; the working folder and /tmp are tmpfs of
+  `disk_mb` each, so nothing written reaches the host's disk), a PID namespace (every process dies with the
   script), uid `nobody`, no_new_privs. See `ember.agents.sandbox_child`.
 - "userns" (unprivileged user namespaces): the same namespaces, as the calling user.
-- "none": limits only, plus an audit hook refusing sockets, ctypes, subprocesses, signals
+- "none": limits only (the working folder is the temporary folder on the host's disk),
+  plus an audit hook refusing sockets, ctypes, subprocesses, signals
   and files outside the folder. A determined program can get around an audit hook; use
   this mode only for code you would run anyway.
 
@@ -78,14 +80,14 @@ def isolation() -> str:
 
 
 def run_python(code: str, timeout: float = 5.0, *, memory_mb: int = 256, cpu_seconds: int | None = None,
-               file_mb: int = 8, max_procs: int = 32, max_output: int = 10_000, mode: str | None = None
+               file_mb: int = 8, disk_mb: int = 64, max_procs: int = 32, max_output: int = 10_000, mode: str | None = None
                ) -> SandboxResult:
     """Run `code` as a script in the sandbox; never raises for what the code does."""
     if not isinstance(code, str):
         raise ValueError(f"code must be a string, got {type(code).__name__}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-    for name, v in (("memory_mb", memory_mb), ("file_mb", file_mb), ("max_procs", max_procs),
+    for name, v in (("memory_mb", memory_mb), ("file_mb", file_mb), ("disk_mb", disk_mb), ("max_procs", max_procs),
                     ("max_output", max_output)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
@@ -98,13 +100,10 @@ def run_python(code: str, timeout: float = 5.0, *, memory_mb: int = 256, cpu_sec
         workdir.mkdir()
         root.mkdir()
         (workdir / "main.py").write_text(code, encoding="utf-8")
-        if mode == "root":
-            for p in (workdir, workdir / "main.py"):
-                os.chown(p, NOBODY, NOBODY)
         cfg = {"mode": mode, "python": _python(), "workdir": str(workdir), "root": str(root),
                "ro_paths": sorted({"/usr", os.path.realpath(sys.base_prefix)}),
                "cpu_seconds": cpu_seconds or int(timeout) + 1, "memory_mb": memory_mb, "file_mb": file_mb,
-               "tmp_mb": file_mb, "nproc": max_procs + (0 if mode == "root" else _processes_of(os.getuid()))}
+               "disk_mb": disk_mb, "nproc": max_procs + (0 if mode == "root" else _processes_of(os.getuid()))}
         result = _run(cfg, timeout, max_output)
         result.folder = str(base)
         return result

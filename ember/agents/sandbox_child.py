@@ -5,7 +5,7 @@ Modes (the parent probes which one the machine allows):
 
 - "root": new network, mount and PID namespaces; the root is an empty tmpfs holding only
   read-only, nosuid binds of /usr and the Python installation, /dev/{null,zero,urandom},
-  a small tmpfs /tmp and the working folder as /box; then chroot, drop to `nobody`,
+  and two small tmpfs, /tmp and the working folder /box (the script copied in); then chroot, drop to `nobody`,
   no_new_privs, and the script runs as PID 1 of its namespace (when it exits, the kernel
   kills every process it left).
 - "userns": the same namespaces inside a new user namespace (no root needed); the script
@@ -94,10 +94,15 @@ def _build_root(libc, cfg: dict) -> None:
         open(f"{root}/dev/{dev}", "w").close()
         _mount(libc, "/dev/" + dev, f"{root}/dev/{dev}", None, MS_BIND)
     os.makedirs(root + "/tmp")
-    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmp_mb']}m,mode=1777")
+    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['disk_mb']}m,mode=1777")
+    # the working folder is a size-limited tmpfs too: nothing written reaches the host's disk
     os.makedirs(root + BOX)
-    _mount(libc, cfg["workdir"], root + BOX, None, MS_BIND)
-    _mount(libc, None, root + BOX, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV)
+    _mount(libc, "tmpfs", root + BOX, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['disk_mb']}m,mode=755")
+    with open(os.path.join(cfg["workdir"], "main.py"), "rb") as src, open(root + BOX + "/main.py", "wb") as dst:
+        dst.write(src.read())
+    if cfg["mode"] == "root":
+        for path in (root + BOX, root + BOX + "/main.py"):
+            os.chown(path, NOBODY, NOBODY)
     _check(libc.chroot(root.encode()), "chroot")
     os.chdir(BOX)
 

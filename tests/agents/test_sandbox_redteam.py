@@ -254,6 +254,21 @@ def test_a_disk_filler_hits_the_file_size_limit(box):
     assert not r.ok and "File too large" in r.error  # Python ignores SIGXFSZ: the write fails
 
 
+@namespaces
+def test_many_files_fill_only_the_sandbox_tmpfs(box):
+    r = box("""
+        import os
+        for d in (".", "/tmp"):
+            try:
+                for i in range(100):
+                    with open(os.path.join(d, f"f{i}"), "wb") as f:
+                        f.write(b"x" * 2**20)
+            except OSError as e:
+                print(d, "stopped at", i, e.strerror)
+    """, disk_mb=8, file_mb=4)
+    assert r.ok and r.stdout.count("No space left on device") == 2, r.stdout + r.stderr
+
+
 # ---- the weak guard of the "none" mode (no namespaces) -------------------------------------
 
 
