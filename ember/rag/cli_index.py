@@ -6,8 +6,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ember.cli.errors import at_least
-
 
 @dataclass
 class IndexConfig:
@@ -37,9 +35,12 @@ class IndexConfig:
     """torch threads for the encoder (default: all cores)"""
 
     def __post_init__(self):
-        at_least("--chunk-tokens", self.chunk_tokens, 8)
-        at_least("--overlap", self.overlap, 0)
-        at_least("--threads", self.threads, 1, optional=True)
+        for flag, value, lo in (("--chunk-tokens", self.chunk_tokens, 8), ("--overlap", self.overlap, 0),
+                                ("--threads", 1 if self.threads is None else self.threads, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"{flag} must be an integer >= {lo}, got {value!r}")
+        if self.overlap > self.chunk_tokens // 2:
+            raise ValueError(f"--overlap {self.overlap} is more than half of --chunk-tokens {self.chunk_tokens}")
 
 
 def index(cfg: IndexConfig) -> dict:

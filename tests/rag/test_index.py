@@ -276,7 +276,7 @@ def test_cli_index_and_pydoc(tmp_path, capsys):
     assert "--rebuild" in capsys.readouterr().err
     assert main(["rag", "index", "--input", str(corpus), "--db", db, "--chunk-tokens", "32",
                  "--progress", "false"]) == 2
-    assert "got chunk_tokens 32 and overlap 32" in capsys.readouterr().err
+    assert "--overlap 32 is more than half of --chunk-tokens 32" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["rag", "index", "--input", str(tmp_path / "empty"), "--db", str(tmp_path / "e.db")]) == 2
     assert "nothing to index" in capsys.readouterr().err and not (tmp_path / "e.db").exists()
