@@ -4,7 +4,8 @@ import json
 
 import jsonschema
 import pytest
-from constrained_helpers import random_walk, smollm2
+import torch
+from constrained_helpers import brute_mask, random_walk, smollm2
 
 from ember.infer.constrained import parse_tool_calls, tool_calls
 
@@ -76,6 +77,15 @@ def test_auto_free_text_or_valid_calls():
     assert not g.matches('<tool_call>{"name": "now", "arguments": {}}')  # and closed
     c = g.start()
     assert c.allowed().sum() > 40000  # free text: nearly the whole vocabulary
+
+
+@pytest.mark.parametrize("prefix", ["", "<tool", "<tool_call>", "Hello <tool_call>"])
+def test_auto_masks_equal_brute_force(prefix):
+    tok = smollm2()
+    c = tool_calls(TOOLS, tok, tool_choice="auto").start()
+    for t in tok.encode(prefix):
+        c.advance(t)
+    assert torch.equal(c.allowed(), brute_mask(c))
 
 
 def test_tool_errors_name_the_bad_value():

@@ -20,6 +20,7 @@ import torch
 
 from .json_nodes import Str
 from .nodes import FreeText, Node, accepting, initial_threads, step_all
+from .regex_dfa import RegexNode
 from .vocab import MASK_CACHE_SIZE, Vocab
 
 
@@ -67,9 +68,16 @@ class Grammar:
         if not thread:
             return torch.zeros(v.size, dtype=torch.bool)
         node, local = thread[-1]
-        if isinstance(node, FreeText) and local < 0:
-            return v.text_mask
         ids: list[int] = []
+        if isinstance(node, FreeText):  # any token but those that would complete the marker
+            if local < 0:
+                return v.text_mask
+            mask = v.text_mask.clone()
+            mask[v.ids_under(node.marker[local:])] = False
+            return mask
+        if isinstance(node, RegexNode) and len(thread) == 1:
+            node.walk(v.trie, local, ids)
+            return v.ids_to_mask(ids)
         if isinstance(node, Str) and node.is_free_body(local):
             base = v.string_body
             if node.max_len is not None:

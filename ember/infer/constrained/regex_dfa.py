@@ -304,12 +304,37 @@ class RegexNode(Node):
             self.sets.append(key)
         return self.ids[key]
 
-    def step(self, local, b):
+    def next_state(self, local: int, b: int) -> int:
+        """The DFA state after byte b, or -1 (cached)."""
         t = self.trans.get((local, b))
         if t is None:
             nxt = {u for s in self.sets[local] for lo, hi, u in self.nfa.edges[s] if lo <= b <= hi}
             t = self.trans[(local, b)] = self._intern(nxt) if nxt else -1
+        return t
+
+    def step(self, local, b):
+        t = self.next_state(local, b)
         return [] if t < 0 else [(STAY, t)]
+
+    def walk(self, trie: dict, local: int, out: list[int]) -> None:
+        """The trie walk of grammar.walk for a pattern alone on its thread, stepping the DFA
+        directly (~10x fewer Python calls per trie node than the generic matcher)."""
+        todo, trans = [(trie, local)], self.trans
+        while todo:
+            node, s = todo.pop()
+            for b, child in node.items():
+                if b is None:
+                    continue
+                t = trans.get((s, b))
+                if t is None:
+                    t = self.next_state(s, b)
+                if t < 0:
+                    continue
+                ids = child.get(None)
+                if ids:
+                    out.extend(ids)
+                if len(child) > (ids is not None):
+                    todo.append((child, t))
 
     def accepting(self, local):
         return self.accept in self.sets[local]

@@ -117,6 +117,23 @@ class Vocab:
             cache.popitem(last=False)
         return value
 
+    def ids_under(self, prefix: bytes) -> list[int]:
+        """Ids of every token whose bytes start with prefix."""
+        node = self.trie
+        for b in prefix:
+            node = node.get(b)
+            if node is None:
+                return []
+        out, todo = [], [node]
+        while todo:
+            n = todo.pop()
+            for b, child in n.items():
+                if b is None:
+                    out.extend(child)
+                else:
+                    todo.append(child)
+        return out
+
     def ids_to_mask(self, ids: list[int], base: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.zeros(self.size, dtype=torch.bool) if base is None else base.clone()
         if ids:
