@@ -228,6 +228,9 @@ class ServeConfig(ModelOptions):
     embedding_model: str | None = None
     """also serve this sentence encoder at /v1/embeddings (a known name such as minilm, or an
     HF folder); its name must differ from --model"""
+    rag: str | None = None
+    """a RAG store (`ember rag index`): chat requests with "rag": true (or {"k": 3}) are answered
+    from its best chunks, cited as [n], and the response lists them as its sources"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -247,6 +250,15 @@ def _load_embedder(name: str):
     return load_embedder(name)
 
 
+def _retriever(db: str | None, tok, ctx: int):
+    if db is None:
+        return None
+    from ember.cli.rag import open_index
+    from ember.rag.answer import ChatRetriever
+
+    return ChatRetriever(open_index(db), tok, ctx)
+
+
 def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
@@ -260,8 +272,9 @@ def serve(cfg: ServeConfig) -> None:
                     batch_invariant=cfg.batch_invariant)
     embedder = _load_embedder(cfg.embedding_model) if cfg.embedding_model else None
     app = create_app(engine, cfg.model, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes,
-                     embedder=embedder, embedding_model=cfg.embedding_model)
+                     embedder=embedder, embedding_model=cfg.embedding_model, rag=_retriever(cfg.rag, tok, ctx))
     also = f", embeddings from {cfg.embedding_model}" if embedder is not None else ""
+    also += f", retrieval from {cfg.rag}" if cfg.rag else ""
     print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}{also}) on http://{cfg.host}:{cfg.port}",
           file=sys.stderr)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

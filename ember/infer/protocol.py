@@ -88,8 +88,13 @@ class SamplingFields(VendorSampling):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
+class RagOptions(Strict):
+    k: int = Field(5, ge=1, le=20)  # sources retrieved for the prompt (`ember serve --rag F`)
+
+
 class ChatCompletionRequest(ToolFields, SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    rag: bool | RagOptions | None = None  # answer from the server's document store (rag_chat.py)
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)

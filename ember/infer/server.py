@@ -48,16 +48,18 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_bytes: int = MAX_BODY_BYTES,
-               embedder=None, embedding_model: str | None = None) -> FastAPI:
+               embedder=None, embedding_model: str | None = None, rag=None) -> FastAPI:
     """The FastAPI app serving `engine` under the name `model_id`.
 
     max_queue: engine requests (each of n choices counts) allowed to wait or run at
     once; past it, new requests get a 503 so clients can back off (a request that alone
     needs more gets a 400: it could never run). max_body_bytes: larger request bodies
     get a 413 before they are read. embedder (an ember.infer.embed.Embedder) answers
-    /v1/embeddings under the name embedding_model, which must differ from model_id.
+    /v1/embeddings under the name embedding_model, which must differ from model_id. rag
+    (an ember.rag.answer.ChatRetriever) serves chat requests that ask for `rag` (rag_chat.py).
     """
     state = _server_state(engine, model_id, max_queue, max_body_bytes, embedder, embedding_model)
+    state.rag = rag
     workers = [state.worker] + ([state.embeddings.worker] if embedder is not None else [])
 
     @asynccontextmanager

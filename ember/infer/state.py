@@ -86,6 +86,8 @@ class ServerState:
     # The encoder behind /v1/embeddings, if one is served: an embeddings_api.EmbeddingModel
     # (not named here: that module imports this one).
     embeddings: object | None = None
+    # The retriever of `"rag"` chat requests (ember.rag.answer.ChatRetriever), if --rag is served.
+    rag: object | None = None
 
     @property
     def tokenizer(self):

@@ -119,10 +119,11 @@ def build_messages(question: str, sources: list[Source], marker: str | None = No
 
 
 def fit_sources(question: str, sources: list[Source], tokenizer, ctx: int, max_tokens: int,
-                history: list[dict] | None = None) -> tuple[list[Source], list[int]]:
+                history: list[dict] | None = None) -> tuple[list[Source], list[dict], list[int]]:
     """The sources, best first, that fit: the prompt's tokens + max_tokens <= ctx. Returns
-    (kept and renumbered, prompt ids). A source that does not fit is skipped (a later,
-    shorter one may). ValueError when even the prompt with no source does not fit."""
+    (kept and renumbered, the chat messages, their prompt ids). A source that does not fit
+    is skipped (a later, shorter one may). ValueError when even the prompt with no source
+    does not fit."""
     marker = fresh_marker(_texts(question, sources, history))  # one marker: the count is exact
 
     def count(srcs):
@@ -136,7 +137,8 @@ def fit_sources(question: str, sources: list[Source], tokenizer, ctx: int, max_t
         if count([*kept, s]) + max_tokens <= ctx:
             kept.append(s)
     kept = renumber(kept)
-    return kept, tokenizer.render_chat(build_messages(question, kept, marker, history))[0]
+    messages = build_messages(question, kept, marker, history)
+    return kept, messages, tokenizer.render_chat(messages)[0]
 
 
 def check_citations(text: str, n_sources: int) -> tuple[str, list[int], list[int]]:
@@ -169,7 +171,7 @@ def stream_answer(question: str, hits, engine, params=None, history: list[dict] 
     from ember.infer.sampling import SamplingParams
 
     params = params or SamplingParams(temperature=0.0, max_tokens=256)
-    sources, ids = fit_sources(question, sources_from_hits(hits), engine.tokenizer, engine.max_seq_len,
+    sources, _, ids = fit_sources(question, sources_from_hits(hits), engine.tokenizer, engine.max_seq_len,
                                params.max_tokens, history)
     notes = [note] if note else []
     if len(sources) < len(hits):
@@ -197,3 +199,32 @@ def answer(question: str, index, engine, k: int = 5, params=None, on_text: Calla
         if on_text is not None:
             on_text(piece)
     raise AssertionError("stream_answer ended without an Answer")
+
+
+class ChatRetriever:
+    """Retrieval for chat requests (`ember serve --rag F`): the last user message is the
+    question; the k best chunks, fitted to the context beside `max_tokens` of answer, go
+    into the marked prompt of `build_messages`, earlier turns kept. Calls may come from
+    several threads: one search runs at a time.
+
+    >>> rag = ChatRetriever(Index("docs.db", create=False), tok, ctx=2048)  # doctest: +SKIP
+    >>> messages, sources = rag([{"role": "user", "content": "How do I stop a loop?"}], k=3, max_tokens=256)  # doctest: +SKIP
+    """
+
+    def __init__(self, index, tokenizer, ctx: int, **search_kw):
+        import threading
+
+        self.index, self.tokenizer, self.ctx, self.search_kw = index, tokenizer, ctx, search_kw
+        self.lock = threading.Lock()
+
+    def __call__(self, messages: list[dict], k: int, max_tokens: int) -> tuple[list[dict], list[dict]]:
+        """(the messages to render, the sources as dicts {"n", "doc", "chunk", "score", "text"})."""
+        from ember.rag.search import search
+
+        if not messages or messages[-1].get("role") != "user" or not str(messages[-1].get("content") or "").strip():
+            raise ValueError("retrieval needs the last message to be the user's question")
+        question, history = str(messages[-1]["content"]), messages[:-1]
+        with self.lock:
+            hits = search(self.index, question, k, **self.search_kw)
+        sources, out, _ = fit_sources(question, sources_from_hits(hits), self.tokenizer, self.ctx, max_tokens, history)
+        return out, [s.as_dict() for s in sources]

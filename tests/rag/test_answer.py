@@ -138,7 +138,7 @@ def test_sources_are_fitted_to_the_context(smollm2_tokenizer):
     hits = _hits("break " * 120, "continue " * 10, "return " * 10)
     bare = len(tok.render_chat(build_messages("q?", []))[0])
     ctx = bare + 16 + 60  # room for the short sources, not the long one
-    kept, ids = fit_sources("q?", [s for s in _as_sources(hits)], tok, ctx, 16)
+    kept, _, ids = fit_sources("q?", [s for s in _as_sources(hits)], tok, ctx, 16)
     assert [s.doc for s in kept] == ["doc2.txt", "doc3.txt"] and [s.n for s in kept] == [1, 2]
     assert len(ids) + 16 <= ctx
     eng = ObedientEngine(tok, max_seq_len=ctx)
