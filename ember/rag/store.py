@@ -292,7 +292,9 @@ class SQLiteStore:
             cond, args = self._filter(where)
             keep = [i for (i,) in self.db.execute(
                 f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE 1{cond}", args)]
-            rows = np.searchsorted(ids, np.array(sorted(keep), dtype=np.int64))
+            keep = np.array(sorted(keep), dtype=np.int64)
+            keep = keep[np.isin(keep, ids)]  # a chunk written since the matrix was read waits for the next call
+            rows = np.searchsorted(ids, keep)
             ids, m = ids[rows], m[rows]
         if k < 1 or len(ids) == 0:
             return []

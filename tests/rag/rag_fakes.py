@@ -79,3 +79,15 @@ def open_store(backend):
     from ember.rag.store import SQLiteStore
 
     return SQLiteStore(where, create=True)
+
+
+def tiny_bert_embedder():
+    """A real Embedder over a random tiny BERT (seeded) and a 19-word WordPiece vocabulary."""
+    from ember.infer.embed import Embedder
+    from ember.model import ModelConfig, Transformer
+    from ember.tokenizer import WordPieceTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghij", ".", "it", "is", "red"]
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset("tiny-bert", vocab_size=len(vocab))).eval()
+    return Embedder(model, WordPieceTokenizer(vocab))

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rag_fakes import tiny_bert_embedder
 
 from ember.rag.chunking import chunk_text, late_chunk_vectors, sections
 
@@ -107,22 +108,8 @@ def test_real_tokenizer_chunks_fit_minilm(request):
     assert all(c.n_tokens == count(text[c.start:c.end]) <= 128 for c in chunks)
 
 
-class TinyBert:
-    """A random tiny BERT behind the Embedder interface late chunking uses."""
-
-    def __init__(self):
-        from ember.infer.embed import Embedder
-        from ember.model import ModelConfig, Transformer
-        from ember.tokenizer import WordPieceTokenizer
-
-        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghij", ".", "it", "is", "red"]
-        torch.manual_seed(0)
-        model = Transformer(ModelConfig.from_preset("tiny-bert", vocab_size=len(vocab))).eval()
-        self.e = Embedder(model, WordPieceTokenizer(vocab))
-
-
 def test_late_chunking_pools_each_chunk_in_its_context():
-    e = TinyBert().e
+    e = tiny_bert_embedder()
     text = "a b c d. e f g h. it is red."
     spans = chunk_text(text, "text", lambda s: len(e.tokenize(s)) - 2, 6, 0)
     assert [text[s.start:s.end] for s in spans] == ["a b c d.", "e f g h.", "it is red."]
@@ -140,7 +127,7 @@ def test_late_chunking_pools_each_chunk_in_its_context():
 
 
 def test_late_chunking_windows_fit_the_encoder():
-    e = TinyBert().e
+    e = tiny_bert_embedder()
     e.max_tokens = 12  # 10 tokens a window: two 5-token chunks
     text = "a b c d. e f g h. a b c d. e f g h. a b c d."
     spans = chunk_text(text, "text", lambda s: len(e.tokenize(s)) - 2, 5, 0)

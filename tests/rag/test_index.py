@@ -280,3 +280,23 @@ def test_cli_index_and_pydoc(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["rag", "index", "--input", str(tmp_path / "empty"), "--db", str(tmp_path / "e.db")]) == 2
     assert "nothing to index" in capsys.readouterr().err and not (tmp_path / "e.db").exists()
+
+
+def test_late_chunking_index_stores_context_vectors(tmp_path):
+    from rag_fakes import tiny_bert_embedder
+
+    from ember.rag.chunking import late_chunk_vectors
+
+    e = tiny_bert_embedder()
+    corpus = write_corpus(tmp_path / "c", {"a.txt": "a b c d. e f g h. it is red.", "b.txt": "j j j j. it is red."})
+    ix = Index(tmp_path / "r.db", embedding_model="tiny-bert", embedder=e, chunk_tokens=8, overlap=0,
+               late_chunking=True)
+    assert len(ix.add([corpus], progress=False).added) == 2
+    for doc in ix.store.documents():
+        text = Path(doc).read_text()
+        ids = [i for i, _ in ix.store.dense(np.ones(e.dim, np.float32), 10, {"doc_prefix": doc})]
+        chunks = sorted(ix.store.chunks(ids), key=lambda c: c.start)
+        want = late_chunk_vectors(e, text, chunk_text(text, "text", ix.count_tokens, 8, 0))
+        assert np.allclose(ix.store.vectors([c.id for c in chunks]), want, atol=1e-5)
+    with pytest.raises(ValueError, match="late chunking needs a BERT Embedder"):
+        Index(tmp_path / "f.db", embedder=FakeEmbedder(), late_chunking=True).add([corpus], progress=False)
