@@ -24,6 +24,7 @@ from .tool_calls import (
     ToolError,
     build_grammar,
     check_history,
+    check_schema,
     check_tools,
     render_prompt,
     resolve_tool_choice,
@@ -61,7 +62,33 @@ def setup_chat(tokenizer, body) -> ChatSetup:
     except ToolError as e:
         raise _api_error(e) from None
     incremental = grammar is not None and choice != "none"
-    return ChatSetup(ids, choice, grammar, incremental)
+    guided = guided_grammar(tokenizer, body)
+    if guided is not None and choice != "none":
+        raise APIError(400, "guided_json/guided_regex/guided_choice need tool_choice 'none' (or no tools)",
+                       param="tool_choice")
+    return ChatSetup(ids, choice, grammar or guided, incremental)
+
+
+def guided_grammar(tokenizer, body):
+    """vLLM's guided_json / guided_regex / guided_choice as a grammar (at most one), or None."""
+    from ember.infer import constrained as C
+
+    asked = [f for f in ("guided_json", "guided_regex", "guided_choice") if getattr(body, f) is not None]
+    if len(asked) > 1 or (asked and getattr(body, "response_format", None) is not None):
+        raise APIError(400, f"{' and '.join(asked + ['response_format'][: 2 - len(asked)])} cannot be combined: "
+                            "give one constraint", param=asked[-1])
+    if not asked:
+        return None
+    field, value = asked[0], getattr(body, asked[0])
+    try:
+        if field == "guided_json":
+            check_schema(value, field)
+            return C.json_schema(value, tokenizer)
+        return (C.regex if field == "guided_regex" else C.choice)(value, tokenizer)
+    except ToolError as e:
+        raise _api_error(e) from None
+    except (ValueError, RecursionError) as e:
+        raise APIError(400, f"{field} cannot be used for decoding: {e}", param=field) from None
 
 
 class ChatDeltas:
@@ -101,6 +128,14 @@ def check_sampling_extras(body, vocab_size: int, max_tokens: int) -> None:
                            param=f"stop_token_ids[{i}]")
     if body.min_tokens > max_tokens:
         raise APIError(400, f"min_tokens {body.min_tokens} exceeds max_tokens {max_tokens}", param="min_tokens")
+
+
+def decoding(tokenizer, body, grammar) -> dict:
+    """A Plan's decoding fields for a request: its constraint factory, and the stop strings
+    and end ids include_stop_str_in_output reads."""
+    end_ids = frozenset(body.stop_token_ids or ()) | frozenset(() if body.ignore_eos else tokenizer.eos_token_ids)
+    return {"constraint": constraint_factory(grammar, body.min_tokens, end_ids, tokenizer.vocab_size),
+            "stops": tuple(body.stop_list()) if body.include_stop_str_in_output else (), "end_ids": end_ids}
 
 
 def constraint_factory(grammar, min_tokens: int, end_ids, size: int):

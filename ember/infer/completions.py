@@ -24,15 +24,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from . import chat_tools as T
 from . import protocol as P
-from .chat_tools import (
-    ChatDeltas,
-    ChatSetup,
-    check_sampling_extras,
-    constraint_factory,
-    setup_chat,
-    stop_suffix,
-)
 from .engine import GenerationResult
 from .protocol import (
     APIError,
@@ -132,13 +125,10 @@ def _plan(state: ServerState, body, prompts: list[list[int]], n_logprobs: int | 
                                 f"requested {len(ids) + m} tokens ({len(ids)} in the {where}, {m} for "
                                 f"max_tokens). Please reduce the {where} or max_tokens.",
                            param="max_tokens", code="context_length_exceeded")
-        check_sampling_extras(body, V, m)
+        T.check_sampling_extras(body, V, m)
         for j in range(body.n):
             specs.append((p * body.n + j, ids, _params(body, j, m, n_logprobs, prompt_logprobs)))
-    end_ids = frozenset(body.stop_token_ids or ()) | frozenset(() if body.ignore_eos else state.tokenizer.eos_token_ids)
-    make = constraint_factory(grammar, body.min_tokens, end_ids, state.tokenizer.vocab_size)
-    stops = tuple(body.stop_list()) if body.include_stop_str_in_output else ()
-    return Plan(prompts, specs, zero=asked == 0, constraint=make, stops=stops, end_ids=end_ids)
+    return Plan(prompts, specs, zero=asked == 0, **T.decoding(state.tokenizer, body, grammar))
 
 
 def _params(body, j: int, max_tokens: int, n_logprobs: int | None, prompt_logprobs: bool) -> SamplingParams:
@@ -229,7 +219,7 @@ async def _gather(state: ServerState, plan: Plan, request: Request) -> list[Choi
 def _finish(state: ServerState, c: Choice, plan: Plan) -> tuple[str, str]:
     if plan.zero:
         return "length", ""
-    return c.result.finish_reason, c.text + stop_suffix(state.tokenizer, c.result, plan.stops, plan.end_ids)
+    return c.result.finish_reason, c.text + T.stop_suffix(state.tokenizer, c.result, plan.stops, plan.end_ids)
 
 
 def _head(kind: str, state: ServerState) -> dict:
@@ -254,19 +244,19 @@ async def handle_chat(state: ServerState, request: Request):
     return await run_in_threadpool(_chat_response, state, plan, choices, lps, setup)
 
 
-def _prepare_chat(state: ServerState, raw: bytes) -> tuple[ChatCompletionRequest, Plan, ChatSetup]:
+def _prepare_chat(state: ServerState, raw: bytes) -> tuple[ChatCompletionRequest, Plan, T.ChatSetup]:
     body = P.parse_request(raw, ChatCompletionRequest)
     check_model(state, body.model)
     check_fits_queue(state, 1, body.n)
     body, extra = with_sources(state, body)  # "rag": retrieved sources into the prompt
-    setup = setup_chat(state.tokenizer, body)  # tools, tool_choice, response_format (400s name them)
+    setup = T.setup_chat(state.tokenizer, body)  # tools, tool_choice, response_format (400s name them)
     k = body.top_logprobs or 0
     plan = _plan(state, body, [setup.ids], k if body.logprobs else None, grammar=setup.grammar)
     plan.extra = extra
     return body, plan, setup
 
 
-def _chat_response(state: ServerState, plan: Plan, choices: list[Choice], lps, setup: ChatSetup) -> JSONResponse:
+def _chat_response(state: ServerState, plan: Plan, choices: list[Choice], lps, setup: T.ChatSetup) -> JSONResponse:
     out = []
     for i, c in enumerate(choices):
         reason, text = _finish(state, c, plan)
@@ -277,9 +267,9 @@ def _chat_response(state: ServerState, plan: Plan, choices: list[Choice], lps, s
     return JSONResponse({**_head("chat.completion", state), "choices": out, "usage": usage, **plan.extra})
 
 
-async def _chat_chunks(state, body, gen: Generation, lps, setup: ChatSetup):
+async def _chat_chunks(state, body, gen: Generation, lps, setup: T.ChatSetup):
     head, completion, plan = _head("chat.completion.chunk", state), 0, gen.plan
-    deltas = ChatDeltas(setup, plan, state.tokenizer)
+    deltas = T.ChatDeltas(setup, plan, state.tokenizer)
 
     def chunk(i, delta, reason=None, logprobs=None, extra=None):
         choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
@@ -338,7 +328,8 @@ def _prepare_completion(state: ServerState, raw: bytes) -> tuple[CompletionReque
     # special-token strings stay plain text
     prompts = [tok.encode(p, add_bos=None) if isinstance(p, str) else list(p) for p in texts]
     echo_lp = body.echo and body.logprobs is not None
-    plan = _plan(state, body, prompts, body.logprobs, prompt_logprobs=echo_lp)
+    plan = _plan(state, body, prompts, body.logprobs, prompt_logprobs=echo_lp,
+                 grammar=T.guided_grammar(state.tokenizer, body))
     echoes = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in texts]
     return body, plan, echoes
 
@@ -382,7 +373,7 @@ async def _completion_chunks(state, body, gen: Generation, echoes, lps):
             sent[i] = offset + len(echo + part.text)
             if ev.result is not None:
                 completion += 0 if plan.zero else ev.result.completion_tokens
-                tail = "" if plan.zero else stop_suffix(state.tokenizer, ev.result, plan.stops, plan.end_ids)
+                tail = "" if plan.zero else T.stop_suffix(state.tokenizer, ev.result, plan.stops, plan.end_ids)
                 yield chunk(i, tail, reason="length" if plan.zero else ev.result.finish_reason)
     finally:
         gen.close()

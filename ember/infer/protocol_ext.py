@@ -118,16 +118,16 @@ class ToolFields(Strict):
 # the value that changes nothing (clients send defaults); any other value is a 400 naming it.
 NEUTRAL = {
     "logit_bias": {}, "typical_p": 1.0, "tfs_z": 1.0, "mirostat": 0, "use_beam_search": False,
-    "length_penalty": 1.0, "truncate_prompt_tokens": None, "guided_json": None, "guided_regex": None,
-    "guided_choice": None, "guided_grammar": None, "logits_processors": None, "dynatemp_range": 0.0,
+    "length_penalty": 1.0, "truncate_prompt_tokens": None, "guided_grammar": None, "logits_processors": None,
+    "dynatemp_range": 0.0,
     "xtc_probability": 0.0, "dry_multiplier": 0.0, "prompt_logprobs": None, "grammar": None,
     "repeat_last_n": None, "penalize_nl": False, "n_probs": 0,
 }
 
 
 class VendorSampling(Strict):
-    """vLLM's extra sampling fields that map onto ember's sampling, and the ones refused
-    unless neutral (NEUTRAL). skip_special_tokens and spaces_between_special_tokens state
+    """vLLM's extra sampling fields that map onto ember's sampling (guided_*: constrained
+    decoding, one at a time), and the ones refused unless neutral (NEUTRAL). skip_special_tokens and spaces_between_special_tokens state
     what ember does (special tokens a reply holds are written as their text, nothing added
     between them): the other value is refused, not ignored."""
 
@@ -136,6 +136,9 @@ class VendorSampling(Strict):
     stop_token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     include_stop_str_in_output: bool = False
     best_of: int | None = Field(None, ge=1)  # only best_of == n (no ranking of extra samples)
+    guided_json: dict[str, Any] | None = None  # the reply is JSON valid under this schema
+    guided_regex: Text | None = None  # the reply fully matches this regex (ember.infer.constrained's subset)
+    guided_choice: Annotated[list[Text], Field(min_length=1)] | None = None  # the reply is one of these
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
     logit_bias: dict[str, Any] | None = None
@@ -145,9 +148,6 @@ class VendorSampling(Strict):
     use_beam_search: Any = None
     length_penalty: Any = None
     truncate_prompt_tokens: Any = None
-    guided_json: Any = None
-    guided_regex: Any = None
-    guided_choice: Any = None
     guided_grammar: Any = None
     logits_processors: Any = None
     dynatemp_range: Any = None

@@ -4,6 +4,7 @@ tokenizer (constrained decoding over the real vocabulary: whatever it samples mu
 valid call), and a scripted model on a byte tokenizer (exact replies, free decoding)."""
 
 import json
+import re
 
 import jsonschema
 import pytest
@@ -141,6 +142,19 @@ def test_a_history_of_calls_and_results_is_accepted(live):
     assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason == "length"
 
 
+def test_vllms_guided_fields_constrain_chat_and_completions(live):
+    r = live.chat(temperature=1.0, seed=4, n=3, extra_body={"guided_choice": ["yes", "no", "maybe not"]})
+    assert {c.message.content for c in r.choices} <= {"yes", "no", "maybe not"}
+    r = live.chat(temperature=1.0, seed=4, n=3, extra_body={"guided_regex": "[0-9]{3}-[a-z]{2}"})
+    for c in r.choices:
+        assert re.fullmatch("[0-9]{3}-[a-z]{2}", c.message.content)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    r = live.client.completions.create(model=MODEL, prompt="JSON:", max_tokens=60, temperature=1.0, seed=1, n=2,
+                                       extra_body={"guided_json": schema})
+    for c in r.choices:
+        jsonschema.validate(json.loads(c.text), schema)
+
+
 # ---- bad input: 400s naming the field ----------------------------------------------------------
 
 BAD_SCHEMA = {"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}
@@ -168,6 +182,11 @@ TOOL_MSG = {"role": "tool", "content": "24C"}
     ({"best_of": 3}, "best_of"),
     ({"stop_token_ids": [10**6]}, "stop_token_ids[0]"),
     ({"min_tokens": 50, "max_tokens": 10}, "min_tokens"),
+    ({"guided_regex": "(?<=a)b"}, "guided_regex"),
+    ({"guided_choice": []}, "guided_choice"),
+    ({"guided_json": {"type": "objekt"}}, "guided_json"),
+    ({"guided_choice": ["a"], "response_format": {"type": "json_object"}}, "guided_choice"),
+    ({"guided_choice": ["a"], "tools": TOOLS}, "tool_choice"),
 ])
 def test_bad_tool_and_sampling_requests_are_400_naming_the_field(live, patch, param):
     body = {"model": MODEL, "messages": ASK, "max_tokens": 4, **patch}
