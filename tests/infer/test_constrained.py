@@ -157,6 +157,7 @@ def test_json_object_random_walks_parse():
     ({"type": "object", "properties": {"a": {}}, "required": ["b"]}, "undeclared properties"),
     ({"$ref": "https://example.com/s.json"}, "only local"),
     ({"enum": []}, "enum must be a non-empty list"),
+    ({"anyOf": [{"$ref": "#"}, {"type": "null"}]}, "refers back to itself"),
 ])
 def test_unsupported_schema_is_a_value_error_naming_the_part(schema, where):
     with pytest.raises(ValueError, match=where.replace("(", r"\(").replace("[", r"\[")):
@@ -185,3 +186,12 @@ def test_grammars_are_cached_by_canonical_arguments():
     a = json_schema({"type": "object", "properties": {"x": {"type": "integer"}}}, tok)
     b = json_schema({"properties": {"x": {"type": "integer"}}, "type": "object"}, tok)
     assert a is b and a.start() is not a.start()
+
+
+def test_large_enum_is_one_thread():
+    values = [f"item {i}" for i in range(2000)] + ["item", 7]
+    g = json_schema({"enum": values}, smollm2())
+    assert g.matches('"item 1999"') and g.matches('"item"') and g.matches("7")
+    assert not g.matches('"item 2000"')
+    c = feed_text(g.start(), '"item 1')
+    assert len(c._threads) == 1 and torch.equal(c.allowed(), brute_mask(c))

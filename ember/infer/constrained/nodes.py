@@ -71,6 +71,34 @@ class Lit(Node):
         return f"Lit({self.data!r})"
 
 
+class LitSet(Node):
+    """One of several byte strings (an enum), as a trie: one thread however many values.
+    local = index of the trie node reached; a value that is a prefix of another both ends
+    (DONE) and continues."""
+
+    def __init__(self, values: list[bytes]):
+        if not values or not all(values):
+            raise ValueError("a literal set needs non-empty values")
+        self.children: list[dict[int, int]] = [{}]
+        self.ends: list[bool] = [False]
+        for v in values:
+            i = 0
+            for b in v:
+                if b not in self.children[i]:
+                    self.children[i][b] = len(self.children)
+                    self.children.append({})
+                    self.ends.append(False)
+                i = self.children[i][b]
+            self.ends[i] = True
+
+    def step(self, i, b):
+        j = self.children[i].get(b)
+        if j is None:
+            return []
+        acts = [(DONE,)] if self.ends[j] else []
+        return acts + [(STAY, j)] if self.children[j] else acts
+
+
 class Alt(Node):
     """One of several nodes: entering it enters each (one thread per alternative)."""
 
@@ -88,9 +116,16 @@ class Ref(Node):
 
     def __init__(self):
         self.target: Node | None = None
+        self._entering = False
 
     def enter(self):
-        return self.target.enter()
+        if self._entering:  # e.g. {"anyOf": [{"$ref": "#"}, ...]}: a loop that reads no input
+            raise ValueError("a $ref refers back to itself before any input is read")
+        self._entering = True
+        try:
+            return self.target.enter()
+        finally:
+            self._entering = False
 
 
 class Seq(Node):

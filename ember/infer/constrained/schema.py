@@ -20,7 +20,7 @@ where it sits in the schema.
 from __future__ import annotations
 
 from .json_nodes import Arr, Num, Obj, Str, any_value, literal
-from .nodes import Alt, Lit, Node, Ref
+from .nodes import Alt, Lit, LitSet, Node, Ref
 
 UNSUPPORTED = (
     "pattern", "allOf", "not", "if", "then", "else", "prefixItems", "patternProperties",
@@ -55,7 +55,7 @@ class _Compiler:
             values = s["enum"]
             if not isinstance(values, list) or not values:
                 raise self.fail(path, f"enum must be a non-empty list, got {values!r}")
-            return Alt([literal(v) for v in values])
+            return LitSet([literal(v).data for v in values])
         for key in ("anyOf", "oneOf"):
             if key in s:
                 branches = s[key]
@@ -140,4 +140,11 @@ def _typed(base: dict) -> bool:
 
 
 def compile_schema(schema) -> Node:
-    return _Compiler(schema).node(schema)
+    c = _Compiler(schema)
+    root = c.node(schema)
+    for path, ref in c.refs.items():
+        try:
+            ref.enter()  # fails now, not mid-generation, on a loop that reads no input
+        except ValueError as e:
+            raise c.fail(path, str(e)) from None
+    return root
