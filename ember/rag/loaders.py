@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -88,7 +89,10 @@ def decode(data: bytes) -> str:
 def read_bytes(path: Path) -> bytes:
     """The file's bytes, or Skip naming why they cannot be read."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise Skip("not a regular file")
+        size = st.st_size
         if size > MAX_FILE_BYTES:
             raise Skip(f"{size} bytes, over the limit of {MAX_FILE_BYTES}")
         return path.read_bytes()

@@ -300,3 +300,24 @@ def test_late_chunking_index_stores_context_vectors(tmp_path):
         assert np.allclose(ix.store.vectors([c.id for c in chunks]), want, atol=1e-5)
     with pytest.raises(ValueError, match="late chunking needs a BERT Embedder"):
         Index(tmp_path / "f.db", embedder=FakeEmbedder(), late_chunking=True).add([corpus], progress=False)
+
+
+def test_paths_are_relative_to_the_working_folder_and_follow_it(tmp_path, monkeypatch, fake_embedder):
+    corpus = write_corpus(tmp_path / "c", {"a.txt": "alpha", "sub/b.md": "# B\n\nbeta"})
+    monkeypatch.chdir(tmp_path)
+    ix = Index("r.db", embedder=fake_embedder)
+    ix.add(["c"], progress=False)
+    assert ix.store.documents() == ["c/a.txt", "c/sub/b.md"]
+    assert ix.store.chunks([ix.store.bm25("beta", 1)[0][0]])[0].doc == "c/sub/b.md"
+    monkeypatch.chdir(corpus / "sub")
+    r = ix.add([corpus], progress=False)  # the same files seen from elsewhere: renamed, not re-embedded
+    assert (len(r.unchanged), r.n_chunks) == (2, 0)
+    assert ix.store.documents() == [(corpus / "a.txt").resolve().as_posix(), "b.md"]
+
+
+def test_a_file_that_is_no_database_is_a_clear_error(tmp_path, fake_embedder):
+    (tmp_path / "notes.txt").write_text("not a database, just text " * 100)
+    with pytest.raises(ValueError, match="notes.txt is not a RAG database"):
+        Index(tmp_path / "notes.txt", embedder=fake_embedder)
+    with pytest.raises(FileNotFoundError, match="no RAG database at .*missing.db"):
+        Index(tmp_path / "missing.db", embedder=fake_embedder, create=False)

@@ -92,3 +92,10 @@ def test_large_files_are_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(loaders, "MAX_FILE_BYTES", 8)
     (tmp_path / "big.txt").write_text("0123456789")
     assert load_documents([tmp_path])[1] == [(str(tmp_path / "big.txt"), "10 bytes, over the limit of 8")]
+
+
+def test_a_named_fifo_is_skipped_not_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    assert load_documents([tmp_path / "pipe"]) == ([], [(str(tmp_path / "pipe"), "not a regular file")])
