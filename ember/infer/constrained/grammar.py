@@ -131,11 +131,10 @@ class TokenConstraint:
             mask[g._eos] = not self._ended
             return mask
         masks = [g.thread_mask(t) for t in self._threads]
-        mask = masks[0]
+        mask = masks[0].clone()  # the cached masks stay untouched whatever the caller does
         for m in masks[1:]:
-            mask = mask | m
+            mask |= m
         if self.complete:
-            mask = mask.clone() if len(masks) == 1 else mask
             mask[g._eos] = True
         return mask
 

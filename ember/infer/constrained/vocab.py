@@ -91,18 +91,13 @@ class Vocab:
                 items.append((i, data))
         self.text_mask = torch.zeros(self.size, dtype=torch.bool)
         self.text_mask[[i for i, _ in items]] = True
-        chars = torch.full((self.size,), -1, dtype=torch.int32)
-        body = []
+        chars = [-1] * self.size
         for i, data in items:
-            c = string_body_chars(data)
-            chars[i] = c
-            if c >= 0:
-                body.append(i)
-        self.string_chars = chars
-        self.string_body = chars >= 0
-        body_set = set(body)
+            chars[i] = string_body_chars(data)
+        self.string_chars = torch.tensor(chars, dtype=torch.int32)
+        self.string_body = self.string_chars >= 0
         self.trie = _trie(items)
-        self.rest_trie = _trie((i, d) for i, d in items if i not in body_set)
+        self.rest_trie = _trie((i, d) for i, d in items if chars[i] < 0)
         self.masks: OrderedDict = OrderedDict()
         self.grammars: OrderedDict = OrderedDict()
 
