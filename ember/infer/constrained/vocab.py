@@ -23,6 +23,7 @@ output is complete (grammar.py), the others never.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 
@@ -98,18 +99,24 @@ class Vocab:
         self.string_body = self.string_chars >= 0
         self.trie = _trie(items)
         self.rest_trie = _trie((i, d) for i, d in items if chars[i] < 0)
+        self._lock = threading.Lock()
         self.masks: OrderedDict = OrderedDict()
         self.grammars: OrderedDict = OrderedDict()
 
     def cached(self, cache: OrderedDict, key, make, size: int):
-        """LRU lookup: cache[key], computed by make() on a miss."""
-        hit = cache.get(key)
-        if hit is not None:
-            cache.move_to_end(key)
-            return hit
-        value = cache[key] = make()
-        if len(cache) > size:
-            cache.popitem(last=False)
+        """LRU lookup: cache[key], computed by make() on a miss. Thread-safe (a server
+        compiles grammars in request threads while the engine thread reads masks); two
+        threads missing the same key both compute it, and the values are equal."""
+        with self._lock:
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+                return hit
+        value = make()
+        with self._lock:
+            value = cache.setdefault(key, value)
+            if len(cache) > size:
+                cache.popitem(last=False)
         return value
 
     def ids_under(self, prefix: bytes) -> list[int]:
@@ -137,12 +144,14 @@ class Vocab:
 
 
 _VOCABS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_VOCABS_LOCK = threading.Lock()
 
 
 def vocab_for(tokenizer) -> Vocab:
     """The prepared vocabulary of this tokenizer object (built on first use, then reused
     for as long as the tokenizer lives)."""
-    v = _VOCABS.get(tokenizer)
-    if v is None:
-        v = _VOCABS[tokenizer] = Vocab(tokenizer)
-    return v
+    with _VOCABS_LOCK:
+        v = _VOCABS.get(tokenizer)
+        if v is None:
+            v = _VOCABS[tokenizer] = Vocab(tokenizer)
+        return v
