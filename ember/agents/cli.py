@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ember.cli.errors import at_least
-
 
 @dataclass
 class AgentConfig:
@@ -48,9 +46,14 @@ class AgentConfig:
     """print one JSON line: {"answer", "steps"}"""
 
     def __post_init__(self):
-        at_least("--max-steps", self.max_steps, 1)
+        _at_least("--max-steps", self.max_steps, 1)
         if not self.timeout > 0:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
+
+
+def _at_least(flag: str, value, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{flag} must be an integer >= {lo}, got {value!r}")
 
 
 def agent(cfg: AgentConfig) -> dict:
@@ -114,7 +117,7 @@ def tool_python(cfg: ToolPythonConfig) -> dict:
         raise FileNotFoundError(f"no such file: {cfg.file}")
     if not cfg.timeout > 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {cfg.timeout}")
-    at_least("--memory-mb", cfg.memory_mb, 16)
+    _at_least("--memory-mb", cfg.memory_mb, 16)
     result = run_python(read_text_utf8(cfg.file), timeout=cfg.timeout, memory_mb=cfg.memory_mb)
     out = result.to_json()
     if cfg.json:

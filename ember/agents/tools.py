@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from ember.agents.calculator import format_number, safe_eval
+from ember.data.tool_use import format_number, safe_eval
 from ember.infer.sampling import SamplingParams
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
