@@ -1,7 +1,8 @@
 """The real `lm_eval` CLI (the `eval` extra) against a live `ember serve` of SmolLM2, offline:
 lm-eval's default model type `local-completions` auto-detects the server's tokenizer
 endpoints, so it downloads nothing; its per-choice log-likelihoods, accuracy and chat
-generations equal what ember computes with the same model in process."""
+generations equal what ember computes with the same model in process, and what ember's own
+harness (`ember eval run --backend engine`) scores on the same task files."""
 
 import glob
 import importlib.util
@@ -122,20 +123,35 @@ def _choice_logprobs(model, tok, context: str, choice: str) -> float:
     return lp[len(ctx) - 1:-1].gather(-1, torch.tensor(whole[len(ctx):])[:, None]).sum().item()
 
 
+def _harness(tmp_path, task: str) -> dict:
+    """`ember eval run --task FILE.yaml --backend engine` on the same task file."""
+    from ember.cli import main
+
+    out = tmp_path / "harness" / task
+    assert main(["eval", "run", "--task", str(tmp_path / f"{task}.yaml"), "--model", "smollm2",
+                 "--backend", "engine", "--out", str(out), "--json"]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
 def test_lm_eval_default_completions_scores_like_ember(server, smollm2, tmp_path):
     args = ["--model", "local-completions", "--model_args", f"model=smollm2,base_url={server}/v1/completions",
-            "--tasks", "ember_mc", "--batch_size", "8"]
+            "--tasks", "ember_mc,ember_qa", "--batch_size", "8"]
     results, samples, log = _lm_eval(tmp_path, *args)
     assert "Auto-detected remote tokenizer support" in log  # no tokenizer download was tried
     model, tok = smollm2
+    mc, qa = _harness(tmp_path, "ember_mc"), _harness(tmp_path, "ember_qa")
     correct = 0
     for row in sorted(samples["ember_mc"], key=lambda r: r["doc_id"]):
         q, choices, answer = MC[row["doc_id"]]
         ours = [_choice_logprobs(model, tok, PROMPT.format(q=q), c) for c in choices]
         theirs = [float(ll) for ll, _ in row["filtered_resps"]]
         assert theirs == pytest.approx(ours, abs=1e-3), (q, theirs, ours)
+        assert mc["items"][row["doc_id"]]["loglikelihoods"] == pytest.approx(ours, abs=1e-3)
         correct += max(range(len(ours)), key=ours.__getitem__) == answer
-    assert results["results"]["ember_mc"]["acc,none"] == pytest.approx(correct / len(MC))
+    assert results["results"]["ember_mc"]["acc,none"] == pytest.approx(correct / len(MC)) == mc["metrics"]["acc"]
+    for row in samples["ember_qa"]:  # greedy completions: the same text
+        assert row["resps"][0][0] == qa["items"][row["doc_id"]]["response"], row
+    assert results["results"]["ember_qa"]["exact_match,strip"] == pytest.approx(qa["metrics"]["exact_match,strip"])
 
 
 def test_lm_eval_chat_generation_is_embers_greedy_reply(server, smollm2, tmp_path):
