@@ -20,9 +20,9 @@ What confines it beyond that depends on the machine (`isolation()` probes once):
   and files outside the folder. A determined program can get around an audit hook; use
   this mode only for code you would run anyway.
 
->>> r = run_python("print(6 * 7)")  # doctest: +SKIP
->>> r.ok, r.stdout  # doctest: +SKIP
-(True, '42\\n')
+>>> r = run_python("print(6 * 7)")
+>>> r.ok, r.stdout, r.error
+(True, '42\\n', None)
 """
 
 from __future__ import annotations
