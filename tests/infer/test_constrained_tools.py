@@ -72,14 +72,26 @@ def test_named_tool_and_no_parallel():
 def test_auto_free_text_or_valid_calls():
     g = tool_calls(TOOLS, smollm2(), tool_choice="auto")
     assert g.matches("The weather is nice.") and g.matches("<tool") and g.matches("")
+    assert g.matches("a <tool_cal> b")  # not the marker: still text
     assert g.matches(call("now", {}))
+    assert g.matches("Let me look.\n" + call("now", {}) + "\n" + call("add", {"a": 1, "b": 2}))
     assert not g.matches("<tool_call>{garbage}</tool_call>")  # a started call must be valid
+    assert not g.matches("Sure: <tool_call>{garbage}")  # after text too
     assert not g.matches('<tool_call>{"name": "now", "arguments": {}}')  # and closed
+    assert not g.matches(call("now", {}) + " and more text")  # calls end the reply
     c = g.start()
     assert c.allowed().sum() > 40000  # free text: nearly the whole vocabulary
+    for seed in range(3):
+        content, calls = parse_tool_calls(random_walk(g.start(), seed, n_random=30))
+        assert "<tool_call>" not in content  # every call that started parsed
+        c = g.start()
+        for t in smollm2().encode("Sure.\n<tool_call>"):
+            c.advance(t)
+        content, calls = parse_tool_calls(random_walk(c, seed, n_random=10))
+        assert content == "Sure." and calls == check_calls(c.text()[len("Sure.\n"):], set(SCHEMAS))
 
 
-@pytest.mark.parametrize("prefix", ["", "<tool", "<tool_call>", "Hello <tool_call>"])
+@pytest.mark.parametrize("prefix", ["", "<tool", "<tool_call>", "Hello <tool_call>", "Hi <tool_", "x <<tool_ca"])
 def test_auto_masks_equal_brute_force(prefix):
     tok = smollm2()
     c = tool_calls(TOOLS, tok, tool_choice="auto").start()

@@ -19,7 +19,7 @@ import codecs
 import torch
 
 from .json_nodes import Str
-from .nodes import FreeText, Node, accepting, initial_threads, step_all
+from .nodes import MarkerText, Node, accepting, initial_threads, step_all
 from .regex_dfa import RegexNode
 from .vocab import MASK_CACHE_SIZE, Vocab
 
@@ -69,12 +69,8 @@ class Grammar:
             return torch.zeros(v.size, dtype=torch.bool)
         node, local = thread[-1]
         ids: list[int] = []
-        if isinstance(node, FreeText):  # any token but those that would complete the marker
-            if local < 0:
-                return v.text_mask
-            mask = v.text_mask.clone()
-            mask[v.ids_under(node.marker[local:])] = False
-            return mask
+        if isinstance(node, MarkerText):
+            return self._marker_mask(thread, node, local)
         if isinstance(node, RegexNode) and len(thread) == 1:
             node.walk(v.trie, local, ids)
             return v.ids_to_mask(ids)
@@ -86,6 +82,33 @@ class Grammar:
             return v.ids_to_mask(ids, base)
         walk(v.trie, [thread], ids)
         return v.ids_to_mask(ids)
+
+    def _marker_mask(self, thread: tuple, node: MarkerText, k: int) -> torch.Tensor:
+        """Any token, except those in which the marker completes: the text-only thread
+        takes none of them, the other takes those whose rest continues the call."""
+        v, n = self.vocab, len(node.marker)
+        completing = []
+        for i in v.ids_with_byte(node.marker[-1]):
+            s = k
+            for b in v.token_bytes[i]:
+                s = node.next[s][b]
+                if s == n:
+                    completing.append(i)
+                    break
+        mask = v.text_mask.clone()
+        mask[completing] = False
+        if not node.text_only:
+            mask[[i for i in completing if self._takes(thread, v.token_bytes[i])]] = True
+        return mask
+
+    @staticmethod
+    def _takes(thread: tuple, data: bytes) -> bool:
+        threads = [thread]
+        for b in data:
+            threads = step_all(threads, b)
+            if not threads:
+                return False
+        return True
 
     def matches(self, text: str) -> bool:
         """Is text a complete output of this grammar?

@@ -40,6 +40,7 @@ class Node:
         return [(self, self.start)]
 
     start: object = 0
+    nullable = False  # may match nothing (then a Seq may end before it)
 
     def step(self, local, b: int) -> list[tuple]:
         raise NotImplementedError
@@ -138,9 +139,10 @@ class Seq(Node):
         return [(CALL, i + 1, self.children[i])]
 
     def accepting(self, i):
-        return i == len(self.children)
+        return all(c.nullable for c in self.children[i:])
 
-    final = accepting
+    def final(self, i):
+        return i == len(self.children)
 
 
 class Repeat(Node):
@@ -166,23 +168,55 @@ class Repeat(Node):
         return local[1] == 0 and local[0] >= self.hi
 
 
-class FreeText(Node):
-    """Any bytes, except that the output may not begin with `marker` (that would be a tool
-    call, matched by the other alternative). local: bytes of marker matched so far, or -1
-    once the text has left the marker behind."""
+class MarkerText(Node):
+    """Free text watched for `marker` (tool_choice auto's `<tool_call>`). local: the KMP
+    state, the length of the longest suffix of the text that begins the marker. When the
+    marker completes, the text-only variant (`text_only`) dies, since what follows is a
+    call that the other alternative checks, and the other variant ends (DONE) so that its
+    parent goes on to the call."""
 
-    def __init__(self, marker: bytes):
-        self.marker = marker
+    def __init__(self, marker: bytes, text_only: bool):
+        self.marker, self.text_only = marker, text_only
+        fail = [0] * len(marker)  # the KMP prefix function
+        for i in range(1, len(marker)):
+            k = fail[i - 1]
+            while k and marker[i] != marker[k]:
+                k = fail[k - 1]
+            fail[i] = k + (marker[i] == marker[k])
+        self.next = [[0] * 256 for _ in marker]  # next[k][b]: the state after byte b
+        for k in range(len(marker)):
+            for b in range(256):
+                if marker[k] == b:
+                    self.next[k][b] = k + 1
+                elif k:
+                    self.next[k][b] = self.next[fail[k - 1]][b]
 
     def step(self, k, b):
-        if k < 0:
-            return [(STAY, -1)]
-        if self.marker[k] != b:
-            return [(STAY, -1)]
-        return [] if k + 1 == len(self.marker) else [(STAY, k + 1)]
+        k = self.next[k][b]
+        if k < len(self.marker):
+            return [(STAY, k)]
+        return [] if self.text_only else [(DONE,)]
 
     def accepting(self, k):
+        return self.text_only
+
+
+class Opt(Node):
+    """Its child or nothing. local 0: not started; 1: the child is done."""
+
+    nullable = True
+
+    def __init__(self, child: Node):
+        self.child = child
+
+    def step(self, i, b):
+        return [(CALL, 1, self.child)]
+
+    def accepting(self, i):
         return True
+
+    def final(self, i):
+        return i == 1
 
 
 def _normalize(stack: tuple) -> tuple:

@@ -4,7 +4,8 @@ its inverse, `parse_tool_calls`.
 The output format (the same as `ember.agents.tools`) is one call per tag, several calls
 separated by a newline when `parallel`. `tool_choice`: "required" (at least one call, any
 tool), `{"type": "function", "function": {"name": N}}` (calls of N only) or "auto" (free
-text, or, if the output starts with `<tool_call>`, valid calls from there on).
+text; once `<tool_call>` appears, at the start or after some text, the rest must be
+valid calls).
 
 >>> parse_tool_calls('Sure.<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>')
 ('Sure.', [{'name': 'f', 'arguments': {'x': 1}}])
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from .nodes import Alt, FreeText, Lit, Node, Repeat, Seq
+from .nodes import Alt, Lit, MarkerText, Node, Opt, Repeat, Seq
 from .schema import compile_schema
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -62,11 +63,14 @@ def tool_calls_node(tools: list[dict], tool_choice="required", parallel: bool = 
         raise ValueError(f"tool_choice must be 'required', 'auto' or "
                          f"{{'type': 'function', 'function': {{'name': ...}}}}, got {tool_choice!r}")
     objs = [_call_node(n, p, f"tool {n!r}") for n, p in named]
-    call = Seq([Lit(CALL_OPEN.encode()), Alt(objs) if len(objs) > 1 else objs[0], Lit(CALL_CLOSE.encode())])
-    calls = Repeat(call, b"\n", 1, float("inf") if parallel else 1)
-    if mode == "auto":
-        return Alt([FreeText(CALL_OPEN.encode()), calls])
-    return calls
+    body = Seq([Alt(objs) if len(objs) > 1 else objs[0], Lit(CALL_CLOSE.encode())])
+    call = Seq([Lit(CALL_OPEN.encode()), body])
+    if mode != "auto":
+        return Repeat(call, b"\n", 1, float("inf") if parallel else 1)
+    # auto: text alone, or text (maybe none) whose first <tool_call> starts the calls
+    first = [MarkerText(CALL_OPEN.encode(), text_only=False), body]
+    more = [Opt(Seq([Lit(b"\n"), Repeat(call, b"\n")]))] if parallel else []
+    return Alt([MarkerText(CALL_OPEN.encode(), text_only=True), Seq(first + more)])
 
 
 def _parse_call(body: str) -> dict | None:

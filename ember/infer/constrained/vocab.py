@@ -101,6 +101,7 @@ class Vocab:
         self.rest_trie = _trie((i, d) for i, d in items if chars[i] < 0)
         self._lock = threading.Lock()
         self.masks: OrderedDict = OrderedDict()
+        self._with_byte: OrderedDict = OrderedDict()
         self.grammars: OrderedDict = OrderedDict()
 
     def cached(self, cache: OrderedDict, key, make, size: int):
@@ -119,22 +120,10 @@ class Vocab:
                 cache.popitem(last=False)
         return value
 
-    def ids_under(self, prefix: bytes) -> list[int]:
-        """Ids of every token whose bytes start with prefix."""
-        node = self.trie
-        for b in prefix:
-            node = node.get(b)
-            if node is None:
-                return []
-        out, todo = [], [node]
-        while todo:
-            n = todo.pop()
-            for b, child in n.items():
-                if b is None:
-                    out.extend(child)
-                else:
-                    todo.append(child)
-        return out
+    def ids_with_byte(self, byte: int) -> list[int]:
+        """Ids of the ordinary tokens whose bytes contain byte (cached)."""
+        make = lambda: [i for i, d in enumerate(self.token_bytes) if d is not None and byte in d]  # noqa: E731
+        return self.cached(self._with_byte, byte, make, 256)
 
     def ids_to_mask(self, ids: list[int], base: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.zeros(self.size, dtype=torch.bool) if base is None else base.clone()
