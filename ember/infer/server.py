@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import tokenizer_api
+from . import tokenizer_api, trace_api
 from .completions import handle_chat, handle_completion
 from .embeddings_api import EmbeddingModel, handle_embeddings
 from .engine import Engine
@@ -92,6 +92,7 @@ def create_app(engine: Engine, model_id: str, max_queue: int = 64, max_body_byte
         return await handle_embeddings(state, request)
 
     _model_routes(app, state)
+    trace_api.add_trace_routes(app, state)
 
     @app.get("/health")
     async def health():

@@ -12,7 +12,7 @@ bit-identical to `model(ids)`.
 lens top-k of the last position after every block, where its attention goes, and the model's
 own next-token distribution.
 
-    >>> app = create_app(engine, "smollm2"); add_trace_route(app, app.state.ember)  # doctest: +SKIP
+    >>> app = create_app(engine, "smollm2"); add_trace_routes(app, app.state.ember)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,14 +20,18 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from fastapi.responses import FileResponse
 
 from ember.model.layers import rope_cos_sin
 
 from .protocol import APIError
 
 MAX_TRACE_TOKENS = 96  # a trace keeps every head's (T, T) map: bounded for the server
+VENDOR = Path(__file__).parent / "static" / "vendor"
+VENDOR_FILES = ("marked.umd.js", "purify.min.js", "marked.LICENSE", "dompurify.LICENSE", "VERSIONS.txt")
 
 
 @dataclass
@@ -134,24 +138,43 @@ def trace_json(model, tok, ids: list[int], top: int = 5, heads: bool = False, w:
     return {"tokens": tokens, "layers": layers, "next": top_tokens(tok, w.logits[0, -1], top)}
 
 
-def add_trace_route(app, state) -> None:
-    """`GET /v1/trace?text=...&chat=false&top=5`: the trace JSON of a short text (at most
-    MAX_TRACE_TOKENS tokens; one trace at a time) on the served model."""
+def add_trace_routes(app, state) -> None:
+    """`GET /v1/trace?text=...&chat=false&reply=&top=5`: the trace JSON of a short text (at most
+    MAX_TRACE_TOKENS tokens; one trace at a time) on the served model. chat=true: `text` is a
+    user message in the chat template and `reply` the assistant's text so far, so the trace
+    ends where the reply's next token is predicted. And `GET /static/vendor/NAME`: the web
+    chat's vendored scripts (marked, DOMPurify)."""
     lock = asyncio.Lock()
 
     @app.get("/v1/trace")
-    async def trace(text: str = "", chat: bool = False, top: int = 5):
+    async def trace(text: str = "", chat: bool = False, reply: str = "", top: int = 5):
         if not text:
             raise APIError(400, "give the text to trace: /v1/trace?text=...", param="text")
         if not 1 <= top <= 20:
             raise APIError(400, f"top must be between 1 and 20, got {top}", param="top")
-        tok = state.tokenizer
-        if chat:
-            ids, _ = tok.render_chat([{"role": "user", "content": text}], add_generation_prompt=True)
-        else:
-            ids = tok.encode(text, add_bos=None)
-        if len(ids) > MAX_TRACE_TOKENS:
-            raise APIError(400, f"text is {len(ids)} tokens; a trace takes at most {MAX_TRACE_TOKENS}",
-                           param="text")
+        if reply and not chat:
+            raise APIError(400, "reply is the assistant's text in a chat trace: give chat=true too", param="reply")
+        ids = _trace_ids(state.tokenizer, text, chat, reply)
         async with lock:
-            return await asyncio.to_thread(trace_json, state.engine.model, tok, ids, top)
+            return await asyncio.to_thread(trace_json, state.engine.model, state.tokenizer, ids, top)
+
+    @app.get("/static/vendor/{name}", include_in_schema=False)
+    async def vendor(name: str):
+        path = VENDOR / name
+        if name not in VENDOR_FILES or not path.is_file():
+            raise APIError(404, f"no static file {name!r}", code="not_found")
+        return FileResponse(path, media_type="text/javascript" if name.endswith(".js") else "text/plain")
+
+
+def _trace_ids(tok, text: str, chat: bool, reply: str) -> list[int]:
+    if len(text) + len(reply) > 20 * MAX_TRACE_TOKENS:  # refuse before tokenizing a huge text
+        raise APIError(400, f"text is {len(text) + len(reply)} characters; a trace takes at most "
+                       f"{MAX_TRACE_TOKENS} tokens", param="text")
+    if chat:
+        ids, _ = tok.render_chat([{"role": "user", "content": text}], add_generation_prompt=True)
+        ids = list(ids) + (tok.encode(reply) if reply else [])
+    else:
+        ids = tok.encode(text, add_bos=None)
+    if len(ids) > MAX_TRACE_TOKENS:
+        raise APIError(400, f"text is {len(ids)} tokens; a trace takes at most {MAX_TRACE_TOKENS}", param="text")
+    return ids
