@@ -98,6 +98,7 @@ class Index:
             raise ValueError(f"{self.db} was built with embedding model {stored!r}, not {self.embedding_model!r}: "
                              f"use --embedding-model {stored}, or --rebuild to re-embed everything")
         self._embedder = embedder
+        self._ready = False
 
     @property
     def embedder(self):
@@ -139,22 +140,32 @@ class Index:
         return r
 
     def _prepare(self) -> None:
-        """Check (or, on a fresh or rebuilt store, write) the model and chunk settings."""
+        """Before a run: clear the store for a rebuild, or check its chunk settings are ours."""
+        meta = self.store.meta()
+        settings = json.dumps(self.settings, sort_keys=True)
+        if self.rebuild:
+            self.store.clear()
+            self.store.set_meta({"embedding_model": "", "dim": "", "chunker": ""})
+            self.rebuild = False  # rebuilt: from now on, this index is the store's
+        elif self.store.count() and meta.get("chunker", settings) != settings:
+            raise ValueError(f"{self.db} was chunked with {meta['chunker']}, not {settings}: "
+                             "use those settings, or --rebuild to re-chunk everything")
+        self._ready = False
+
+    def ready(self) -> None:
+        """Before the first chunk of a run: load and check the embedder, and record the model
+        and chunk settings in the store (a run that finds nothing new never loads the model)."""
+        if self._ready:
+            return
         e = self.embedder
         if self.chunk_tokens > e.max_tokens - 2:
             raise ValueError(f"chunk_tokens {self.chunk_tokens} exceeds what {self.embedding_model!r} reads "
                              f"({e.max_tokens - 2} tokens plus [CLS] and [SEP])")
         if self.late_chunking and not hasattr(e, "model"):
             raise ValueError("late chunking needs a BERT Embedder (ember.infer.embed), whose hidden states it pools")
-        meta = self.store.meta()
-        settings = json.dumps(self.settings, sort_keys=True)
-        if self.rebuild:
-            self.store.clear()
-        elif self.store.count() and meta.get("chunker", settings) != settings:
-            raise ValueError(f"{self.db} was chunked with {meta['chunker']}, not {settings}: "
-                             "use those settings, or --rebuild to re-chunk everything")
-        self.store.set_meta({"embedding_model": self.embedding_model, "dim": e.dim, "chunker": settings})
-        self.rebuild = False  # rebuilt: from now on, this index is the store's
+        self.store.set_meta({"embedding_model": self.embedding_model, "dim": e.dim,
+                             "chunker": json.dumps(self.settings, sort_keys=True)})
+        self._ready = True
 
     def embed_query(self, text: str) -> tuple[np.ndarray, str | None]:
         """The query's normalised float32 vector, and a note when the encoder had to cut it."""
@@ -243,6 +254,7 @@ class _Run:
                     self.store.rename(source, doc.path)
                 self.report.unchanged.append(doc.path)
                 continue
+            self.index.ready()
             spans = chunk_text(doc.text, doc.kind, self.index.count_tokens, self.index.chunk_tokens,
                                self.index.overlap)
             self.pending.append((doc, source, full, spans, after, "updated" if old else "added"))

@@ -321,3 +321,12 @@ def test_a_file_that_is_no_database_is_a_clear_error(tmp_path, fake_embedder):
         Index(tmp_path / "notes.txt", embedder=fake_embedder)
     with pytest.raises(FileNotFoundError, match="no RAG database at .*missing.db"):
         Index(tmp_path / "missing.db", embedder=fake_embedder, create=False)
+
+
+def test_a_run_with_nothing_new_never_loads_the_model(rag_index, rag_corpus, tmp_path):
+    ix = Index(tmp_path / "rag.db", chunk_tokens=64, overlap=8)  # no embedder: "fake-bow-32" cannot load
+    assert ix.embedding_model == "fake-bow-32"
+    assert len(ix.add([rag_corpus], progress=False).unchanged) == 7 and ix._embedder is None
+    (rag_corpus / "new.txt").write_text("something new")
+    with pytest.raises(ValueError, match="fake-bow-32"):  # now it must embed: the model is looked up
+        ix.add([rag_corpus], progress=False)
