@@ -105,12 +105,17 @@ def test_modes_and_ranks(index):
     assert [h.ranks for h in bm] == [{"bm25": 1}, {"bm25": 2}, {"bm25": 3}]
     dense = search(index, "ends the loop", k=2, mode="dense")
     assert [h.chunk.id for h in dense] == [2, 3]  # 0.96, 0.8, then 0.6
-    hybrid = search(index, "ends the loop", k=3, mode="hybrid")
+    hybrid = search(index, "ends the loop", k=3, mode="hybrid", fusion="rrf")
     # RRF: 1: 1/61 + 1/63; 2: 1/62 + 1/61; 3: 1/63 + 1/62
     assert [h.chunk.id for h in hybrid] == [2, 1, 3]
     assert hybrid[0].score == pytest.approx(1 / 62 + 1 / 61)
     assert hybrid[0].ranks == {"bm25": 2, "dense": 1}
     assert isinstance(hybrid, Hits) and hybrid.note is None
+    # convex (the default), weight 0.6: dense minmax 2: 1, 3: 0.8333, 1: 0.625, 4: 0;
+    # bm25 minmax 1: 1, 2: 0, 3: 0 → 1: 0.775, 2: 0.6, 3: 0.5, 4: 0
+    convex_hits = search(index, "ends the loop", k=4, mode="hybrid", weight=0.6)
+    assert [h.chunk.id for h in convex_hits] == [1, 2, 3, 4]
+    assert [h.score for h in convex_hits] == pytest.approx([0.775, 0.6, 0.5, 0.0])
 
 
 def test_where_filter_reaches_the_store(index):
