@@ -91,6 +91,16 @@ def test_shared_prefill_scores_as_full_forwards(tiny):
     assert all(ll < 0 for group in shared for ll, _ in group)
 
 
+def test_scoring_gives_the_training_mode_back(tiny):
+    model, tok = tiny
+    model.train()
+    try:
+        EngineBackend(model, tok).score([(tok.encode("ab"), [tok.encode("c"), tok.encode("d")])])
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()
+
+
 @pytest.mark.parametrize("name,shots", [("mc", 0), ("mc", 2), ("gen", 1), ("roll", 0)])
 def test_engine_and_server_agree(tiny, tasks, live, name, shots):
     model, tok = tiny

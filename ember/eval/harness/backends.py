@@ -48,7 +48,7 @@ class EngineBackend:
     """Scoring and generation with a model in this process."""
 
     def __init__(self, model, tokenizer, batch_size: int = 8, shared_prefill: bool = True):
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model, self.tokenizer = model, tokenizer
         self.max_length = model.config.max_seq_len
         self.batch_size, self.shared_prefill = batch_size, shared_prefill
         self.name = "engine"
@@ -56,9 +56,14 @@ class EngineBackend:
 
     @torch.inference_mode()
     def score(self, groups: list[Group]) -> list[list[tuple[float, bool]]]:
-        # one continuation (a rolling window) has nothing to share: one plain causal forward
-        return [(self._score_shared if self.shared_prefill and len(conts) > 1 else self._score_naive)(ctx, conts)
-                for ctx, conts in groups]
+        training = self.model.training  # a recipe may evaluate mid-run: give the mode back
+        self.model.eval()
+        try:
+            # one continuation (a rolling window) has nothing to share: one plain causal forward
+            return [(self._score_shared if self.shared_prefill and len(conts) > 1 else self._score_naive)(ctx, conts)
+                    for ctx, conts in groups]
+        finally:
+            self.model.train(training)
 
     def _device(self):
         return next(self.model.parameters()).device
