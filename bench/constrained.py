@@ -1,5 +1,5 @@
 """The constrained decoder's overhead per token: SmolLM2 greedy on the same prompts,
-unconstrained vs constrained (a JSON schema, a tool call, a JSON object), and the mask
+unconstrained vs constrained (a JSON schema, a tool call, a JSON object, tool_choice auto), and the mask
 computation alone (replaying the constrained tokens through a fresh constraint, with the
 mask cache cold and then warm). Prints one table and the one-off costs (vocabulary
 preparation, grammar compilation).
@@ -39,6 +39,7 @@ CASES = [
     ("json_schema", "Describe a person as JSON with name, age and hobbies.", lambda t: json_schema(PERSON, t)),
     ("tool_calls", "What is the weather in Paris?", lambda t: tool_calls(WEATHER, t, parallel=False)),
     ("json_object", "Give me a JSON object describing a book.", json_object),
+    ("tools auto", "Tell me a joke about Paris.", lambda t: tool_calls(WEATHER, t, tool_choice="auto")),
 ]
 
 

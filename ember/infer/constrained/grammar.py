@@ -15,11 +15,12 @@ EOS ids are allowed exactly when some thread may end here.
 from __future__ import annotations
 
 import codecs
+import functools
 
 import torch
 
 from .json_nodes import Str
-from .nodes import MarkerText, Node, accepting, initial_threads, step_all
+from .nodes import MarkerText, Node, Seq, accepting, initial_threads, step_all
 from .regex_dfa import RegexNode
 from .vocab import MASK_CACHE_SIZE, Vocab
 
@@ -68,6 +69,10 @@ class Grammar:
         if not thread:
             return torch.zeros(v.size, dtype=torch.bool)
         node, local = thread[-1]
+        if isinstance(node, Seq):  # its next child starts at the next byte: mask that
+            waiting = thread[:-1] + ((node, local + 1),)
+            masks = [self.thread_mask(waiting + (f,)) for f in node.children[local].enter()]
+            return functools.reduce(torch.logical_or, masks)
         ids: list[int] = []
         if isinstance(node, MarkerText):
             return self._marker_mask(thread, node, local)
