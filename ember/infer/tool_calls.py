@@ -211,7 +211,13 @@ def build_grammar(tokenizer, tools: list[dict], choice: str, parallel: bool = Tr
         try:
             return C.tool_calls(tools, tokenizer, tool_choice=tc, parallel=parallel)
         except (ValueError, RecursionError) as e:
-            raise ToolError(f"tools: a parameters schema cannot be used for decoding: {e}", "tools") from None
+            for i, t in enumerate(tools):  # name the tool whose schema the decoder refuses
+                param = f"tools[{i}].function.parameters"
+                try:
+                    C.json_schema(t["function"]["parameters"], tokenizer)
+                except (ValueError, RecursionError) as one:
+                    raise ToolError(f"{param} cannot be used for decoding: {one}", param) from None
+            raise ToolError(f"tools cannot be used for decoding: {e}", "tools") from None
     if rf.get("type") == "json_object":
         return C.json_object(tokenizer)
     if rf.get("type") == "json_schema":

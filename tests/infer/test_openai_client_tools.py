@@ -158,6 +158,8 @@ def test_vllms_guided_fields_constrain_chat_and_completions(live):
 # ---- bad input: 400s naming the field ----------------------------------------------------------
 
 BAD_SCHEMA = {"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}
+PATTERN = {"type": "function", "function": {"name": "f", "parameters": {
+    "type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}}}}}
 TOOL_MSG = {"role": "tool", "content": "24C"}
 
 
@@ -167,6 +169,7 @@ TOOL_MSG = {"role": "tool", "content": "24C"}
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [WEATHER, BAD_SCHEMA]}, "tools[1].function.parameters"),
     ({"tools": [WEATHER, WEATHER]}, "tools[1].function.name"),
+    ({"tools": [WEATHER, PATTERN]}, "tools[1].function.parameters"),  # valid, but the decoder lacks `pattern`
     ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0].function.name"),
     ({"messages": ASK + [TOOL_MSG]}, "messages[1].tool_call_id"),
     ({"messages": ASK + [{**TOOL_MSG, "tool_call_id": "call_404"}]}, "messages[1].tool_call_id"),
