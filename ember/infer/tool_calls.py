@@ -300,12 +300,14 @@ def to_message(text: str, finish_reason: str, choice: str) -> tuple[dict, str]:
 
 
 def chat(engine, tokenizer, messages: list[dict], tools: list[dict] | None = None, tool_choice="auto",
-         params=None, response_format: dict | None = None, constrained: bool = True) -> dict:
+         params=None, response_format: dict | None = None, constrained: bool = True,
+         parallel_tool_calls: bool = True) -> dict:
     """One assistant turn through the engine, as `ember serve` answers it: returns
     {"message": {"role", "content", "tool_calls"?}, "finish_reason"}. messages and tools
     are OpenAI's shapes (dicts); tool_choice "none" | "auto" | "required" | a function
     name | {"type": "function", "function": {"name": ...}}. constrained=False lets the
-    model write calls freely (response_format is always constrained). The engine must be
+    model write calls freely (response_format is always constrained); parallel_tool_calls=False
+    allows one call at most (when constrained). The engine must be
     idle. Bad input raises ToolError (a ValueError naming the field).
 
     >>> chat(engine, tok, [{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER],
@@ -320,7 +322,7 @@ def chat(engine, tokenizer, messages: list[dict], tools: list[dict] | None = Non
     choice = resolve_tool_choice(checked, tool_choice)
     check_history(messages)
     ids = render_prompt(tokenizer, messages, checked if choice != "none" else [])
-    grammar = build_grammar(tokenizer, checked, choice, True, response_format, constrained)
+    grammar = build_grammar(tokenizer, checked, choice, parallel_tool_calls, response_format, constrained)
     params = params or SamplingParams(temperature=0.0, max_tokens=256)
     if grammar is None:
         result = engine.generate([ids], params)[0]
