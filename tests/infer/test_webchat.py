@@ -53,7 +53,7 @@ def test_chat_streams_a_reply_and_keeps_history(server_url, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server_url + "/")
-    wait = WebDriverWait(browser, 10, poll_frequency=0.05)
+    wait = WebDriverWait(browser, 60, poll_frequency=0.05)
     wait.until(lambda d: d.find_element(By.ID, "model").text == "tiny-smollm2")
 
     for field, value in (("temperature", "0"), ("max-tokens", "24")):
@@ -94,7 +94,7 @@ def test_server_error_is_shown(server_url, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server_url + "/")
-    wait = WebDriverWait(browser, 10, poll_frequency=0.05)
+    wait = WebDriverWait(browser, 60, poll_frequency=0.05)
     wait.until(lambda d: d.find_element(By.ID, "model").text == "tiny-smollm2")
     el = browser.find_element(By.ID, "max-tokens")
     el.clear()
@@ -115,7 +115,7 @@ def _fresh(browser, url):
     browser.get(url + "/")
     browser.execute_script("localStorage.clear()")
     browser.get(url + "/")
-    wait = WebDriverWait(browser, 10, poll_frequency=0.05)
+    wait = WebDriverWait(browser, 60, poll_frequency=0.05)
     wait.until(lambda d: d.find_element(By.ID, "model").text == "tiny-smollm2")
     return wait
 
@@ -185,8 +185,7 @@ def test_markdown_renders_and_model_html_cannot_inject(server_url, browser):
     from selenium.webdriver.common.by import By
 
     wait = _fresh(browser, server_url)
-    saved = {"history": [{"role": "user", "content": "show me"}, {"role": "assistant", "content": json.loads(
-        '"' + HOSTILE + '"')}], "extras": [None, {"prompt": "show me", "tokens": [], "sources": [
+    saved = {"history": [{"role": "user", "content": "show me"}, {"role": "assistant", "content": HOSTILE}], "extras": [None, {"prompt": "show me", "tokens": [], "sources": [
             {"n": 1, "doc": "guide<script>.md", "chunk": 0, "score": 0.5, "text": "<img src=x onerror=alert(1)>"}]}]}
     browser.execute_script("localStorage.setItem('ember-chat-v1', arguments[0])", json.dumps(saved))
     browser.refresh()
