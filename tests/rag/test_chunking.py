@@ -26,17 +26,18 @@ BLOCK = st.one_of(
     st.builds(lambda n, t: "#" * n + " " + t, st.integers(1, 4), SENTENCE),
     st.builds(lambda body: "```\n" + body + "\n\n# not a heading\n```", PARAGRAPH),
     st.builds(lambda w: w * 20, WORD),  # one long word: cut at characters
-    st.sampled_from(["", "   ", "\t"]),
+    st.sampled_from(["", "   ", "\t", "Title\n=====", "Sub\n---", "class A:", "    def f(self):", "@dec"]),
 )
 MARKDOWN = st.builds(lambda bs, sep: sep.join(bs), st.lists(BLOCK, min_size=1, max_size=12),
                      st.sampled_from(["\n\n", "\n", "\n\n\n", "\r\n\r\n"]))
 
 
 @settings(max_examples=100, deadline=None)
-@given(text=MARKDOWN, budget=st.integers(8, 40), overlap_share=st.floats(0, 0.5))
-def test_spans_reproduce_the_text_and_cover_it(text, budget, overlap_share):
+@given(text=MARKDOWN, budget=st.integers(8, 40), overlap_share=st.floats(0, 0.5),
+       kind=st.sampled_from(["markdown", "markdown", "text", "python"]))
+def test_spans_reproduce_the_text_and_cover_it(text, budget, overlap_share, kind):
     overlap = int(budget * overlap_share)
-    chunks = chunk_text(text, "markdown", words, budget, overlap)
+    chunks = chunk_text(text, kind, words, budget, overlap)
     covered = np.zeros(len(text), bool)
     for c in chunks:
         piece = text[c.start:c.end]
@@ -48,7 +49,7 @@ def test_spans_reproduce_the_text_and_cover_it(text, budget, overlap_share):
     assert [c.start for c in chunks] == sorted(c.start for c in chunks)
     assert len({c.start for c in chunks}) == len(chunks)
     # a chunk lies inside one section, and carries that section's heading path
-    secs = sections(text, "markdown")
+    secs = sections(text, kind)
     for c in chunks:
         assert any(s <= c.start and c.end <= e and h == c.headings for s, e, h in secs)
 
