@@ -48,6 +48,12 @@ COMMANDS: dict[str, Command] = {
     # looking inside
     "trace": Command("ember.inspect.trace:trace", "one text through the model: tokens, logit lens, attention, sampling",
                      "TraceConfig", positional="text", loads_model=True),
+    "inspect lens": Command("ember.inspect.lens:tuned_lens", "train a tuned lens; per-block KL of the logit and tuned lens",
+                            "TunedLensConfig", loads_model=True),
+    "inspect embeddings": Command("ember.inspect.geometry:embeddings", "embedding geometry: cosines, neighbours, "
+                                  "analogies, PCA plot", "EmbeddingsConfig", loads_model=True),
+    "inspect causal": Command("ember.inspect.causal:causal", "causal tracing of a fact (corrupt the subject, restore "
+                              "one block)", "CausalConfig", loads_model=True),
     # retrieval
     "rag index": Command("ember.rag.cli_index:index", "index files into a RAG store (SQLite or PostgreSQL)",
                          "IndexConfig", many=("input",), loads_model=True),

@@ -95,11 +95,11 @@ def causal_trace(model, tok, prompt: str, target: str, subject: str, noise: floa
             blocks = [i] if kind == "state" else range(max(0, i - window // 2), min(L, i - window // 2 + window))
             part = KINDS.index(kind)
             restore = {(kind, j): clean[j][part][0, at] for j in blocks}
-            probs.append(round(float(_run(model, x, pos, rope, at, restore)[0][:, tid].mean()), 5))
+            probs.append(float(_run(model, x, pos, rope, at, restore)[0][:, tid].mean()))
         kinds[kind] = probs
     return {"prompt": prompt, "target": tok.decode([tid]), "subject": subject,
             "subject_tokens": [tok.decode([ids[p]]) for p in span], "top_clean": tok.decode([int(clean_p[0].argmax())]),
-            "clean": round(float(clean_p[0, tid]), 5), "corrupted": round(float(bad_p[:, tid].mean()), 5),
+            "clean": float(clean_p[0, tid]), "corrupted": float(bad_p[:, tid].mean()),
             "noise_std": round(noise * sigma, 5), "samples": samples, "window": window, "kinds": kinds}
 
 
