@@ -253,10 +253,10 @@ def _load_embedder(name: str):
 def _retriever(db: str | None, tok, ctx: int):
     if db is None:
         return None
-    from ember.cli.rag import open_index
     from ember.rag.answer import ChatRetriever
+    from ember.rag.index import Index
 
-    return ChatRetriever(open_index(db), tok, ctx)
+    return ChatRetriever(Index(db, create=False), tok, ctx)  # a missing store: FileNotFoundError naming it
 
 
 def serve(cfg: ServeConfig) -> None:
