@@ -83,12 +83,14 @@ def train_tuned_lens(model, windows: torch.Tensor, layers: list[int], steps: int
     for p in frozen:
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
+    head = _float_head(model.output)  # (V, D): gradients flow through it to the translators
     try:
         for _ in tqdm(range(steps), desc="tuned lens", disable=not progress):
             ids = windows[torch.randint(0, len(windows), (batch,), generator=g)]  # (B, T)
             w = walk(model, ids, attention=False)
             final = w.logits.flatten(0, 1)  # (B·T, V)
-            loss = sum(_kl(final, lens_logits(model, lens.translate(i, w.resid[i].flatten(0, 1)))) for i in layers)
+            loss = sum(_kl(final, F.linear(model.norm(lens.translate(i, w.resid[i].flatten(0, 1))), head))
+                       for i in layers)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -96,6 +98,19 @@ def train_tuned_lens(model, windows: torch.Tensor, layers: list[int], steps: int
         for p in frozen:
             p.requires_grad_(True)
     return lens
+
+
+def _float_head(output) -> torch.Tensor:
+    """The output head's weight in fp32; a quantized head (ember.quant) dequantized, since its
+    integer matmul has no backward."""
+    with torch.no_grad():
+        if isinstance(output, nn.Linear):
+            w = output.weight
+        elif hasattr(output, "dequantize"):
+            w = output.dequantize()
+        else:
+            raise ValueError(f"cannot train a tuned lens through a {type(output).__name__} head (no dequantize)")
+    return w.detach().float()
 
 
 @torch.no_grad()
