@@ -287,3 +287,17 @@ def test_agent_command_with_a_scripted_model(monkeypatch, capsys):
     assert "--max-steps must be an integer >= 1, got 0" in capsys.readouterr().err
     assert ember_main(["agent", "--tools", "search", "x"]) == 2
     assert "the search tool needs --db" in capsys.readouterr().err
+
+
+def test_run_tasks_scores_each_task():
+    from ember.agents.tasks import run_tasks, summarize
+
+    tasks = [t for t in load_tasks() if t["kind"] != "lookup"][:2] + [load_tasks()[-1]]
+    replies = iter([[call("calculator", expression="347 * 29"), answer("It is 10063.")],
+                    [answer("I think 5000.")],
+                    [call("python", code="print(len('a b c'.split()))"), answer("13 words")]])
+    records = run_tasks(lambda: ScriptedModel(next(replies)), tasks, max_steps=3)
+    assert [r["right"] for r in records] == [True, False, True]
+    assert records[0]["called"] == ["calculator"] and records[1]["called"] == []
+    s = summarize(records)
+    assert s["n"] == 3 and abs(s["success"] - 2 / 3) < 1e-9 and s["by_kind"] == {"arithmetic": 0.5, "code": 1.0}

@@ -23,7 +23,8 @@ class Box:
 
 @tool
 def ship(address: Address, boxes: list[Box], speed: Literal["slow", "fast"] = "slow",
-         note: Optional[str] = None, tags: dict[str, int] | None = None, insured: bool = False) -> dict:
+         note: Optional[str] = None,  # noqa: UP045 (typing.Optional is supported too)
+         tags: dict[str, int] | None = None, insured: bool = False) -> dict:
     """Ship boxes to an address.
 
     More words that are not the summary.

@@ -8,7 +8,6 @@ what is prevented and by what. Attempts that only the namespaces stop are skippe
 """
 
 import os
-import signal
 import socket
 import textwrap
 import time
