@@ -244,6 +244,16 @@ def test_calls_written_by_the_model_come_back_as_tool_calls(constrained):
         srv.close()
 
 
+def test_tool_choice_none_leaves_call_text_as_content_and_the_tools_out_of_the_prompt():
+    text = '<tool_call>{"name": "get_time", "arguments": {"tz": "CET"}}</tool_call>'
+    srv = _scripted(ASK, text)  # scripted for the prompt without tools
+    try:
+        r = srv.chat(tools=TOOLS, tool_choice="none", max_tokens=100).choices[0]
+        assert r.message.content == text and r.message.tool_calls is None and r.finish_reason == "stop"
+    finally:
+        srv.close()
+
+
 def test_a_malformed_call_stays_content_when_unconstrained():
     text = '<tool_call>{"name": "get_time", "arguments": {"tz": CET}}</tool_call>'
     srv = _scripted(ASK, text, TOOLS)
