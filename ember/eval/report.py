@@ -45,7 +45,7 @@ class ReportConfig:
 
     runs: list[str] = field(default_factory=list)
     """run folders (training runs, scaling sweeps, eval outputs) or results.json files (also the bare words)"""
-    out: Path = Path("report.html")
+    out: Path = Path("report.html")  # a Path: the CLI checks str `out` fields as folders, this is a file
     """the HTML file to write (a file path; its folder is made if needed)"""
     overwrite: bool = False
     """replace an existing --out (else it is an error)"""
