@@ -195,3 +195,14 @@ def test_large_enum_is_one_thread():
     assert not g.matches('"item 2000"')
     c = feed_text(g.start(), '"item 1')
     assert len(c._threads) == 1 and torch.equal(c.allowed(), brute_mask(c))
+
+
+@pytest.mark.parametrize("pattern,prefix", [
+    (".*", ""),  # broad: every token at once on the DFA table
+    (r"[a-z ]+\.", "hello wor"),
+    ("[^\"]{0,5}x", "ab"),  # bounded: the table's states count characters
+    ("(Paris|London)", "Lo"),  # narrow: the trie walk
+])
+def test_regex_masks_equal_brute_force(pattern, prefix):
+    c = feed_text(regex(pattern, smollm2()).start(), prefix)
+    assert torch.equal(c.allowed(), brute_mask(c))

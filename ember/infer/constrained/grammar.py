@@ -19,10 +19,15 @@ import functools
 
 import torch
 
+from .dfa_mask import dfa_mask, full_table
 from .json_nodes import Str
 from .nodes import MarkerText, Node, Seq, accepting, initial_threads, step_all
 from .regex_dfa import RegexNode
 from .vocab import MASK_CACHE_SIZE, Vocab
+
+# A regex state with more live next bytes than this is masked on its full DFA table, all
+# tokens at once (dfa_mask.py); with fewer, the trie walk prunes early and is faster.
+DFA_MASK_FANOUT = 16
 
 
 def walk(trie: dict, threads: list[tuple], out: list[int]) -> None:
@@ -52,6 +57,7 @@ class Grammar:
         self.root, self.vocab, self.description = root, vocab, description
         self.initial = initial_threads(root)
         self._eos = torch.tensor(vocab.eos_ids, dtype=torch.long)
+        self._tables: dict = {}  # RegexNode -> (its full DFA table or None, live bytes per state)
 
     def __repr__(self) -> str:
         return f"Grammar({self.description})"
@@ -77,7 +83,10 @@ class Grammar:
         if isinstance(node, MarkerText):
             return self._marker_mask(thread, node, local)
         if isinstance(node, RegexNode) and len(thread) == 1:
-            node.walk(v.trie, local, ids)
+            table, fanout = self._dfa_table(node)
+            if table is not None and fanout[local] > DFA_MASK_FANOUT:
+                return dfa_mask(v.token_matrix(), table, local, v.size)
+            node.walk(v.trie, local, ids)  # few next bytes: the walk prunes early, faster
             return v.ids_to_mask(ids)
         if isinstance(node, Str) and node.is_free_body(local):
             base = v.string_body
@@ -87,6 +96,14 @@ class Grammar:
             return v.ids_to_mask(ids, base)
         walk(v.trie, [thread], ids)
         return v.ids_to_mask(ids)
+
+    def _dfa_table(self, node: RegexNode) -> tuple[torch.Tensor | None, list[int]]:
+        """The pattern's full DFA table (None if too large) and each state's live bytes."""
+        if node not in self._tables:
+            table = full_table(node)
+            fanout = [] if table is None else (table[:-1] != len(table) - 1).sum(1).tolist()
+            self._tables[node] = table, fanout
+        return self._tables[node]
 
     def _marker_mask(self, thread: tuple, node: MarkerText, k: int) -> torch.Tensor:
         """Any token, except those in which the marker completes: the text-only thread

@@ -120,6 +120,12 @@ class Vocab:
                 cache.popitem(last=False)
         return value
 
+    def token_matrix(self):
+        """The ordinary tokens as a padded byte matrix (dfa_mask.TokenBytes), built on first use."""
+        from .dfa_mask import TokenBytes
+
+        return self.cached(self._with_byte, "matrix", lambda: TokenBytes(self.token_bytes), 257)
+
     def ids_with_byte(self, byte: int) -> list[int]:
         """Ids of the ordinary tokens whose bytes contain byte (cached)."""
         make = lambda: [i for i, d in enumerate(self.token_bytes) if d is not None and byte in d]  # noqa: E731
