@@ -11,7 +11,8 @@ compiled for it:
   position (no `"`, `\\`, control bytes; UTF-8 that stays valid, possibly ending inside a
   character), with `string_chars` their character counts. Inside a free string (most of
   the tokens a JSON reply spends) a mask is this precomputed set OR a walk over
-  `rest_trie`, the few thousand tokens outside it: ~40k tokens need no walk at all.
+  `rest_trie`, the tokens outside it (432 of SmolLM2's 49,135 ordinary tokens: a walk of
+  ~700 trie nodes instead of ~100k).
 - `text_mask`: every ordinary token (free text).
 
 Special tokens (`<|im_end|>`, ...) are never in a trie: EOS ids are allowed only when the
@@ -19,6 +20,9 @@ output is complete (grammar.py), the others never.
 
 >>> from ember.tokenizer import load_tokenizer                      # doctest: +SKIP
 >>> v = vocab_for(load_tokenizer("smollm2")); int(v.string_body.sum())  # doctest: +SKIP
+48703
+
+Preparing SmolLM2's vocabulary takes ~1.2-2 s (on a shared 2-core machine) and ~33 MB.
 """
 
 from __future__ import annotations
