@@ -162,3 +162,24 @@ def test_bad_arguments(index, kw, match):
         search(index, "ends the loop", **kw)
     with pytest.raises(ValueError, match="the query is empty"):
         search(index, "   ")
+
+
+def test_reranker_batches_equal_one_by_one(smollm2_tokenizer):
+    """Right-padded batches of a causal model give each pair the score it gets alone."""
+    import torch
+
+    from ember.model import ModelConfig, Transformer
+    from ember.rag.rerank import Reranker
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(vocab_size=smollm2_tokenizer.vocab_size, max_seq_len=512, tie_embeddings=True)
+    model = Transformer(cfg).eval()
+    passages = ["break ends the loop", "a much longer passage about " * 8, "x", "continue skips"]
+    batched = Reranker(model, smollm2_tokenizer, batch_size=4).score("how do loops end?", passages)
+    alone = Reranker(model, smollm2_tokenizer, batch_size=1).score("how do loops end?", passages)
+    assert batched == pytest.approx(alone, abs=1e-4)
+    assert len(set(round(s, 4) for s in alone)) > 1  # the scores depend on the passage
+    cut = Reranker(model, smollm2_tokenizer, max_passage_tokens=3)
+    assert len(cut.prompt_ids("q", "word " * 100)) < len(cut.prompt_ids("q", "word " * 3)) + 5
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Reranker(model, smollm2_tokenizer, batch_size=0)
