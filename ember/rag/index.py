@@ -89,7 +89,7 @@ class Index:
             from ember.rag.store import SQLiteStore
 
             self.store = SQLiteStore(db, create=create)
-        self.db, self.rebuild, self.batch_chunks = str(db), rebuild, batch_chunks
+        self.db, self.rebuild, self.batch_chunks = self.store.path, rebuild, batch_chunks  # no password
         self.chunk_tokens, self.overlap, self.late_chunking = chunk_tokens, overlap, late_chunking
         stored = self.store.embedding_model
         self.embedding_model = embedding_model or stored or getattr(embedder, "name", None) or "minilm"

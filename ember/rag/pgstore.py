@@ -50,6 +50,16 @@ def _schema_sql(s: str) -> list[str]:
     ]
 
 
+def redact(dsn: str) -> str:
+    """A DSN without its password, for messages.
+
+    >>> redact("postgresql://me:secret@db:5432/rag"), redact("host=db password=secret dbname=rag")
+    ('postgresql://me:***@db:5432/rag', 'host=db password=*** dbname=rag')
+    """
+    dsn = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", dsn)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+
+
 def _vec(v: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.9g}" for x in np.asarray(v, dtype=np.float32).tolist()) + "]"
 
@@ -64,11 +74,11 @@ class PgStore:
             raise ValueError('the postgres backend needs psycopg: pip install "psycopg[binary]"') from None
         if not IDENT.match(schema):
             raise ValueError(f"schema {schema!r} is not a plain lower-case SQL name")
-        self.path, self.s = dsn, schema
+        self.path, self.s = redact(dsn), schema  # the name errors show: no password
         try:
             self.db = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as e:
-            raise ValueError(f"cannot connect to PostgreSQL at {dsn!r}: {str(e).strip()}") from None
+            raise ValueError(f"cannot connect to PostgreSQL at {self.path!r}: {str(e).strip()}") from None
         try:
             with self.db.transaction():
                 self.db.execute("CREATE EXTENSION IF NOT EXISTS vector")
@@ -78,7 +88,7 @@ class PgStore:
                 self.db.execute(f"INSERT INTO {schema}.meta VALUES ('schema_version', '1') ON CONFLICT DO NOTHING")
         except psycopg.Error as e:
             self.db.close()
-            raise ValueError(f"PostgreSQL at {dsn!r} cannot hold the store: {str(e).strip()} "
+            raise ValueError(f"PostgreSQL at {self.path!r} cannot hold the store: {str(e).strip()} "
                              "(the pgvector extension must be installed in the server)") from None
 
     def _q(self, sql: str, args=()):

@@ -148,3 +148,12 @@ def test_clear_empties_and_a_second_writer_is_refused(store, backend):
     store.clear()
     assert store.count() == 0 and store.documents() == [] and store.bm25("loop", 3) == []
     assert store.dense(np.ones(32, np.float32), 3) == []
+
+
+def test_an_unreachable_server_is_a_clear_error_without_the_password():
+    pytest.importorskip("psycopg")
+    from ember.rag.pgstore import PgStore
+
+    with pytest.raises(ValueError, match=r"cannot connect to PostgreSQL at 'postgresql://me:\*\*\*@127.0.0.1:1/x\?connect") as e:
+        PgStore("postgresql://me:hunter2@127.0.0.1:1/x?connect_timeout=5")
+    assert "hunter2" not in str(e.value)
