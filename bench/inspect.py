@@ -10,14 +10,21 @@ The tuned lens trains --lens-steps steps of one 64-token window of the bundled c
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
+import sys
 from pathlib import Path
 
-import torch
+# Run as a script, this file's folder comes first on sys.path, where its name would shadow the
+# standard library's `inspect` (which torch imports).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 
-import ember
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+import ember  # noqa: E402
 from ember.core.io import atomic_write_bytes, atomic_write_text
 from ember.infer.trace_api import walk
 from ember.inspect.attention import head_summaries, induction_scores, summaries_png

@@ -99,3 +99,19 @@ def test_bad_options_name_the_value(smollm2_tokenizer):
     model = _tiny(vocab_size=smollm2_tokenizer.vocab_size)
     with pytest.raises(ValueError, match="5 tokens"):
         build_trace(model, smollm2_tokenizer, [1, 2, 3, 4, 5], TraceConfig(max_tokens=4))
+
+
+def test_html_page_escapes_model_text_and_needs_no_network(smollm2_tokenizer):
+    from ember.inspect.attention import head_summaries
+    from ember.inspect.report import trace_html
+
+    tok = smollm2_tokenizer
+    model = _tiny(vocab_size=tok.vocab_size)
+    tr, attn = build_trace(model, tok, tok.encode("a b c"), TraceConfig(text="<script>alert(1)</script>"))
+    tr["tokens"][0]["text"] = "<img src=x onerror=alert(1)>"
+    tr["layers"][0]["top"][0]["token"] = "</td><script>"
+    page = trace_html(tr, attn, head_summaries(attn))
+    assert "<script" not in page and "<img src=x" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&lt;/td&gt;&lt;script&gt;" in page
+    assert "http://" not in page and "https://" not in page
+    assert page.count("data:image/png;base64,") == 2  # the attention mosaic and the head summaries
