@@ -152,3 +152,22 @@ def _as_sources(hits):
     from ember.rag.answer import sources_from_hits
 
     return sources_from_hits(hits)
+
+
+def test_chat_retriever_keeps_the_conversation(rag_index, smollm2_tokenizer):
+    from ember.rag.answer import ChatRetriever
+
+    rag = ChatRetriever(rag_index, smollm2_tokenizer, ctx=1024)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "how does break end a loop?"}]
+    out, sources = rag(msgs, k=2, max_tokens=64)
+    assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
+    assert out[0]["content"].startswith("You answer") and out[0]["content"].endswith("Be brief.")
+    assert out[1:3] == msgs[1:3]
+    marker = re.search(r"BEGIN SOURCES (\w+)", out[-1]["content"])[1]
+    assert out[-1]["content"].endswith("Question: how does break end a loop?")
+    assert f"END SOURCES {marker}" in out[-1]["content"] and marker in out[0]["content"]
+    assert len(sources) == 2 and sources[0]["doc"].endswith("notes/loops.txt")
+    assert f"[1] ({sources[0]['doc']})\n{sources[0]['text']}" in out[-1]["content"]
+    with pytest.raises(ValueError, match="last message to be the user's question"):
+        rag(msgs[:3], k=2, max_tokens=64)
