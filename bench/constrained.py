@@ -4,14 +4,17 @@ computation alone (replaying the constrained tokens through a fresh constraint, 
 mask cache cold and then warm). Prints one table and the one-off costs (vocabulary
 preparation, grammar compilation).
 
-    .venv/bin/python bench/constrained.py [--threads 1] [--max-tokens 64] [--repeats 3]
+    .venv/bin/python -P bench/constrained.py [--threads 1] [--max-tokens 64] [--repeats 3]
 
 ms/token is the wall time of `Engine.generate` divided by the tokens generated (prefill
 included, the same prompt both ways); the constrained run is timed twice: first with an
 empty mask cache (every new matcher state walks the vocabulary trie), then `--repeats`
 times more (the masks of a repeated request are cached), interleaved with as many
 unconstrained runs; the best of each is kept, since other processes on the machine slow
-runs at random. Unconstrained replies are cut at the constrained
+runs at random. Because whole-run differences are within that noise on a shared machine,
+the constraint's own parts are timed apart too: "mask" is allowed() + advance() per token
+(cold: empty mask cache; warm: cached), "apply" the engine's masking of the logits row
+(constrain_logits, warm masks), and "parts %" is (mask cold + apply) / plain ms per token. Unconstrained replies are cut at the constrained
 reply's length (ignore_eos), so both decode the same number of tokens.
 """
 
@@ -59,6 +62,21 @@ def mask_ms(grammar, token_ids) -> float:
     return 1000 * (time.perf_counter() - start) / max(len(token_ids), 1)
 
 
+def apply_ms(grammar, token_ids, V: int) -> float:
+    """Mean ms of the engine's masking step (constrain_logits on one [1, V] row), warm masks."""
+    from types import SimpleNamespace
+
+    from ember.infer.constrain_step import constrain_logits
+
+    c, logits, total = grammar.start(), torch.randn(1, V), 0.0
+    for t in token_ids:
+        start = time.perf_counter()
+        constrain_logits([SimpleNamespace(constraint=c)], logits)
+        total += time.perf_counter() - start
+        c.advance(t)
+    return 1000 * total / max(len(token_ids), 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -77,7 +95,7 @@ def main() -> None:
     print(f"vocabulary preparation: {prep_s:.2f} s ({vocab.size} tokens, "
           f"{int(vocab.string_body.sum())} free-string tokens)")
     header = (f"{'constraint':12} {'tokens':>6} {'plain ms/tok':>12} {'constr. cold':>12} {'constr. warm':>12} "
-              f"{'overhead warm':>13} {'mask cold ms':>12} {'mask warm ms':>12}")
+              f"{'overhead warm':>13} {'mask cold ms':>12} {'mask warm ms':>12} {'apply ms':>9} {'parts %':>10}")
     print(header)
     print("-" * len(header))
     for name, question, make in CASES:
@@ -98,9 +116,11 @@ def main() -> None:
         vocab.masks.clear()
         m_cold = mask_ms(grammar, rc.token_ids)
         m_warm = mask_ms(grammar, rc.token_ids)
+        m_apply = apply_ms(grammar, rc.token_ids, model.config.vocab_size)
         ms = [1000 * s / n for s in (plain_s, cold_s, warm_s)]
         print(f"{name:12} {n:6d} {ms[0]:12.2f} {ms[1]:12.2f} {ms[2]:12.2f} "
-              f"{100 * (ms[2] / ms[0] - 1):12.1f}% {m_cold:12.3f} {m_warm:12.3f}")
+              f"{100 * (ms[2] / ms[0] - 1):12.1f}% {m_cold:12.3f} {m_warm:12.3f} {m_apply:9.3f} "
+              f"{100 * (m_cold + m_apply) / ms[0]:9.2f}%")
         print(f"{'':12} compile {compile_ms:.1f} ms, finish {rc.finish_reason}: {rc.text[:90]!r}")
 
 
