@@ -168,7 +168,7 @@ def test_limit_and_target_errors(tiny, tasks, tmp_path):
         run(load_task(str(tmp_path / "t.yaml")), EngineBackend(model, tok))
 
 
-def test_cli_run_writes_results(tiny, tasks, tmp_path, capsys):
+def test_cli_run_writes_results(tiny, tasks, live, tmp_path, capsys):
     from ember.model.convert.hf import save_hf
 
     model, tok = tiny
@@ -185,6 +185,10 @@ def test_cli_run_writes_results(tiny, tasks, tmp_path, capsys):
     assert set(saved["items"][0]) >= {"doc", "prompt", "target", "loglikelihoods", "metrics"}
     assert main(args) == 2  # never overwritten
     assert "results already there" in capsys.readouterr().err
+    served = [*args[:-3], "--backend", live.url, "--out", str(tmp_path / "served"), "--json"]
+    assert main(served) == 0
+    remote = json.loads((tmp_path / "served" / "results.json").read_text())
+    assert remote["backend"] == live.url and remote["metrics"] == pytest.approx(saved["metrics"])
 
 
 @pytest.mark.parametrize("extra,message", [
