@@ -18,7 +18,7 @@ are `invalid` and appear in the returned text as `[n?]`, never as a real citatio
 
     >>> ans = answer("How do I leave a loop early?", index, engine)   # doctest: +SKIP
     >>> ans.text, [s.doc for s in ans.sources], ans.invalid_citations  # doctest: +SKIP
-    ('Use the break statement [1].', ['pydoc/break.txt', ...], [])
+    ('... [1].', ['pydoc/for.txt', 'pydoc/compound.txt', ...], [])
 """
 
 from __future__ import annotations

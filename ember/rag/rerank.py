@@ -8,6 +8,10 @@ causal, so a row's last real token never sees the padding after it, and only tha
 position's logits are computed (`logits_index`). The score is
 log(P(yes) + P(Yes)) − log(P(no) + P(No)).
 
+With SmolLM2-135M this judge is weaker than the fused ranking it reorders: on the dev
+questions of the bundled pydoc set it lowered nDCG@10 from 0.784 to 0.603 (README,
+"Retrieval: search, cited answers, evaluation"), so search leaves it off unless asked.
+
     >>> r = Reranker(*ember.load("smollm2"))                              # doctest: +SKIP
     >>> r.score("How do I stop a loop?", ["The break statement ...", "Integers ..."])  # doctest: +SKIP
     [1.92, -0.41]
