@@ -56,14 +56,17 @@ class EngineBackend:
 
     @torch.inference_mode()
     def score(self, groups: list[Group]) -> list[list[tuple[float, bool]]]:
-        training = self.model.training  # a recipe may evaluate mid-run: give the mode back
-        self.model.eval()
+        # a recipe may evaluate mid-run: the modules that were training get their mode back
+        training = [m for m in self.model.modules() if m.training]
+        for m in training:
+            m.training = False
         try:
             # one continuation (a rolling window) has nothing to share: one plain causal forward
             return [(self._score_shared if self.shared_prefill and len(conts) > 1 else self._score_naive)(ctx, conts)
                     for ctx, conts in groups]
         finally:
-            self.model.train(training)
+            for m in training:
+                m.training = True
 
     def _device(self):
         return next(self.model.parameters()).device
