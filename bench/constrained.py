@@ -16,6 +16,17 @@ the constraint's own parts are timed apart too: "mask" is allowed() + advance() 
 (cold: empty mask cache; warm: cached), "apply" the engine's masking of the logits row
 (constrain_logits, warm masks), and "parts %" is (mask cold + apply) / plain ms per token. Unconstrained replies are cut at the constrained
 reply's length (ignore_eos), so both decode the same number of tokens.
+
+Measured (`-P bench/constrained.py --repeats 2`, one thread, a 2-core machine shared with
+other jobs at load ~14, so whole-run ms/token moved by ±15% between runs):
+
+    constraint   tokens plain ms/tok  mask cold ms  mask warm ms  apply ms  parts %
+    json_schema      40       291.22         1.308         0.014     0.836    0.74%
+    tool_calls       54       219.51         1.600         0.026     1.234    1.29%
+    json_object      64       247.62         0.372         0.008     0.861    0.50%
+    tools auto       64       318.07         0.181         0.149     0.553    0.23%
+
+Vocabulary preparation: 1.9 s (once per tokenizer); grammar compilation: 0.2-0.9 ms.
 """
 
 from __future__ import annotations
