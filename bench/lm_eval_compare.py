@@ -18,21 +18,27 @@ the names ember_<task> (lm-eval has tasks of its own called arithmetic).
 
 from __future__ import annotations
 
-import argparse
-import glob
-import json
-import os
-import re
-import socket
-import subprocess
 import sys
-import sysconfig
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
-import yaml
+# Run as a script, bench/ comes first on sys.path, where bench/inspect.py would shadow the
+# standard library's inspect (imported by httpx); keep it off the path.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sysconfig  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "ember" / "eval" / "tasks"
@@ -138,7 +144,8 @@ def main():
     ap.add_argument("--tasks", nargs="+", default=["commonsense", "arithmetic"])
     ap.add_argument("--limit", type=int, default=None, help="first N documents of each task (default: all)")
     ap.add_argument("--batch-size", type=int, default=8, help="lm_eval's --batch_size (requests per call)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every process (ember serve, "
+                    "ember eval run, lm_eval hf); one, so a shared machine does not oversubscribe")
     ap.add_argument("--no-hf", action="store_true", help="skip lm_eval --model hf")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +158,9 @@ def main():
         finally:
             proc.terminate()
             proc.wait(30)
+        print(f"lm_eval/serve: {t_serve:.1f} s", file=sys.stderr, flush=True)
         t_ours, r_ours = harness(tasks, tmp / "harness", args.limit, args.threads)
+        print(f"ember harness: {t_ours:.1f} s", file=sys.stderr, flush=True)
         t_hf, r_hf, s_hf = None, {}, {}
         if not args.no_hf:
             hf_args = f"pretrained={GGUF.parent},gguf_file={GGUF.name},dtype=float32"
