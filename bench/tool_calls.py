@@ -20,6 +20,23 @@ The "heldout" rows were written after the "dev" rows in other phrasings; nothing
 format, settings) was chosen by looking at results on either.
 
     python bench/tool_calls.py [--model smollm2] [--split all|dev|heldout] [--limit N] [--clients 4]
+
+Measured (2026-12-06, `python bench/tool_calls.py --clients 4`, defaults: max_tokens 128, fp32,
+2 shared CPU cores under a load average of ~15, so the seconds say nothing about speed):
+
+| decoding | split | n | calls | valid | right fn | exact args | cut by max_tokens | tokens/reply |
+|---|---|---|---|---|---|---|---|---|
+| constrained | all | 60 | 88.3% (53) | 88.3% (53) | 60.0% (36) | 10.0% (6) | 11.7% (7) | 63.0 |
+| constrained | dev | 40 | 87.5% (35) | 87.5% (35) | 60.0% (24) | 7.5% (3) | 12.5% (5) | 64.4 |
+| constrained | heldout | 20 | 90.0% (18) | 90.0% (18) | 60.0% (12) | 15.0% (3) | 10.0% (2) | 60.1 |
+| free | all | 60 | 0.0% (0) | 0.0% (0) | 0.0% (0) | 0.0% (0) | 71.7% (43) | 106.9 |
+| free | dev | 40 | 0.0% (0) | 0.0% (0) | 0.0% (0) | 0.0% (0) | 70.0% (28) | 102.8 |
+| free | heldout | 20 | 0.0% (0) | 0.0% (0) | 0.0% (0) | 0.0% (0) | 75.0% (15) | 115.2 |
+
+Every constrained reply that ended on its own held a valid call (53 of 53); the 7 without
+one ran into max_tokens inside a call (a string that repeats itself, an array that keeps
+growing). Free, the 135M model never writes the <tool_call> format: it answers in prose or
+code.
 """
 
 from __future__ import annotations
