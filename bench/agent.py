@@ -7,6 +7,19 @@ lookups in a fictional corpus, code), SmolLM2 without and with the tool-use LoRA
 Both models decode greedily through `ember.infer.tool_calls.chat` (tool calls constrained to
 the tools' schemas); the lookup tasks search an `ember rag` store of agent_facts.md built
 here with MiniLM.
+
+Measured on the shared 2-core CPU (load average ~16), react, max_steps 4, max_tokens 128,
+greedy; `--only base --limit 4` (12 tasks, 1247 s):
+
+                      base
+    arithmetic        0.00
+    code              0.00
+    lookup            0.00
+    all               0.00
+    tool-call rate    0.00
+
+The base SmolLM2 never calls a tool here: it answers from memory or writes the program
+into its reply instead of running it.
 """
 
 from __future__ import annotations
