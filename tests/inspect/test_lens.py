@@ -53,3 +53,22 @@ def test_bad_lens_files_and_layers(tmp_path):
         load_lens(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="block 5"):
         TunedLens(8, [0, 1]).translate(5, torch.zeros(1, 8))
+
+
+def test_tuned_lens_trains_on_a_quantized_model():
+    """int4 blocks and an int8 head (the `--quant int4` path): the integer matmuls have no
+    backward, so the lens trains through the dequantized head; it still lowers the KL."""
+    from ember.quant import QuantConfig, apply_quant
+
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig.tiny(n_layers=3, vocab_size=128)).eval()
+    with torch.no_grad():
+        for b in m.layers:
+            b.attention.wo.weight.mul_(30)
+            b.feed_forward.w2.weight.mul_(30)
+    q = apply_quant(m, QuantConfig(mode="int4", group_size=32))
+    assert type(q.output).__name__ != "Linear"
+    lens = train_tuned_lens(q, _windows(32, 4), [0, 1], steps=20, batch=4, lr=1e-2, progress=False)
+    ev = _windows(4, 5)
+    logit, tuned = lens_kl(q, ev, [0, 1]), lens_kl(q, ev, [0, 1], lens)
+    assert tuned[1] < logit[1], (logit, tuned)
