@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -22,6 +22,7 @@ from ember.data.sft import RowLoader
 from ember.model.heads import RewardModel
 from ember.parallel import init_distributed
 from ember.train import kit
+from ember.train.kit.verifier import verifier_accuracy, verifier_loss, verifier_tensors
 from ember.train.loop import TrainConfig, Trainer
 from ember.train.losses import IGNORE, bradley_terry_loss
 from ember.train.optim import OptimConfig
@@ -35,10 +36,24 @@ class RewardConfig(kit.PreferenceConfig):
     """lora: adapters on the body (the head always trains); none: every weight."""
     margin: float = 0.0
     """Llama 2's margin in the Bradley-Terry loss, the same for every pair."""
+    objective: Literal["pairs", "outcome", "steps"] = "pairs"
+    """pairs: Bradley-Terry on preference pairs; outcome (ORM) / steps (PRM): BCE on generated
+    word-problem solutions, scored at the last token / at each step's last token."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=32, batch_size=8, eval_every=16, sample_every=0, save_every=16, out="runs/reward",
         keep_checkpoints=1))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=4, weight_decay=0.0))
+
+
+# orm / prm: verifiers on generated solutions (ember.data.reasoning), half of them corrupted.
+PRESETS: dict[str, dict[str, Any]] = {
+    "orm": {"objective": "outcome", "n_train": 768, "n_eval": 128, "max_len": 192, "train.steps": 96,
+            "train.batch_size": 8, "train.eval_every": 48, "train.save_every": 48, "train.out": "runs/orm",
+            "optim.lr": 5e-4},
+    "prm": {"objective": "steps", "n_train": 768, "n_eval": 128, "max_len": 192, "train.steps": 96,
+            "train.batch_size": 8, "train.eval_every": 48, "train.save_every": 48, "train.out": "runs/prm",
+            "optim.lr": 5e-4},
+}
 
 
 def pair_rows(tok, rows: list[dict], max_len: int) -> dict[str, torch.Tensor]:
@@ -72,22 +87,29 @@ def pair_accuracy(rm: RewardModel, rows: dict[str, torch.Tensor], batch: int = 1
 
 def build_reward(cfg: RewardConfig) -> Trainer:
     info = init_distributed(cfg.train.device)
-    train_rows, eval_rows = kit.load_preference_rows(cfg)
+    train_rows, eval_rows = kit.load_preference_rows(cfg) if cfg.objective == "pairs" else (None, None)
     body, tok = kit.load_for_training(cfg)
     max_len = min(cfg.max_len, body.config.max_seq_len)
-    train = pair_rows(tok, train_rows, max_len)
-    held = pair_rows(tok, eval_rows, max_len) if eval_rows else None
+    if cfg.objective == "pairs":
+        train = pair_rows(tok, train_rows, max_len)
+        held = pair_rows(tok, eval_rows, max_len) if eval_rows else None
+    else:  # a verifier (ORM / PRM) on generated solutions
+        train, held = verifier_tensors(tok, cfg, "train"), verifier_tensors(tok, cfg, "heldout") if cfg.n_eval else None
     rm = RewardModel(body)  # the head is new, always trains, and draws its init after the adapters'
     loader = RowLoader(train, cfg.train.batch_size, cfg.train.seed, info.rank, info.world_size)
     device = info.device
 
     def loss_fn(model, b):
+        if cfg.objective != "pairs":
+            return verifier_loss(model, b)
         rc, rr = scores(model, b)
         return bradley_terry_loss(rc, rr, cfg.margin)
 
+    accuracy = pair_accuracy if cfg.objective == "pairs" else verifier_accuracy
+
     trainer = Trainer(rm, cfg.train, cfg.optim, loss_fn, lambda step: {k: v.to(device) for k, v in loader.batch(step).items()},
                       kit.run_config("reward", cfg, body),
-                      eval_fn=(lambda m: pair_accuracy(m, {k: v.to(device) for k, v in held.items()})) if held else None,
+                      eval_fn=(lambda m: accuracy(m, {k: v.to(device) for k, v in held.items()})) if held else None,
                       info=info, save_trainable_only=cfg.peft != "none")
     trainer.tokenizer = tok
     return trainer
@@ -102,7 +124,7 @@ def main(cfg: RewardConfig) -> dict:
     print(f"before: {before}", file=sys.stderr)
     summary = trainer.fit()
     summary["before"] = before
-    summary["after"] = {k: summary[k] for k in ("rm_accuracy", "rm_margin") if k in summary}
+    summary["after"] = {k: summary[k] for k in ("rm_accuracy", "rm_margin", "solution_accuracy") if k in summary}
     out = Path(cfg.train.out)
     if trainer.info.is_main:
         rm = trainer.plain

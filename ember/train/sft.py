@@ -36,6 +36,8 @@ from ember.train.optim import OptimConfig
 
 TOOL_USE_CONVERSATIONS = 2000
 """Conversations that `--dataset tool-use` generates."""
+TRACE_CONVERSATIONS = 2000
+"""Conversations that `--dataset reasoning` generates."""
 
 
 @dataclass
@@ -44,8 +46,9 @@ class SFTConfig(PostTrainConfig):
 
     data: str | None = None
     """JSONL, one {"messages": [...]} per line."""
-    dataset: Literal["none", "tool-use"] = "none"
-    """Built-in generated conversations used when no --data is given; tool-use: calculator chats."""
+    dataset: Literal["none", "tool-use", "reasoning"] = "none"
+    """Built-in generated conversations used when no --data is given; tool-use: calculator chats;
+    reasoning: word problems answered with a <think> trace (ember.data.reasoning)."""
     max_len: int = 512
     """Tokens per conversation (and per packed row)."""
     overlong: Literal["truncate", "drop"] = "truncate"
@@ -73,6 +76,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.save_every": 55, "train.out": "runs/sft-tool-use",
         "optim.lr": 1e-3, "optim.warmup_steps": 10,
     },
+    # reasoning: traces are ~117 tokens, so rows of 256 hold two; 2 rows ≈ 4 traces per step.
+    # Sized for a shared CPU (a few minutes): more steps learn the format more surely.
+    "reasoning": {
+        "dataset": "reasoning", "max_len": 256, "val_fraction": 0.01,
+        "train.steps": 16, "train.batch_size": 2, "train.eval_every": 16, "train.sample_every": 0,
+        "train.save_every": 16, "train.out": "runs/sft-reasoning",
+        "optim.lr": 2e-3, "optim.warmup_steps": 2,
+    },
 }
 
 
@@ -91,8 +102,13 @@ def load_conversations(cfg: SFTConfig) -> list[list[dict]]:
         write_tool_use_jsonl(path, n=TOOL_USE_CONVERSATIONS, seed=cfg.train.seed, phrasing_set="train")
         print(f"generated {TOOL_USE_CONVERSATIONS} tool-use conversations → {path}", file=sys.stderr)
         return read_chat_jsonl(path, "fail")
+    if cfg.dataset == "reasoning" and cfg.data is None:
+        from ember.data.reasoning import write_trace_jsonl
+
+        path = write_trace_jsonl(Path(cfg.train.out) / "reasoning_train.jsonl", TRACE_CONVERSATIONS, cfg.train.seed)
+        return read_chat_jsonl(path, "fail")
     if cfg.data is None:
-        raise ValueError("give --data FILE.jsonl (one {\"messages\": [...]} per line) or --dataset tool-use")
+        raise ValueError("give --data FILE.jsonl (one {\"messages\": [...]} per line) or --dataset tool-use|reasoning")
     return read_chat_jsonl(cfg.data, cfg.on_error)
 
 
