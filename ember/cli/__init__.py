@@ -72,6 +72,10 @@ COMMANDS: dict[str, Command] = {
     "tool python": Command("ember.agents.cli:tool_python", "run a Python file in the sandbox", "ToolPythonConfig"),
     "eval run": Command("ember.cli.evaluate:run", "an lm-eval style task (multiple choice, generation, perplexity)",
                         "EvalRunConfig", loads_model=True),
+    "reason": Command("ember.cli.reason:reason", "test-time compute on a task: greedy, CoT, self-consistency, "
+                      "best-of-n, PRM beam, revision", "ReasonConfig", loads_model=True),
+    "reason curve": Command("ember.cli.reason:curve", "accuracy against samples and tokens from `ember reason --out` "
+                            "runs (PNG, JSON)", "ReasonCurveConfig", many=("runs",), positional="runs"),
     "report": Command("ember.eval.report:report", "one self-contained HTML page about runs (curves, evals, configs)",
                       "ReportConfig", many=("runs",), positional="runs"),
 }
