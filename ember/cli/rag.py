@@ -25,8 +25,8 @@ class SearchOptions:
     fusion: Literal["rrf", "convex"] = "convex"
     """hybrid's fusion: convex (weight · dense + (1 − weight) · BM25, min-max normalised scores)
     or rrf (reciprocal rank fusion, no weight)"""
-    weight: float = 0.6
-    """convex fusion's share of the dense score (0.6 was best on the dev split of the bundled
+    weight: float = 0.7
+    """convex fusion's share of the dense score (0.7 was best on the dev split of the bundled
     pydoc questions; `ember rag eval --tune` tunes it on your own)"""
     mmr: float | None = None
     """diversify the results with maximal marginal relevance at this lambda (1: relevance
@@ -184,7 +184,7 @@ class RagEvalConfig(ModelOptions):
     """only the questions of this split (e.g. test)"""
     fusion: Literal["rrf", "convex"] = "convex"
     """hybrid's fusion"""
-    weight: float = 0.6
+    weight: float = 0.7
     """convex fusion's dense share"""
     tune: bool = False
     """tune the convex weight on the dev split, then report on the other questions"""

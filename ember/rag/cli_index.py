@@ -26,6 +26,10 @@ class IndexConfig:
     late_chunking: bool = False
     """embed each window of consecutive chunks in one encoder pass and pool every chunk's own
     tokens, so chunks are embedded in their context"""
+    headers: bool = True
+    """embed each chunk under its heading path ("Install > From source", then the chunk): on the
+    bundled pydoc questions it raised dense nDCG@10 from 0.695 to 0.748 (README); not with
+    --late-chunking"""
     rebuild: bool = False
     """re-chunk and re-embed everything: needed to change the model or the chunk settings"""
     backend: Literal["sqlite", "postgres"] = "sqlite"
@@ -58,7 +62,7 @@ def index(cfg: IndexConfig) -> dict:
 
         torch.set_num_threads(cfg.threads)
     with Index(cfg.db, cfg.embedding_model, cfg.chunk_tokens, cfg.overlap, cfg.late_chunking,
-               backend=cfg.backend, rebuild=cfg.rebuild) as ix:
+               backend=cfg.backend, rebuild=cfg.rebuild, headers=cfg.headers) as ix:
         report = ix.add(cfg.input, progress=cfg.progress)
     print(report.summary())
     return {k: len(getattr(report, k)) for k in ("added", "updated", "unchanged", "removed", "skipped")} | {

@@ -70,12 +70,14 @@ class Index:
     or other chunk settings; `add` then re-chunks and re-embeds everything. create=False:
     the database must already exist (for searching). pg_schema: the PostgreSQL schema
     holding the store's tables. batch_chunks: chunks embedded together before their
-    documents are written.
+    documents are written. headers: embed each chunk under its heading path
+    (`header_text`; the stored text stays the chunk itself); not with late chunking.
     """
 
     def __init__(self, db, embedding_model: str | None = None, chunk_tokens: int = 200, overlap: int = 32,
                  late_chunking: bool = False, embedder=None, backend: str = "sqlite", rebuild: bool = False,
-                 create: bool = True, batch_chunks: int = 128, pg_schema: str = "ember_rag"):
+                 create: bool = True, batch_chunks: int = 128, pg_schema: str = "ember_rag",
+                 headers: bool = True):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
         if chunk_tokens < 8 or not 0 <= overlap <= chunk_tokens // 2:
@@ -91,6 +93,7 @@ class Index:
             self.store = SQLiteStore(db, create=create)
         self.db, self.rebuild, self.batch_chunks = self.store.path, rebuild, batch_chunks  # no password
         self.chunk_tokens, self.overlap, self.late_chunking = chunk_tokens, overlap, late_chunking
+        self.headers = headers and not late_chunking
         stored = self.store.embedding_model
         self.embedding_model = embedding_model or stored or getattr(embedder, "name", None) or "minilm"
         if stored and stored != self.embedding_model and not rebuild:
@@ -114,7 +117,8 @@ class Index:
 
     @property
     def settings(self) -> dict:
-        return {"chunk_tokens": self.chunk_tokens, "overlap": self.overlap, "late_chunking": self.late_chunking}
+        return {"chunk_tokens": self.chunk_tokens, "overlap": self.overlap, "late_chunking": self.late_chunking,
+                "headers": self.headers}
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the embedding model's tokenizer, specials excluded."""
@@ -167,6 +171,18 @@ class Index:
                              "chunker": json.dumps(self.settings, sort_keys=True)})
         self._ready = True
 
+    def embedded_text(self, text: str, span) -> str:
+        """What the encoder reads for one chunk (a `Span` of `text`): the chunk under its
+        heading path (`header_text`) when `headers` is on and that fits the encoder, else the
+        chunk alone."""
+        chunk = text[span.start:span.end]
+        if not self.headers or not span.headings:
+            return chunk
+        full = header_text(span.headings, chunk)
+        if span.n_tokens + self.count_tokens(full[:len(full) - len(chunk)]) > self.embedder.max_tokens - 2:
+            return chunk
+        return full
+
     def embed_query(self, text: str) -> tuple[np.ndarray, str | None]:
         """The query's normalised float32 vector, and a note when the encoder had to cut it."""
         n, limit = len(self.embedder.tokenize(text)) - 2, self.embedder.max_tokens - 2
@@ -190,6 +206,16 @@ class Index:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def header_text(headings, chunk: str) -> str:
+    """A chunk under its heading path, as it is embedded: a chunk deep in a section often
+    never names its subject, and its headings do.
+
+    >>> header_text(("Install", "From source"), "Run make.")
+    'Install > From source\\n\\nRun make.'
+    """
+    return " > ".join(headings) + "\n\n" + chunk if headings else chunk
 
 
 def input_files(paths: list) -> list[Path]:
@@ -271,7 +297,7 @@ class _Run:
         if self.index.late_chunking:
             vectors = [late_chunk_vectors(embedder, doc.text, spans) for doc, _, _, spans, _, _ in self.pending]
         else:
-            texts = [doc.text[s.start:s.end] for doc, _, _, spans, _, _ in self.pending for s in spans]
+            texts = [self.index.embedded_text(doc.text, s) for doc, _, _, spans, _, _ in self.pending for s in spans]
             flat = np.asarray(embedder.embed(texts), dtype=np.float32) if texts else np.zeros((0, embedder.dim))
             cuts = np.cumsum([0] + [len(p[3]) for p in self.pending])
             vectors = [flat[a:b] for a, b in zip(cuts, cuts[1:])]

@@ -26,10 +26,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ember.rag.store import Chunk, check_vector, check_where
+from ember.rag.store import Chunk, check_vector, check_where, query_terms
 
 IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
-WORD = re.compile(r"\w+")
 
 
 def _schema_sql(s: str) -> list[str]:
@@ -187,7 +186,7 @@ class PgStore:
         return "".join(f" AND {s}" for s in sql), args
 
     def bm25(self, query: str, k: int, where: dict | None = None) -> list[tuple[int, float]]:
-        words = WORD.findall(query)
+        words = query_terms(query)
         if not words or k < 1:
             return []
         # each word on its own through plainto_tsquery, OR-ed: the raw query is never syntax

@@ -87,14 +87,38 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def fts_query(query: str) -> str | None:
-    """A raw user query → an FTS5 query that only ever means "any of these words": each
-    word quoted, so AND/OR/NOT, *, :, quotes and parentheses are plain text; None if no word.
+# Words that carry no topic in a question asked in plain English (articles, pronouns,
+# auxiliaries, interrogatives, common prepositions): left out of the BM25 query, where they
+# would otherwise match almost every chunk. Operator-like words (in, is, not, or, and, if,
+# for, with) stay: in technical text they are often the subject. On the 27 dev questions of
+# the bundled pydoc set this raised BM25's nDCG@10 from 0.589 to 0.644 (bench/rag.py).
+QUERY_STOPWORDS = frozenset(
+    "a an the i me my we you your it its are was be do does did how what when why which who "
+    "can could should would to of on at by this that these those there here some any".split())
 
-    >>> fts_query('NOT "x" (a OR b*) c:d')
-    '"NOT" OR "x" OR "a" OR "OR" OR "b" OR "c" OR "d"'
+
+def query_terms(query: str) -> list[str]:
+    """The words of a query that BM25 searches for: every word but QUERY_STOPWORDS (compared
+    lower-cased), or every word when that would leave none.
+
+    >>> query_terms("How do I leave a loop early?"), query_terms("what is it")
+    (['leave', 'loop', 'early'], ['is'])
+    >>> query_terms("Which one?"), query_terms("who"), query_terms("?!")
+    (['one'], ['who'], [])
     """
     words = WORD.findall(query)
+    return [w for w in words if w.lower() not in QUERY_STOPWORDS] or words
+
+
+def fts_query(query: str) -> str | None:
+    """A raw user query → an FTS5 query that only ever means "any of these words"
+    (`query_terms`): each word quoted, so AND/OR/NOT, *, :, quotes and parentheses are
+    plain text; None if no word.
+
+    >>> fts_query('NOT "x" (a OR b*) c:d')
+    '"NOT" OR "x" OR "OR" OR "b" OR "c" OR "d"'
+    """
+    words = query_terms(query)
     return " OR ".join(f'"{w}"' for w in words) if words else None
 
 
