@@ -175,8 +175,8 @@ def load_reason_verifier(spec: str | None, tok):
         raise FileNotFoundError(2, "No such verifier folder", spec)
     from ember.prompting.verifiers import load_verifier
 
-    v = load_verifier(spec)
-    vtok = getattr(v, "tokenizer", None)
+    v = load_verifier(spec, policy_tokenizer=tok)
+    vtok = getattr(v, "tok", None) or getattr(v, "tokenizer", None)
     if vtok is not None and (vtok.encode(PROBE) != tok.encode(PROBE) or set(vtok.eos_token_ids) != set(tok.eos_token_ids)):
         raise ValueError(f"verifier {spec} uses another tokenizer than the model's (it encodes {PROBE!r} as "
                          f"{vtok.encode(PROBE)[:6]}..., the model as {tok.encode(PROBE)[:6]}...)")
