@@ -6,7 +6,9 @@ cosine) over the SAME chunks, on the bundled labelled questions, in one run.
 
 Steps: write the 79 topics as files, index them with ember (timed), read every chunk back
 from the store, index those chunk texts with bm25s and with sentence-transformers (timed),
-then run every question through each system. The convex fusion weight is tuned on the
+then run every question through each system. ember embeds each chunk under its heading
+path (`Index(headers=True)`, the default); the references embed and index the chunk text
+alone, as they would out of the box. The convex fusion weight is tuned on the
 "dev" split only; the table reports the "test" split (52 questions never used for
 tuning) and then all 79. Metrics are at document level (ember.rag.metrics): each system
 returns 30 chunks, deduplicated to documents. --rerank adds hybrid+rerank (SmolLM2's
@@ -16,15 +18,21 @@ yes/no log-odds over the first 20 candidates; minutes on a CPU).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# Run as a script, bench/ comes first on sys.path, where bench/inspect.py would shadow the
+# standard library's inspect (imported by numpy): take it off.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 
-from ember.rag.evaluate import bundled_qa, evaluate, load_qa, scores, tune_weight
-from ember.rag.metrics import dedupe
+import numpy as np  # noqa: E402
+
+from ember.rag.evaluate import bundled_qa, evaluate, load_qa, scores, tune_weight  # noqa: E402
+from ember.rag.metrics import dedupe  # noqa: E402
 
 DEPTH = 30  # chunks per question, before deduplicating to documents
 
@@ -146,6 +154,8 @@ def print_tables(results: dict, weight: float, index_s: dict) -> None:
     print("\nindex time (s): " + ", ".join(
         f"{k} {'reused' if v is None else f'{v:.1f}'}" for k, v in index_s.items())
         + "  (ember: read, chunk, embed and write; bm25s: tokenize and index; sentence-transformers: encode)")
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+          + f" on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
