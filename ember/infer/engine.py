@@ -44,7 +44,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
@@ -53,6 +53,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ember.model.kv_cache import KVCache
 
 from .constrain_step import constrain_logits
+from .fork import ForkGroup, fork_params, joins
+from .prefill import PrefillMixin, eval_mode
 from .request import (
     GenerationResult,
     Request,
@@ -75,7 +77,7 @@ KV_LEN_STEP = 64
 # ---- the engine ---------------------------------------------------------------------
 
 
-class Engine:
+class Engine(PrefillMixin):
     """Generation over a `Transformer` and a `Tokenizer` with continuous batching.
 
     max_seq_len caps prompt + max_tokens (default and upper bound: the model's context).
@@ -158,6 +160,10 @@ class Engine:
             prompt_ids, params, self.tokenizer.stream_decoder(), StopStringMatcher(params.stop),
             frozenset(stop_ids), t_arrival=time.perf_counter(), constraint=constraint,
         )
+        prev = self.waiting[-1] if self.waiting else None
+        if joins(prev, prompt_ids, params):  # the same prompt queued again: one prefill (fork.py)
+            prev.fork = req.fork = prev.fork or ForkGroup()
+            req.fork.pending += 1
         self.waiting.append(req)
         return req
 
@@ -179,6 +185,9 @@ class Engine:
         """Drop a request (e.g. a client hung up on its stream); its slot is free at once."""
         if req in self.waiting:
             self.waiting.remove(req)
+            if req.fork is not None:
+                req.fork.take()
+                req.fork.release()
         if 0 <= req.slot < len(self.slots) and self.slots[req.slot] is req:
             self._free(req.slot)
         req.finish_reason = req.finish_reason or "abort"
@@ -280,52 +289,10 @@ class Engine:
             for buf in (*self.cache.k, *self.cache.v):  # (B, Hkv, Tmax, Dh)
                 torch._dynamo.mark_dynamic(buf, 2)
 
-    @contextmanager
     def _eval_mode(self):
-        """Eval mode for the engine's own forward passes; the modules that were training
-        (a recipe's model mid-run, LoRA dropout) get it back afterwards. A model whose root
-        is in eval mode (model.eval(), as loaders return it) is taken as in eval mode
-        throughout: that check is O(1), a walk over the modules is not (~1 ms for SmolLM2)."""
-        if not self.model.training:
-            yield
-            return
-        training = [m for m in self.model.modules() if m.training]
-        for m in training:
-            m.training = False
-        try:
-            yield
-        finally:
-            for m in training:
-                m.training = True
+        return eval_mode(self.model)
 
-    # ---- the two forward passes ---------------------------------------------------------
-    @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], rows: Sequence[int] | None = None) -> Tensor:
-        """Run each prompt alone into its cache row (rows[b], default b) at positions
-        0..len-1; returns the logits [B, V] of each prompt's last token. One forward per
-        prompt, not one padded batch: padding changes the shapes and so the rounding."""
-        rows = range(len(prompts)) if rows is None else rows
-        with self._eval_mode():
-            return torch.cat([self._prefill_row(p, i) for p, i in zip(prompts, rows)])  # [B, V]
-
-    def _prefill_row(self, prompt: list[int], row: int, every_position: bool = False) -> Tensor:
-        """One prompt into cache row `row`: logits [T, V] (every_position) or [1, V] (last)."""
-        T = len(prompt)
-        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)  # [1, T]
-        input_pos = torch.arange(T, device=self.device)[None]  # [1, T]
-        last = None if every_position else torch.tensor([T - 1], device=self.device)
-        return self.model(ids, self.cache.rows(row, row + 1), input_pos, logits_index=last)[0]
-
-    def _prefill_request(self, req: Request) -> Tensor:
-        """Prefill an admitted request; fill its prompt log-probs if asked. → [1, V]."""
-        if not req.params.prompt_logprobs:
-            return self._prefill_row(req.prompt_ids, req.slot)
-        logits = self._prefill_row(req.prompt_ids, req.slot, every_position=True)  # [T, V]
-        k = req.params.logprobs or 0
-        # Nothing predicts the first prompt token; logits at t predict token t + 1.
-        req.prompt_logprobs = [None, *token_logprobs(logits[:-1], req.prompt_ids[1:], k)]
-        return logits[-1:]
-
+    # ---- the decode forward pass (prefill: prefill.py) ------------------------------------
     @torch.inference_mode()
     def decode(self, tokens: Tensor, positions: Tensor, kv_len: int | None = None) -> Tensor:
         """Feed one token to each of cache rows 0..n-1: tokens [n] at positions [n] → logits
@@ -343,9 +310,11 @@ class Engine:
         prompts: list[list[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         constraints: Sequence | None = None,
+        n: int = 1,
     ) -> list[GenerationResult]:
         """Generate for every prompt (batched, up to max_batch_size at a time); constraints:
-        one `TokenConstraint` (or None) per prompt.
+        one `TokenConstraint` (or None) per prompt. n samples per prompt share one prefill
+        (fork.py): results prompt-major (prompt p's sample i at p * n + i), seeds seed + i.
 
         >>> [r.text for r in engine.generate([ids], SamplingParams(max_tokens=8))]  # doctest: +SKIP
         """
@@ -356,6 +325,11 @@ class Engine:
         constraints = [None] * len(prompts) if constraints is None else list(constraints)
         if len(constraints) != len(prompts):
             raise ValueError(f"{len(constraints)} constraints for {len(prompts)} prompts")
+        forked = [fork_params(sp, n) for sp in params]  # checks n
+        if n > 1 and any(c is not None for c in constraints):
+            raise ValueError(f"n={n} samples with a constraint: a constraint follows one sample; give one per request")
+        prompts = [p for p in prompts for _ in range(n)]
+        params, constraints = [sp for f in forked for sp in f], [c for c in constraints for _ in range(n)]
         if self.has_unfinished():
             raise RuntimeError("the engine is busy with other requests")
         reqs = [self.add_request(p, sp, c) for p, sp, c in zip(prompts, params, constraints)]

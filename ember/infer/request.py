@@ -130,6 +130,7 @@ class Request:
     t_first: float = 0.0
     t_last: float = 0.0
     constraint: object = None  # a TokenConstraint (ember.infer.constrained) or None
+    fork: object = None  # the ForkGroup (fork.py) whose prefill it shares, or None
 
     @property
     def finished(self) -> bool:

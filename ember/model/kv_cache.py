@@ -68,3 +68,22 @@ class KVCache:
         self.k[layer][rows, :, input_pos] = k.transpose(1, 2).to(self.k[layer].dtype)
         self.v[layer][rows, :, input_pos] = v.transpose(1, 2).to(self.v[layer].dtype)
         return self.k[layer], self.v[layer]
+
+    def read(self, row: int, start: int, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of row `row`'s K/V at positions start..stop-1: per layer (k, v), each
+        (Hkv, stop - start, Dh). `write` puts it back, into any row.
+
+        >>> c = KVCache(n_layers=1, batch_size=2, max_seq_len=8, n_kv_heads=2, head_dim=4)
+        >>> _ = c.k[0][0].fill_(1.0)
+        >>> c.write(1, 2, c.read(0, 0, 3))
+        >>> c.k[0][1, 0, :, 0].tolist()
+        [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        """
+        return [(k[row, :, start:stop].clone(), v[row, :, start:stop].clone()) for k, v in zip(self.k, self.v)]
+
+    def write(self, row: int, start: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy K/V from `read` into row `row` at positions start.. (its other positions untouched)."""
+        for k, v, (ks, vs) in zip(self.k, self.v, kv):
+            n = ks.shape[1]
+            k[row, :, start : start + n].copy_(ks)
+            v[row, :, start : start + n].copy_(vs)
