@@ -134,8 +134,25 @@ def decoding(tokenizer, body, grammar) -> dict:
     """A Plan's decoding fields for a request: its constraint factory, and the stop strings
     and end ids include_stop_str_in_output reads."""
     end_ids = frozenset(body.stop_token_ids or ()) | frozenset(() if body.ignore_eos else tokenizer.eos_token_ids)
+    check_budget(tokenizer, grammar, body.max_new_tokens)
     return {"constraint": constraint_factory(grammar, body.min_tokens, end_ids, tokenizer.vocab_size),
             "stops": tuple(body.stop_list()) if body.include_stop_str_in_output else (), "end_ids": end_ids}
+
+
+def check_budget(tokenizer, grammar, max_tokens: int | None) -> None:
+    """APIError (400) when max_tokens is below the tokens of the grammar's shortest output:
+    no reply could be valid. max_tokens None (whatever the context leaves) or 0 (no
+    generation) is not checked."""
+    if grammar is None or not max_tokens:
+        return
+    try:
+        need = grammar.min_tokens(tokenizer)
+    except ValueError:  # no finite output: nothing to compare with
+        return
+    if max_tokens < need:
+        what = "call" if grammar.description.startswith("tool_calls") else "output"
+        raise APIError(400, f"max_tokens {max_tokens} is below the {need} tokens the shortest valid {what} needs "
+                            f"({grammar.shortest()!r})", param="max_tokens")
 
 
 def constraint_factory(grammar, min_tokens: int, end_ids, size: int):
@@ -178,9 +195,12 @@ class AllOf:
 
     def __init__(self, first, *rest):
         self.parts = (first, *rest)
+        self.budget_aware = getattr(first, "budget_aware", False)
 
-    def allowed(self) -> torch.Tensor:
-        masks = [p.allowed() for p in self.parts]
+    def allowed(self, remaining: int | None = None) -> torch.Tensor:
+        first = self.parts[0]
+        masks = [first.allowed(remaining) if remaining is not None else first.allowed()]
+        masks += [p.allowed() for p in self.parts[1:]]
         both = masks[0]
         for m in masks[1:]:
             both = both & m

@@ -19,6 +19,7 @@ import functools
 
 import torch
 
+from .budget import cost_vector, max_single_step, shortest_output, threads_close
 from .dfa_mask import dfa_mask, full_table
 from .json_nodes import Str
 from .nodes import MarkerText, Node, Seq, accepting, initial_threads, step_all
@@ -28,6 +29,7 @@ from .vocab import MASK_CACHE_SIZE, Vocab
 # A regex state with more live next bytes than this is masked on its full DFA table, all
 # tokens at once (dfa_mask.py); with fewer, the trie walk prunes early and is faster.
 DFA_MASK_FANOUT = 16
+MARGIN_SLACK = 16  # see Grammar.margin
 
 
 def walk(trie: dict, threads: list[tuple], out: list[int]) -> None:
@@ -58,6 +60,35 @@ class Grammar:
         self.initial = initial_threads(root)
         self._eos = torch.tensor(vocab.eos_ids, dtype=torch.long)
         self._tables: dict = {}  # RegexNode -> (its full DFA table or None, live bytes per state)
+        self._margin: int | None = None
+        self._shortest: str | None = None
+
+    @property
+    def min_bytes(self) -> int:
+        """Bytes in the shortest complete output (so at most this many tokens)."""
+        return threads_close(self.initial)
+
+    def shortest(self) -> str:
+        """A shortest complete output (cached)."""
+        if self._shortest is None:
+            self._shortest = shortest_output(self.initial).decode()
+        return self._shortest
+
+    def min_tokens(self, tokenizer) -> int:
+        """Tokens in the tokenizer's encoding of the shortest output: the least max_tokens
+        a request with this grammar can be given."""
+        return len(tokenizer.encode(self.shortest()))
+
+    @property
+    def margin(self) -> int:
+        """How close (in tokens) the budget may come to the closing cost before every token
+        is checked: the longest shortest-match of a grammar node plus MARGIN_SLACK, a
+        bound on how far one token usually pushes the closing cost up (entering a node);
+        a heuristic, not a proof: a token that both enters and opens deeply could
+        exceed it."""
+        if self._margin is None:
+            self._margin = max_single_step(self.root) + MARGIN_SLACK
+        return self._margin
 
     def __repr__(self) -> str:
         return f"Grammar({self.description})"
@@ -149,10 +180,13 @@ class Grammar:
 class TokenConstraint:
     """One request's position in a grammar: which tokens may come next, and the text so far.
 
-    allowed() is a bool [vocab_size] mask; advance(token_id) takes the sampled token
+    allowed(remaining) is a bool [vocab_size] mask (remaining: see allowed); advance(token_id)
+    takes the sampled token
     (ValueError if the mask forbids it); done says the output is complete and nothing may
     follow, so generation must stop. After an EOS token (allowed only when the output is
     complete) the constraint is done too."""
+
+    budget_aware = True  # the engine passes allowed() the tokens left (constrain_step.py)
 
     def __init__(self, grammar: Grammar):
         self.grammar = grammar
@@ -169,7 +203,12 @@ class TokenConstraint:
     def done(self) -> bool:
         return self._ended or all(not t for t in self._threads)
 
-    def allowed(self) -> torch.Tensor:
+    def allowed(self, remaining: int | None = None) -> torch.Tensor:
+        """bool [V]: the tokens that may come next. With remaining (the tokens this request
+        may still generate, this one included), only tokens after which a complete output is
+        reachable within the rest of the budget, once the budget is close to the shortest
+        completion (budget.py); with no such token (a budget already too small), those
+        closest to a complete output."""
         g = self.grammar
         if self.done:  # only EOS may follow a finished output
             mask = torch.zeros(g.vocab.size, dtype=torch.bool)
@@ -179,6 +218,22 @@ class TokenConstraint:
         mask = masks[0].clone()  # the cached masks stay untouched whatever the caller does
         for m in masks[1:]:
             mask |= m
+        if self.complete:
+            mask[g._eos] = True
+        if remaining is not None:
+            mask = self._within(mask, remaining)
+        return mask
+
+    def _within(self, mask: torch.Tensor, remaining: int) -> torch.Tensor:
+        g = self.grammar
+        left = remaining - 1  # tokens after this one
+        if left >= threads_close(self._threads) + g.margin:
+            return mask
+        cost = functools.reduce(torch.minimum, [cost_vector(g, t) for t in self._threads])
+        keep = cost <= left
+        if not keep.any():
+            keep = cost == cost.min()
+        mask &= keep
         if self.complete:
             mask[g._eos] = True
         return mask
