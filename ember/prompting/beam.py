@@ -2,7 +2,7 @@
 
 A step is one line of the reply. From each kept partial solution, `n // beam` next steps
 are sampled (stop at the newline); every extended solution is scored by the verifier, and
-the `beam` best are kept. A solution is finished when its step ends on end-of-sequence, is
+the `beam` best are kept (a solution ended before its first step ranks last). A solution is finished when its step ends on end-of-sequence, is
 empty, or starts what a stop string marks (the next question). After `max_steps`, or when
 every kept solution is finished, the best-scored one is the reply.
 
@@ -16,6 +16,7 @@ the text so far; `LogprobVerifier` the new step's mean token log-prob.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .strategies import Outcome, StrategyConfig
@@ -24,7 +25,7 @@ from .strategies import Outcome, StrategyConfig
 @dataclass
 class _Beam:
     steps: list[str] = field(default_factory=list)
-    score: float = 0.0
+    score: float = -math.inf  # no step scored yet: below any scored solution
     done: bool = False
 
 
@@ -72,6 +73,7 @@ def prm_beam(gen, prompts: list, questions: list[str], extract, cfg: StrategyCon
         beams = [_top(g, cfg.beam) for g in grown]
     out = []
     for bs, tok in zip(beams, tokens):
+        bs = [b for b in bs if b.steps] or [_Beam(score=0.0)]
         texts = ["\n".join(b.steps) for b in bs]
         answers = [extract(t) for t in texts]
         out.append(Outcome(answers[0], texts, answers, tok, [b.score for b in bs]))

@@ -131,3 +131,13 @@ def test_engine_generator_samples_differ_and_are_reproducible():
         ["Q: 1+1?", "Q: 2+2?"], n=2, temperature=1.0, max_tokens=4, seed=5)]
     [[g]] = gen.generate([("Q: 1+1?", "step one\n")], max_tokens=3, logprobs=True)
     assert g.logprob is not None and g.logprob <= 0
+
+
+def test_prm_beam_never_prefers_an_empty_solution_to_a_scored_one():
+    class Neg:
+        def score_steps(self, question, steps):
+            return [-1.0] * len(steps)
+
+    gen = Scripted(["", "so 3"])
+    [o] = prm_beam(gen, ["p"], ["q"], extract, StrategyConfig(n=2, beam=2, max_steps=1), Neg())
+    assert o.answer == "3" and o.texts == ["so 3"] and o.scores == [-1.0]
