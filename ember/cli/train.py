@@ -67,20 +67,58 @@ def data_prepare(cfg: DataPrepareConfig) -> dict:
 
 @dataclass
 class ExportConfig:
-    """Write a run's latest checkpoint as an HF safetensors folder (transformers loads it)."""
+    """Write a run's latest checkpoint as an HF safetensors folder (transformers loads it) or
+    as one GGUF file (llama.cpp, transformers and ember load it)."""
 
     run: str = "runs/pretrain"
-    """a training run folder (holds checkpoints/latest)"""
+    """a training run folder (holds checkpoints/latest); with --format gguf also a model name or path"""
     out: str | None = None
-    """folder to write; default: RUN/hf"""
+    """folder (hf) or file (gguf) to write; default: RUN/hf or RUN/model-DTYPE.gguf"""
+    format: str = "hf"
+    """hf (safetensors folder) or gguf (one llama.cpp file with the tokenizer and chat template)"""
+    dtype: str = "f32"
+    """GGUF weight type: f32, f16, q8_0 or q4_0 (matrices; norms and biases stay f32)"""
+    overwrite: bool = False
+    """replace an existing GGUF file"""
+
+    def __post_init__(self):
+        if self.format not in ("hf", "gguf"):
+            raise ValueError(f"--format must be hf or gguf, got {self.format!r}")
+        from ember.model.convert.to_gguf import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
 def export(cfg: ExportConfig) -> Path:
     from ember.train.pretrain import export_hf, load_run
 
+    if cfg.format == "gguf":
+        return export_gguf(cfg)
     out = out_folder(cfg.out or Path(cfg.run) / "hf")
     model, tok = load_run(cfg.run)
     export_hf(model, tok, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return out
+
+
+def export_gguf(cfg: ExportConfig) -> Path:
+    from ember.model.convert.to_gguf import save_gguf
+    from ember.tokenizer.patterns import PATTERNS
+
+    run = Path(cfg.run)
+    if (run / "checkpoints").is_dir():
+        from ember.train.pretrain import load_run
+
+        model, tok = load_run(run)
+    else:
+        from ember.model.load import load_model
+        from ember.tokenizer import load_tokenizer
+
+        model, tok = load_model(cfg.run), load_tokenizer(cfg.run)
+    out = Path(cfg.out) if cfg.out else (run if run.is_dir() else run.parent) / f"model-{cfg.dtype}.gguf"
+    pattern = next((n for n, rx in PATTERNS.items() if rx == tok.pattern), tok.pattern)
+    save_gguf(model, out, cfg.dtype, tok, pattern, name=run.name, overwrite=cfg.overwrite, progress=True)
     print(f"wrote {out}", file=sys.stderr)
     return out
 
