@@ -14,7 +14,9 @@ unconstrained runs; the best of each is kept, since other processes on the machi
 runs at random. Because whole-run differences are within that noise on a shared machine,
 the constraint's own parts are timed apart too: "mask" is allowed() + advance() per token
 (cold: empty mask cache; warm: cached), "apply" the engine's masking of the logits row
-(constrain_logits, warm masks), and "parts %" is (mask cold + apply) / plain ms per token. Unconstrained replies are cut at the constrained
+(constrain_logits, warm masks), "budget" the same as "mask" with allowed() told the
+tokens left of --max-tokens (the budget check: every token's closing cost once the budget
+nears the shortest completion; cold: empty caches), and "parts %" is (mask cold + apply) / plain ms per token. Unconstrained replies are cut at the constrained
 reply's length (ignore_eos), so both decode the same number of tokens.
 
 Measured (`-P bench/constrained.py --repeats 2`, one thread, a 2-core machine shared with
@@ -63,12 +65,13 @@ def timed_generate(engine, ids, params, constraint=None):
     return r, time.perf_counter() - start
 
 
-def mask_ms(grammar, token_ids) -> float:
-    """Mean ms of allowed() + advance() per token, replaying token_ids."""
+def mask_ms(grammar, token_ids, budget: int | None = None) -> float:
+    """Mean ms of allowed() + advance() per token, replaying token_ids; with budget (the
+    request's max_tokens), allowed() is told the tokens left, as the engine does."""
     c = grammar.start()
     start = time.perf_counter()
-    for t in token_ids:
-        c.allowed()
+    for i, t in enumerate(token_ids):
+        c.allowed(None if budget is None else budget - i)
         c.advance(t)
     return 1000 * (time.perf_counter() - start) / max(len(token_ids), 1)
 
@@ -82,7 +85,8 @@ def apply_ms(grammar, token_ids, V: int) -> float:
     c, logits, total = grammar.start(), torch.randn(1, V), 0.0
     for t in token_ids:
         start = time.perf_counter()
-        constrain_logits([SimpleNamespace(constraint=c)], logits)
+        req = SimpleNamespace(constraint=c, params=SamplingParams(max_tokens=10**6), token_ids=[])
+        constrain_logits([req], logits)
         total += time.perf_counter() - start
         c.advance(t)
     return 1000 * total / max(len(token_ids), 1)
@@ -106,7 +110,8 @@ def main() -> None:
     print(f"vocabulary preparation: {prep_s:.2f} s ({vocab.size} tokens, "
           f"{int(vocab.string_body.sum())} free-string tokens)")
     header = (f"{'constraint':12} {'tokens':>6} {'plain ms/tok':>12} {'constr. cold':>12} {'constr. warm':>12} "
-              f"{'overhead warm':>13} {'mask cold ms':>12} {'mask warm ms':>12} {'apply ms':>9} {'parts %':>10}")
+              f"{'overhead warm':>13} {'mask cold ms':>12} {'mask warm ms':>12} {'budget cold':>11} {'budget warm':>11} "
+              f"{'apply ms':>9} {'parts %':>10}")
     print(header)
     print("-" * len(header))
     for name, question, make in CASES:
@@ -127,10 +132,13 @@ def main() -> None:
         vocab.masks.clear()
         m_cold = mask_ms(grammar, rc.token_ids)
         m_warm = mask_ms(grammar, rc.token_ids)
+        vocab.masks.clear()
+        b_cold = mask_ms(grammar, rc.token_ids, args.max_tokens)
+        b_warm = mask_ms(grammar, rc.token_ids, args.max_tokens)
         m_apply = apply_ms(grammar, rc.token_ids, model.config.vocab_size)
         ms = [1000 * s / n for s in (plain_s, cold_s, warm_s)]
         print(f"{name:12} {n:6d} {ms[0]:12.2f} {ms[1]:12.2f} {ms[2]:12.2f} "
-              f"{100 * (ms[2] / ms[0] - 1):12.1f}% {m_cold:12.3f} {m_warm:12.3f} {m_apply:9.3f} "
+              f"{100 * (ms[2] / ms[0] - 1):12.1f}% {m_cold:12.3f} {m_warm:12.3f} {b_cold:11.3f} {b_warm:11.3f} {m_apply:9.3f} "
               f"{100 * (m_cold + m_apply) / ms[0]:9.2f}%")
         print(f"{'':12} compile {compile_ms:.1f} ms, finish {rc.finish_reason}: {rc.text[:90]!r}")
 

@@ -167,6 +167,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--modes", default="constrained,free", help="which decodings to run, comma-separated")
     ap.add_argument("--out", default=None, help="write every reply and its scores here (JSON)")
     args = ap.parse_args()
     if args.threads:
@@ -181,7 +182,10 @@ def main() -> None:
     client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
     try:
         results = {}
-        for mode, constrained in (("constrained", True), ("free", False)):
+        modes = [m for m in args.modes.split(",") if m]
+        if not modes or set(modes) - {"constrained", "free"}:
+            raise ValueError(f"--modes takes constrained and/or free, got {args.modes!r}")
+        for mode, constrained in ((m, m == "constrained") for m in modes):
             t0 = time.perf_counter()
             results[mode] = run_mode(client, rows, constrained, args.clients, args.max_tokens)
             print(f"{mode}: {len(rows)} requests in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
