@@ -6,6 +6,14 @@ of "The capital of France is" → " Paris", and the seed's claims checked on thi
 
 The tuned lens trains --lens-steps steps of one 64-token window of the bundled corpus (every
 3rd block) and is judged on 8 held-out windows. PNGs and the trace HTML go to --out.
+
+Measured (2-core shared CPU, float32, --lens-steps 40): "The cat sat" → ' on' 0.334, ' at' 0.301,
+' atop' 0.103; the lens' top-1 is ' on' from block 24 of 30 (',' in blocks 9-18, ' in' 19-23).
+KL(final ‖ lens), nats, logit → tuned: block 0 15.8 → 7.6, 9 19.7 → 6.2, 18 18.1 → 5.5,
+24 6.7 → 2.5, 27 4.1 → 2.5. king - man + woman: 'queen' top-1 in SmolLM2's token embeddings and
+in MiniLM's. Causal tracing: restoring the subject's state recovers p(' Paris') (clean 0.77,
+corrupted 0.006) through block ~10, half of it until block 15, nothing after block 22; MLP
+outputs (window 5) recover ≤ 0.02; attention outputs at blocks 6-9 up to 0.24.
 """
 
 from __future__ import annotations
