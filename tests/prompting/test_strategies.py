@@ -139,5 +139,5 @@ def test_prm_beam_never_prefers_an_empty_solution_to_a_scored_one():
             return [-1.0] * len(steps)
 
     gen = Scripted(["", "so 3"])
-    [o] = prm_beam(gen, ["p"], ["q"], extract, StrategyConfig(n=2, beam=2, max_steps=1), Neg())
+    [o] = prm_beam(gen, ["p"], ["q"], extract, StrategyConfig(n=2, beam=1, max_steps=1), Neg())
     assert o.answer == "3" and o.texts == ["so 3"] and o.scores == [-1.0]
