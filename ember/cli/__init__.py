@@ -36,7 +36,7 @@ COMMANDS: dict[str, Command] = {
     "classify": Command("ember.train.classify", "fine-tune an encoder with a classification head (word-swap probe)"),
     "scaling sweep": Command("ember.train.scaling:sweep", "train a grid of tiny models", "ScalingSweepConfig"),
     "scaling fit": Command("ember.train.scaling:fit", "fit L(N, D) and predict", "ScalingFitConfig"),
-    "export": Command("ember.cli.train:export", "a run's checkpoint → HF folder", "ExportConfig"),
+    "export": Command("ember.cli.train:export", "a run's checkpoint → HF folder or GGUF file", "ExportConfig"),
     "sft": Command("ember.train.sft", "supervised fine-tuning (LoRA, QLoRA, full)"),
     "dpo": Command("ember.train.dpo", "preference optimisation (DPO, cDPO, IPO, SimPO, ORPO, KTO)",
                    prints=("before", "after")),

@@ -73,13 +73,15 @@ class ExportConfig:
     run: str = "runs/pretrain"
     """a training run folder (holds checkpoints/latest); with --format gguf also a model name or path"""
     out: str | None = None
-    """folder (hf) or file (gguf) to write; default: RUN/hf or RUN/model-DTYPE.gguf"""
+    """folder (hf) or file (gguf) to write; default: RUN/hf, RUN/model-DTYPE.gguf (a folder) or ./NAME-DTYPE.gguf"""
     format: str = "hf"
     """hf (safetensors folder) or gguf (one llama.cpp file with the tokenizer and chat template)"""
     dtype: str = "f32"
     """GGUF weight type: f32, f16, q8_0 or q4_0 (matrices; norms and biases stay f32)"""
     overwrite: bool = False
     """replace an existing GGUF file"""
+    adapter: str | None = None
+    """a LoRA adapter folder (from `ember sft --peft lora`) merged into the model before a GGUF export"""
 
     def __post_init__(self):
         if self.format not in ("hf", "gguf"):
@@ -88,6 +90,8 @@ class ExportConfig:
 
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.adapter and self.format != "gguf":
+            raise ValueError(f"--adapter {self.adapter!r} is merged only by --format gguf")
 
 
 def export(cfg: ExportConfig) -> Path:
@@ -116,7 +120,11 @@ def export_gguf(cfg: ExportConfig) -> Path:
         from ember.tokenizer import load_tokenizer
 
         model, tok = load_model(cfg.run), load_tokenizer(cfg.run)
-    out = Path(cfg.out) if cfg.out else (run if run.is_dir() else run.parent) / f"model-{cfg.dtype}.gguf"
+    if cfg.adapter:
+        from ember.peft import load_adapter, merge_lora
+
+        model = merge_lora(load_adapter(model, cfg.adapter))
+    out = Path(cfg.out) if cfg.out else run / f"model-{cfg.dtype}.gguf" if run.is_dir() else Path(f"{run.stem}-{cfg.dtype}.gguf")
     pattern = next((n for n, rx in PATTERNS.items() if rx == tok.pattern), tok.pattern)
     save_gguf(model, out, cfg.dtype, tok, pattern, name=run.name, overwrite=cfg.overwrite, progress=True)
     print(f"wrote {out}", file=sys.stderr)
@@ -125,6 +133,8 @@ def export_gguf(cfg: ExportConfig) -> Path:
 
 def checked_out_folder(cfg):
     """`cfg` after checking, before minutes of training, that its output folder can be made."""
+    if isinstance(cfg, ExportConfig) and cfg.format == "gguf":
+        return cfg  # --out names a file, checked when it is written
     train = getattr(cfg, "train", None)
     if isinstance(getattr(train, "out", None), str):
         out_folder(train.out, "--train.out")

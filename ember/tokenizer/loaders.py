@@ -20,7 +20,7 @@ from .wordpiece import WordPieceTokenizer
 from .wordpiece_files import from_vocab_txt, from_wordpiece_json, is_wordpiece_json
 
 # GGUF `tokenizer.ggml.pre` → our split-pattern name.
-GGUF_PRE_TOKENIZERS = {"gpt2": "gpt2", "default": "gpt2", "smollm": "smollm"}
+GGUF_PRE_TOKENIZERS = {"gpt2": "gpt2", "default": "gpt2", "smollm": "smollm", "llama-bpe": "gpt4"}
 # Tokens that end a turn or a document in the families we load; generation stops on them.
 _END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 _GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4

@@ -111,3 +111,67 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="'gpt3'"):
         save_gguf(model, tmp_path / "c.gguf", tokenizer=_tok(), pattern_name="gpt3")
     assert not (tmp_path / "b.gguf").exists() and not (tmp_path / "c.gguf").exists()
+
+
+def _hf_folder(tmp_path, cfg, tok=None):
+    from ember.model.convert.hf import save_hf
+
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    folder = save_hf(model, tmp_path / "hf")
+    (tok or _tok()).save(folder)
+    return model, folder
+
+
+def test_cli_export_gguf_from_a_folder(tmp_path):
+    from ember.cli import main
+
+    tok = Tokenizer(merges=[(108, 111, 256)], pattern="gpt4", special_tokens={"<|endoftext|>": 257},
+                    eos_tokens=["<|endoftext|>"])  # an ember-trained tokenizer's pattern: llama-bpe
+    model, folder = _hf_folder(tmp_path, _llama(), tok)
+    out = tmp_path / "m.gguf"
+    assert main(["export", "--format", "gguf", "--run", str(folder), "--out", str(out), "--dtype", "q8_0"]) == 0
+    ids = torch.randint(0, 258, (1, 9))
+    assert (_logits(load_model(out), ids) - _logits(model, ids)).abs().max().item() <= TOLERANCE["q8_0"]
+    assert open_gguf(out).fields["tokenizer.ggml.pre"] == "llama-bpe"
+    text = "x = [1, 22, 333]\n\n\tlol's"
+    assert load_tokenizer(out).encode(text) == tok.encode(text)
+    args = ["export", "--format", "gguf", "--run", str(folder), "--out", str(out)]
+    assert main(args) == 2  # exists
+    assert main([*args, "--overwrite", "true"]) == 0
+
+
+def test_cli_export_merges_a_lora_adapter(tmp_path):
+    from ember.cli import main
+    from ember.peft import LoraConfig, apply_lora, merge_lora, save_adapter
+
+    model, folder = _hf_folder(tmp_path, _gpt2())
+    lora = apply_lora(model, LoraConfig(rank=2, targets=["wq", "wv", "w1"]))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora" in n:
+                p.normal_(0, 0.2)
+    save_adapter(lora, tmp_path / "adapter")
+    merged = merge_lora(lora).eval()
+    out = tmp_path / "ft.gguf"
+    argv = ["export", "--format", "gguf", "--run", str(folder), "--adapter", str(tmp_path / "adapter"), "--out", str(out)]
+    assert main(argv) == 0
+    ids = torch.randint(0, 258, (1, 9))
+    base = load_model(folder)
+    assert (_logits(load_model(out), ids) - _logits(merged, ids)).abs().max().item() < 1e-5
+    assert (_logits(merged, ids) - _logits(base, ids)).abs().max().item() > 1e-3  # the adapter mattered
+
+
+def test_cli_bad_inputs(tmp_path, capsys):
+    from ember.cli import main
+
+    assert main(["export", "--format", "gguf", "--dtype", "q5_k"]) == 2
+    assert "'q5_k'" in capsys.readouterr().err
+    assert main(["export", "--format", "onnx"]) == 2
+    assert "'onnx'" in capsys.readouterr().err
+    encoder = ModelConfig.tiny(vocab_size=258, causal=False, norm="layernorm", pos_emb="learned", mlp="gelu_erf",
+                               norm_position="post", bias=True, n_kv_heads=4, n_token_types=2, embed_norm=True,
+                               tie_embeddings=True)
+    _, folder = _hf_folder(tmp_path, encoder)
+    assert main(["export", "--format", "gguf", "--run", str(folder), "--out", str(tmp_path / "e.gguf")]) == 2
+    assert "encoder" in capsys.readouterr().err and not (tmp_path / "e.gguf").exists()
