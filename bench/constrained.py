@@ -133,6 +133,7 @@ def main() -> None:
         m_cold = mask_ms(grammar, rc.token_ids)
         m_warm = mask_ms(grammar, rc.token_ids)
         vocab.masks.clear()
+        vocab.costs.clear()
         b_cold = mask_ms(grammar, rc.token_ids, args.max_tokens)
         b_warm = mask_ms(grammar, rc.token_ids, args.max_tokens)
         m_apply = apply_ms(grammar, rc.token_ids, model.config.vocab_size)

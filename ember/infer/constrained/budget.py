@@ -29,6 +29,7 @@ import torch
 from .json_nodes import BODY, ESCAPE, UHEX, UTF8, Arr, Num, Obj, Str
 from .nodes import Alt, Lit, LitSet, MarkerText, Node, Opt, Ref, Repeat, Seq, step_all
 from .regex_dfa import RegexNode
+from .vocab import COST_CACHE_SIZE
 
 BIG = 1 << 30  # "cannot complete" (a recursive node whose every path recurses)
 _NUM_ACCEPTING = frozenset((2, 3, 5, 8))  # Num's _ZERO, _INT, _FRAC, _EXP
@@ -57,7 +58,17 @@ def _sum(*xs: int) -> int:
 
 
 def close(node: Node, local) -> int:
-    """Fewest bytes from frame state local to the frame's end."""
+    """Fewest bytes from frame state local to the frame's end (memoized per node)."""
+    memo = node.__dict__.get("_close")
+    if memo is None:
+        memo = node._close = {}
+    value = memo.get(local)
+    if value is None:
+        value = memo[local] = _close(node, local)
+    return value
+
+
+def _close(node: Node, local) -> int:
     if isinstance(node, Lit):
         return len(node.data) - local
     if isinstance(node, Str):
@@ -226,7 +237,7 @@ def shortest_output(threads) -> bytes:
 
 def _walk_costs(trie: dict, threads: list[tuple], ids: list[int], costs: list[int]) -> None:
     """grammar.walk, also recording each reached token's closing cost."""
-    todo = [(trie, threads)]
+    todo, memo = [(trie, threads)], {}
     while todo:
         node, ths = todo.pop()
         for b, child in node.items():
@@ -237,7 +248,7 @@ def _walk_costs(trie: dict, threads: list[tuple], ids: list[int], costs: list[in
                 continue
             here = child.get(None)
             if here:
-                c = threads_close(nxt)
+                c = min(memo[t] if t in memo else memo.setdefault(t, thread_close(t)) for t in nxt)
                 ids.extend(here)
                 costs.extend([c] * len(here))
             if len(child) > (here is not None):
@@ -245,28 +256,35 @@ def _walk_costs(trie: dict, threads: list[tuple], ids: list[int], costs: list[in
 
 
 def _scatter(size: int, ids: list[int], costs: list[int], base: torch.Tensor | None = None) -> torch.Tensor:
-    out = torch.full((size,), BIG, dtype=torch.int64) if base is None else base.clone()
+    out = torch.full((size,), BIG, dtype=torch.int32) if base is None else base.clone()
     if ids:
         idx = torch.tensor(ids, dtype=torch.long)
-        out[idx] = torch.minimum(out[idx], torch.tensor(costs, dtype=torch.int64))
+        out[idx] = torch.minimum(out[idx], torch.tensor(costs, dtype=torch.int32))
     return out
 
 
-def cost_vector(grammar, thread: tuple) -> torch.Tensor:
-    """int64 [V]: per token, the closing cost of this thread after it (BIG: not allowed)."""
+def cost_vector(grammar, thread: tuple) -> tuple[torch.Tensor, int]:
+    """(int32 [V]: per token, the closing cost of this thread after it (BIG: not allowed),
+    the largest finite cost in it), cached per thread."""
     v = grammar.vocab
-    return v.cached(v.masks, ("budget", thread), lambda: _compute_costs(grammar, thread), 256)
+
+    def make():
+        cost = _compute_costs(grammar, thread)
+        finite = cost[cost < BIG]
+        return cost, int(finite.max()) if len(finite) else -1
+
+    return v.cached(v.costs, thread, make, COST_CACHE_SIZE)
 
 
 def _compute_costs(grammar, thread: tuple) -> torch.Tensor:
     v = grammar.vocab
     if not thread:
-        return torch.full((v.size,), BIG, dtype=torch.int64)
+        return torch.full((v.size,), BIG, dtype=torch.int32)
     node, local = thread[-1]
     below = sum(close(n, loc) for n, loc in thread[:-1])
     if isinstance(node, Seq):
         waiting = thread[:-1] + ((node, local + 1),)
-        vecs = [cost_vector(grammar, waiting + (f,)) for f in node.children[local].enter()]
+        vecs = [cost_vector(grammar, waiting + (f,))[0] for f in node.children[local].enter()]
         return functools.reduce(torch.minimum, vecs)
     if isinstance(node, MarkerText):  # the text goes on at no cost, or a completing token
         mask = grammar.thread_mask(thread)
@@ -275,9 +293,9 @@ def _compute_costs(grammar, thread: tuple) -> torch.Tensor:
         ids = [i for i in mask.nonzero().flatten().tolist() if _completes(node, local, v.token_bytes[i])]
         return _token_costs(grammar, thread, ids)
     if isinstance(node, Str) and node.is_free_body(local):
-        base = torch.full((v.size,), BIG, dtype=torch.int64)
+        base = torch.full((v.size,), BIG, dtype=torch.int32)
         ok = grammar.thread_mask(thread) & v.string_body
-        left = (node.min_len - local[1] - v.string_chars.long()).clamp(min=0) if node.counted else 0
+        left = (node.min_len - local[1] - v.string_chars).clamp(min=0) if node.counted else 0
         base[ok] = (below + 1 + left)[ok] if node.counted else below + 1
         ids, costs = [], []
         _walk_costs(v.rest_trie, [thread], ids, costs)
@@ -318,8 +336,8 @@ def _regex_costs(grammar, node: RegexNode, table: torch.Tensor, local: int) -> t
     for p, n in enumerate(tokens.counts):
         states[:n] = table[states[:n], tokens.data[:n, p]]
     dist = torch.tensor([_regex_dist(node, s) if s < len(node.sets) else BIG for s in range(dead)] + [BIG],
-                        dtype=torch.int64)
-    out = torch.full((v.size,), BIG, dtype=torch.int64)
+                        dtype=torch.int32)
+    out = torch.full((v.size,), BIG, dtype=torch.int32)
     out[tokens.ids] = dist[states]
     return out
 

@@ -229,7 +229,10 @@ class TokenConstraint:
         left = remaining - 1  # tokens after this one
         if left >= threads_close(self._threads) + g.margin:
             return mask
-        cost = functools.reduce(torch.minimum, [cost_vector(g, t) for t in self._threads])
+        vecs = [cost_vector(g, t) for t in self._threads]
+        if all(top <= left for _, top in vecs):  # every allowed token leaves enough room
+            return mask
+        cost = functools.reduce(torch.minimum, [c for c, _ in vecs])
         keep = cost <= left
         if not keep.any():
             keep = cost == cost.min()

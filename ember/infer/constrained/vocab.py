@@ -36,6 +36,7 @@ import torch
 from .json_nodes import _LEAD
 
 MASK_CACHE_SIZE = 1024  # masks kept per vocabulary (49k bools each: ~50 MB at most)
+COST_CACHE_SIZE = 128  # closing-cost vectors kept (49k int32 each: ~25 MB at most)
 GRAMMAR_CACHE_SIZE = 64
 
 
@@ -105,6 +106,7 @@ class Vocab:
         self.rest_trie = _trie((i, d) for i, d in items if chars[i] < 0)
         self._lock = threading.Lock()
         self.masks: OrderedDict = OrderedDict()
+        self.costs: OrderedDict = OrderedDict()  # per thread, each token's closing cost (budget.py)
         self._with_byte: OrderedDict = OrderedDict()
         self.grammars: OrderedDict = OrderedDict()
 
