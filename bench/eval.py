@@ -31,19 +31,12 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 
-# Run as a script, bench/ comes first on sys.path, and bench/inspect.py would shadow the
-# stdlib module that torch imports.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import torch
 
-import torch  # noqa: E402
-
-from ember.eval.harness import EngineBackend, OpenAIBackend, evaluate, load_task  # noqa: E402
+from ember.eval.harness import EngineBackend, OpenAIBackend, evaluate, load_task
 
 TASKS = ["commonsense", "pydoc", "arithmetic", "heldout"]
 _MODEL = {}

@@ -33,27 +33,21 @@ harness) and ≤ 1.7e-4 (serve vs hf); wall 78.1 s, 47.6 s, 173.5 s.
 
 from __future__ import annotations
 
+import argparse
+import glob
+import json
+import os
+import re
+import socket
+import subprocess
 import sys
+import sysconfig
+import tempfile
+import time
 from pathlib import Path
 
-# Run as a script, bench/ comes first on sys.path, where bench/inspect.py would shadow the
-# standard library's inspect (imported by httpx); keep it off the path.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import glob  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sysconfig  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import httpx  # noqa: E402
-import yaml  # noqa: E402
+import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "ember" / "eval" / "tasks"

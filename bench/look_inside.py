@@ -2,7 +2,7 @@
 KL of the logit and tuned lens, analogies over token and sentence embeddings, causal tracing
 of "The capital of France is" → " Paris", and the seed's claims checked on this model.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/inspect.py [--lens-steps 40] [--quant int4] [--out /tmp/inspect]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/look_inside.py [--lens-steps 40] [--quant int4] [--out /tmp/inspect]
 
 The tuned lens trains --lens-steps steps of one 64-token window of the bundled corpus (every
 3rd block) and is judged on 8 held-out windows. PNGs and the trace HTML go to --out.
@@ -18,21 +18,14 @@ outputs (window 5) recover ≤ 0.02; attention outputs at blocks 6-9 up to 0.24.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, where its name would shadow the
-# standard library's `inspect` (which torch imports).
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-import ember  # noqa: E402
+import ember
 from ember.core.io import atomic_write_bytes, atomic_write_text
 from ember.infer.trace_api import walk
 from ember.inspect.attention import head_summaries, induction_scores, summaries_png
