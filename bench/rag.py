@@ -24,15 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as a script, bench/ comes first on sys.path, where bench/inspect.py would shadow the
-# standard library's inspect (imported by numpy): take it off.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from ember.rag.evaluate import bundled_qa, evaluate, load_qa, scores, tune_weight  # noqa: E402
-from ember.rag.metrics import dedupe  # noqa: E402
+from ember.rag.evaluate import bundled_qa, evaluate, load_qa, scores, tune_weight
+from ember.rag.metrics import dedupe
 
 DEPTH = 30  # chunks per question, before deduplicating to documents
 
