@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     b'hi'
     """
     path = Path(path)
+    if _is_special(path):  # /dev/null, /dev/stdout, a FIFO: write into it, never rename over it
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -28,6 +33,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _is_special(path: Path) -> bool:
+    """True for an existing target that is not a regular file or a folder (a device, a FIFO,
+    a socket): renaming a temp file onto /dev/null as root would replace the device itself.
+
+    >>> _is_special(Path("/dev/null")), _is_special(Path(tempfile.mkdtemp()) / "new.txt")
+    (True, False)
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
