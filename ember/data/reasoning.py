@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from ember.core.io import atomic_write_text
@@ -69,6 +70,28 @@ def verifier_rows(n: int, seed: int, split: str = "train") -> list[dict]:
         rows.append({"question": p["question"], "steps": steps, "labels": labels, "correct": int(all(labels)),
                      "difficulty": p["difficulty"]})
     return rows
+
+
+def problem_rows(n: int, difficulty: int, seed: int, split: int | str) -> list[dict]:
+    """GRPO prompt rows {"question", "expression", "answer", "difficulty"}: the "heldout" set, or a
+    training step's (split = the step), each from its own seeded stream.
+
+    >>> problem_rows(1, 1, 0, "heldout")[0]["answer"] != problem_rows(1, 1, 0, 0)[0]["answer"]
+    True
+    """
+    stream = 7_919 * seed + (999_983 if split == "heldout" else 1 + int(split))
+    return [{"question": prompt_text(p), "expression": p["question"], "answer": p["answer"], "difficulty": difficulty}
+            for p in make_problems(n, difficulty, 100_000 + stream)]
+
+
+def think_format_reward(row: dict, completion: str) -> float:
+    """0.2 for a closed thought followed by "The answer is N", else 0.
+
+    >>> think_format_reward({}, "<think>\\n1 + 1 = 2\\n</think>\\nThe answer is 2."), think_format_reward({}, "2")
+    (0.2, 0.0)
+    """
+    head, sep, tail = completion.partition("</think>")
+    return 0.2 if sep and "<think>" in head and re.search(r"answer is -?\d+", tail) else 0.0
 
 
 def encode_solution(tok, question: str, steps: list[str], max_len: int) -> tuple[list[int], list[int], int]:

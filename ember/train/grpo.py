@@ -31,6 +31,7 @@ import torch
 
 from ember.core.io import atomic_write_json
 from ember.data.arithmetic import exact_match_reward, format_reward, heldout_rows, step_rows
+from ember.data.reasoning import problem_rows, think_format_reward
 from ember.eval.rl_curve import rl_curve_report
 from ember.parallel import init_distributed
 from ember.peft import adapters_disabled
@@ -53,7 +54,19 @@ from ember.train.rl import group_advantages, grpo_loss
 
 Reward = Callable[[dict, str], float]
 
-REWARDS: dict[str, Reward] = {"exact_match": exact_match_reward, "format": format_reward}
+REWARDS: dict[str, Reward] = {"exact_match": exact_match_reward, "format": format_reward,
+                              "think_format": think_format_reward}
+
+# reasoning: the generated word problems (ember.prompting.tasks_gen) answered with a <think>
+# trace, from the `ember sft --preset reasoning` adapter; sized for a few minutes on a shared CPU.
+PRESETS = {
+    "reasoning": {
+        "task": "reasoning", "difficulty": 2, "adapter": "runs/sft-reasoning/adapter",
+        "rewards": ["exact_match", "think_format"], "group_size": 4, "prompts_per_step": 2,
+        "max_new_tokens": 80, "n_eval": 8, "train.steps": 4, "train.eval_every": 4,
+        "train.out": "runs/grpo-reasoning", "optim.lr": 5e-4,
+    },
+}
 
 # the batch's per-step figures, stored on every row so the mean over micro-batches is exact
 STEP_METRICS = ("reward", "accuracy", "reward_std", "reward_errors", "zero_std_groups", "completion_len",
@@ -86,14 +99,20 @@ class GRPOConfig(PostTrainConfig):
 
     peft: Literal["lora"] = "lora"
     """LoRA only: the reference policy is the model with its adapters disabled."""
-    task: Literal["arithmetic"] = "arithmetic"
-    """The prompts: "What is 23 + 58? Answer with just the number." """
+    task: Literal["arithmetic", "reasoning"] = "arithmetic"
+    """The prompts: "What is 23 + 58? Answer with just the number." (arithmetic) or generated
+    multi-step word problems (reasoning, ember.prompting.tasks_gen)."""
+    difficulty: int = 3
+    """Steps per word problem (task reasoning)."""
+    adapter: str | None = None
+    """A LoRA adapter folder (same rank) the policy starts from, e.g. an `ember sft` run's."""
     ops: list[str] = field(default_factory=lambda: ["+", "-"])
     """Operators the questions use, a subset of + - *."""
     digits: int = 2
     """Operand digits (1..6); SmolLM2-135M greedy: 12% right at 2 digits, 0% at 3."""
     rewards: list[str] = field(default_factory=lambda: ["exact_match", "format"])
-    """Reward functions, summed: exact_match (1 for the right number), format (0.2 for just a number)."""
+    """Reward functions, summed: exact_match (1 for the right number), format (0.2 for just a
+    number), think_format (0.2 for a closed <think> trace then a stated answer)."""
     group_size: int = 8
     """Completions sampled per prompt (G); advantages compare the answers within a group."""
     prompts_per_step: int = 4
@@ -128,6 +147,8 @@ class GRPOConfig(PostTrainConfig):
             raise ValueError(
                 f"group_size must be >= 2 (advantages compare answers within a group), got {self.group_size}"
             )
+        if not 1 <= self.difficulty <= 8:
+            raise ValueError(f"difficulty must be in 1..8, got {self.difficulty}")
         if not 1 <= self.digits <= 6:
             raise ValueError(f"digits must be in 1..6, got {self.digits}")
         for name in ("prompts_per_step", "max_new_tokens"):
@@ -189,10 +210,17 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
     rollout_batch_size(cfg, cfg.prompts_per_step * cfg.group_size, "prompts_per_step × group_size", info)
     fns = reward_fns if reward_fns is not None else [REWARDS[name] for name in cfg.rewards]
     model, tok = load_for_training(cfg, seed=False)  # see the module docstring
+    if cfg.adapter:
+        from ember.peft import load_adapter
+
+        model = load_adapter(model, cfg.adapter)
     if tok.chat_template is None:
         raise ValueError(f"model {cfg.model!r} has no chat template; GRPO prompts are chat turns")
     pad = pad_id(tok)
-    eval_rows = heldout_rows(cfg.n_eval, cfg.ops, cfg.digits, cfg.train.seed)
+    if cfg.task == "reasoning":
+        eval_rows = problem_rows(cfg.n_eval, cfg.difficulty, cfg.train.seed, "heldout")
+    else:
+        eval_rows = heldout_rows(cfg.n_eval, cfg.ops, cfg.digits, cfg.train.seed)
     exclude = {r["expression"] for r in eval_rows}
     run: dict = {}  # the Trainer, once built: its micro-batch size and autocast
 
@@ -200,7 +228,10 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
         return token_logprobs(model, mb["ids"], mb["mask"])
 
     def batches(step: int) -> dict:
-        rows = step_rows(cfg.prompts_per_step, cfg.ops, cfg.digits, cfg.train.seed, step, exclude)
+        if cfg.task == "reasoning":
+            rows = problem_rows(cfg.prompts_per_step, cfg.difficulty, cfg.train.seed, step)
+        else:
+            rows = step_rows(cfg.prompts_per_step, cfg.ops, cfg.digits, cfg.train.seed, step, exclude)
         rows = rows[info.rank :: info.world_size]
         prompts = [tok.render_chat(question(r), add_generation_prompt=True)[0] for r in rows]
         prompts = [p for p in prompts for _ in range(cfg.group_size)]  # (B·G) ids

@@ -45,14 +45,13 @@ class RewardConfig(kit.PreferenceConfig):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=4, weight_decay=0.0))
 
 
-# orm / prm: verifiers on generated solutions (ember.data.reasoning), half of them corrupted.
+# orm / prm: verifiers on generated solutions (ember.data.reasoning), half of them corrupted;
+# sized for a few minutes on a shared CPU (more steps and rows separate better).
+_VERIFIER = {"n_train": 256, "n_eval": 32, "max_len": 160, "train.steps": 12, "train.batch_size": 4,
+             "train.eval_every": 12, "train.save_every": 12, "optim.lr": 1e-3, "optim.warmup_steps": 2}
 PRESETS: dict[str, dict[str, Any]] = {
-    "orm": {"objective": "outcome", "n_train": 768, "n_eval": 128, "max_len": 192, "train.steps": 96,
-            "train.batch_size": 8, "train.eval_every": 48, "train.save_every": 48, "train.out": "runs/orm",
-            "optim.lr": 5e-4},
-    "prm": {"objective": "steps", "n_train": 768, "n_eval": 128, "max_len": 192, "train.steps": 96,
-            "train.batch_size": 8, "train.eval_every": 48, "train.save_every": 48, "train.out": "runs/prm",
-            "optim.lr": 5e-4},
+    "orm": {"objective": "outcome", "train.out": "runs/orm", **_VERIFIER},
+    "prm": {"objective": "steps", "train.out": "runs/prm", **_VERIFIER},
 }
 
 

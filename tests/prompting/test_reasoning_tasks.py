@@ -74,3 +74,60 @@ def test_written_task_loads_in_the_eval_harness(tmp_path):
     docs = task.docs("test")
     assert task.output_type == "generate_until" and len(docs) == 10
     assert docs[0]["answer"] == str(make_problems(1, 2, seed=0)[0]["answer"])
+
+
+class ScriptedThinker:
+    """A scripted model: each thought it writes is "x = 1\\n" then `</think>`; after
+    `</think>` it answers "The answer is 1."; it records every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, ids, max_tokens, stop):
+        text = "".join(map(chr, ids))
+        self.calls.append((text, max_tokens, stop))
+        if text.endswith("</think>\n"):
+            out = "The answer is 1."
+            return out[:max_tokens], min(len(out), max_tokens), len(out) <= max_tokens
+        thought = "x = 1\n"
+        if max_tokens < len(thought):
+            return thought[:max_tokens], max_tokens, False
+        return thought, len(thought), True
+
+
+def _force(budget, extend=0):
+    from ember.prompting.budget import _Chars, budget_force
+
+    model = ScriptedThinker()
+    return budget_force(model, [ord("Q")], _Chars(), budget=budget, extend=extend), model
+
+
+def test_budget_cuts_a_long_thought_and_forces_the_close():
+    r, model = _force(budget=4)
+    assert r.thinking_tokens == 4 and r.forced_stop and r.waits == 0
+    assert r.text == "<think>\nx = \n</think>\nThe answer is 1."
+    assert model.calls[-1][0].endswith("x = \n</think>\n")  # the answer is asked after the forced close
+
+
+def test_a_thought_that_ends_within_budget_is_kept():
+    r, model = _force(budget=50)
+    assert (r.thinking_tokens, r.forced_stop, r.thought) == (6, False, "x = 1\n") and len(model.calls) == 2
+    assert model.calls[0][1:] == (50, ["</think>"])
+
+
+def test_wait_extends_an_early_close_until_extend_or_the_budget():
+    r, _ = _force(budget=50, extend=2)
+    assert r.waits == 2 and r.thought == "x = 1\nWait\nx = 1\nWait\nx = 1\n" and r.thinking_tokens == 18
+    assert not r.forced_stop
+    r, _ = _force(budget=9, extend=5)  # the second thought runs into the budget
+    assert r.waits == 1 and r.thinking_tokens == 9 and r.forced_stop
+    assert r.thought == "x = 1\nWait\nx =\n"
+
+
+def test_budget_zero_answers_at_once_and_bad_values_are_named():
+    from ember.prompting.budget import _Chars, budget_force
+
+    r, model = _force(budget=0)
+    assert r.thought == "" and r.thinking_tokens == 0 and len(model.calls) == 1
+    with pytest.raises(ValueError, match="got -1, 0, 24"):
+        budget_force(ScriptedThinker(), [1], _Chars(), budget=-1)

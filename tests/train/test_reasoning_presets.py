@@ -91,7 +91,7 @@ def test_step_positions_end_each_step(smollm2_tokenizer):
 
 @pytest.mark.parametrize("recipe,preset,key,value", [
     ("reward", "orm", "objective", "outcome"), ("reward", "prm", "objective", "steps"),
-    ("sft", "reasoning", "dataset", "reasoning"),
+    ("sft", "reasoning", "dataset", "reasoning"), ("grpo", "reasoning", "task", "reasoning"),
 ])
 def test_presets_set_the_reasoning_data(recipe, preset, key, value):
     import importlib
@@ -101,3 +101,26 @@ def test_presets_set_the_reasoning_data(recipe, preset, key, value):
     module = importlib.import_module(f"ember.train.{recipe}")
     cfg_cls = next(v for k, v in vars(module).items() if k.endswith("Config") and v.__module__ == module.__name__)
     assert preset_table(cfg_cls, preset)[key] == value
+
+
+def test_grpo_runs_on_the_word_problems(tiny_chat_model, tmp_path, capsys):
+    from ember.data.reasoning import problem_rows
+
+    out = tmp_path / "grpo"
+    code = main(["grpo", "--model", str(tiny_chat_model), "--task", "reasoning", "--difficulty", "2",
+                 "--rewards", "[exact_match,think_format]", "--group_size", "2", "--prompts_per_step", "1",
+                 "--max_new_tokens", "6", "--n_eval", "2", "--lora.rank", "4", "--train.steps", "1",
+                 "--train.eval_every", "1", "--train.out", str(out), "--train.progress", "false"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_accuracy_before"] == 0.0 and (out / "adapter" / "adapter.safetensors").is_file()
+    held = problem_rows(16, 2, 0, "heldout")
+    assert all("Think step by step" in r["question"] for r in held)
+    assert not {r["question"] for r in held} & {r["question"] for s in range(8) for r in problem_rows(2, 2, 0, s)}
+
+
+def test_grpo_refuses_a_bad_difficulty():
+    from ember.train.grpo import GRPOConfig
+
+    with pytest.raises(ValueError, match="difficulty must be in 1..8, got 9"):
+        GRPOConfig(task="reasoning", difficulty=9)
