@@ -77,7 +77,7 @@ class ExportConfig:
     format: str = "hf"
     """hf (safetensors folder) or gguf (one llama.cpp file with the tokenizer and chat template)"""
     dtype: str = "f32"
-    """GGUF weight type: f32, f16, q8_0 or q4_0 (matrices; norms and biases stay f32)"""
+    """GGUF weight type: f32, f16, q8_0, q4_0 or q4_1 (matrices; norms and biases stay f32)"""
     overwrite: bool = False
     """replace an existing GGUF file"""
     adapter: str | None = None

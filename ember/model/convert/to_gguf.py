@@ -1,8 +1,9 @@
 """ember → GGUF (llama.cpp), for the `llama` and `gpt2` architectures: the exact inverse of
 `convert.gguf` (same tensor names; Q/K rows in the interleaved RoPE order llama.cpp expects).
 
-Weights are written as f32, f16, q8_0 or q4_0 (2-D matrices whose rows are whole blocks of
-32; norms, biases and other 1-D tensors stay f32, as llama.cpp's converter leaves them). The
+Weights are written as f32, f16, q8_0, q4_0 or q4_1 (2-D matrices whose rows are whole blocks
+of 32; norms, biases and other 1-D tensors stay f32, as llama.cpp's converter leaves them; under
+q4_* the embedding and output head stay q8_0). q4_1 re-exports SmolLM2's Q4_1 file losslessly. The
 tokenizer goes in as `tokenizer.ggml.*` metadata (byte-level BPE, model "gpt2") with its chat
 template, so one file is all llama.cpp, transformers or ember need.
 """
@@ -21,13 +22,14 @@ from ember.model.config import ModelConfig
 from ember.model.convert import rope_rows_half_to_interleaved
 from ember.model.convert.gguf import GPT2_KEYS, LLAMA_KEYS
 
-DTYPES = ("f32", "f16", "q8_0", "q4_0")
-# llama.cpp's general.file_type (LlamaFileType): ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_Q4_0
-_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}
+DTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
+# llama.cpp's general.file_type (LlamaFileType): ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_Q4_0/1
+_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2, "q4_1": 3}
 # ember split-pattern name → llama.cpp's `tokenizer.ggml.pre` with the same splits. cl100k's
 # regex ("gpt4") is Llama 3's ("llama-bpe") up to possessive quantifiers that change no split.
 GGUF_PRE = {"gpt2": "gpt2", "smollm": "smollm", "gpt4": "llama-bpe"}
 _NORMAL, _CONTROL, _UNUSED = 1, 3, 5
+_HEADS = ("output.weight", "token_embd.weight")
 
 
 def gguf_arch(cfg) -> str:
@@ -110,7 +112,9 @@ def _expand(e_tmpl, n_layers: int):
 
 def _encode(name: str, a: np.ndarray, dtype: str):
     """(data, raw ggml type or None) for one tensor: 1-D stays f32; a matrix whose rows are
-    not whole blocks of 32 falls back to f16 under q8_0/q4_0."""
+    not whole blocks of 32 falls back to f16 under q8_0/q4_*; under q4_* the output head and
+    the token embedding (the head too, when tied) stay q8_0, as llama.cpp's own quantizer
+    keeps the head at higher precision (all-q4_0 SmolLM2 agreed on 7 of 16 greedy tokens)."""
     from gguf import GGMLQuantizationType as T
     from gguf.quants import quantize
 
@@ -118,7 +122,7 @@ def _encode(name: str, a: np.ndarray, dtype: str):
         return a.astype(np.float32), None
     if dtype == "f16" or a.shape[-1] % 32:
         return a.astype(np.float16), None
-    qtype = T.Q8_0 if dtype == "q8_0" else T.Q4_0
+    qtype = T.Q8_0 if dtype == "q8_0" or name in _HEADS else T.Q4_0 if dtype == "q4_0" else T.Q4_1
     return quantize(a.astype(np.float32), qtype), qtype
 
 
