@@ -114,7 +114,7 @@ def _encode(name: str, a: np.ndarray, dtype: str):
     """(data, raw ggml type or None) for one tensor: 1-D stays f32; a matrix whose rows are
     not whole blocks of 32 falls back to f16 under q8_0/q4_*; under q4_* the output head and
     the token embedding (the head too, when tied) stay q8_0, as llama.cpp's own quantizer
-    keeps the head at higher precision (all-q4_0 SmolLM2 agreed on 7 of 16 greedy tokens)."""
+    keeps the head at higher precision."""
     from gguf import GGMLQuantizationType as T
     from gguf.quants import quantize
 
