@@ -19,16 +19,17 @@ tokens left of --max-tokens (the budget check: every token's closing cost once t
 nears the shortest completion; cold: empty caches), and "parts %" is (mask cold + apply) / plain ms per token. Unconstrained replies are cut at the constrained
 reply's length (ignore_eos), so both decode the same number of tokens.
 
-Measured (`-P bench/constrained.py --repeats 2`, one thread, a 2-core machine shared with
-other jobs at load ~14, so whole-run ms/token moved by ±15% between runs):
+Measured (`-P bench/constrained.py --threads 1 --repeats 1`, a 2-core machine shared with
+other jobs at load ~17, so the whole-run ms/token columns are noise; the mask columns are
+the constraint's own work, max_tokens 64):
 
-    constraint   tokens plain ms/tok  mask cold ms  mask warm ms  apply ms  parts %
-    json_schema      40       291.22         1.308         0.014     0.836    0.74%
-    tool_calls       54       219.51         1.600         0.026     1.234    1.29%
-    json_object      64       247.62         0.372         0.008     0.861    0.50%
-    tools auto       64       318.07         0.181         0.149     0.553    0.23%
+    constraint   tokens mask cold ms  mask warm ms  budget cold  budget warm  apply ms
+    json_schema      40        3.166         0.015        4.843        0.073     0.678
+    tool_calls       35        2.303         0.017        7.681        0.058     2.625
+    json_object      64        0.290         0.216        0.567        0.017     0.489
+    tools auto       64        0.020         0.017        3.741        0.337     1.638
 
-Vocabulary preparation: 1.9 s (once per tokenizer); grammar compilation: 0.2-0.9 ms.
+Vocabulary preparation: 2.6 s (once per tokenizer); grammar compilation: 0.2-0.7 ms.
 """
 
 from __future__ import annotations
