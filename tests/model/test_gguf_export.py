@@ -126,6 +126,8 @@ def test_transformers_loads_the_export(tmp_path, arch):
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
     ids = torch.randint(0, 258, (1, 10))
     assert (_logits(hf, ids) - _logits(model, ids)).abs().max().item() < 1e-5
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    assert hf_tok("hello lol ünï", add_special_tokens=False)["input_ids"] == _tok().encode("hello lol ünï")
 
 
 def test_bad_inputs(tmp_path):
