@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -138,6 +140,12 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(FileExistsError, match="a.gguf exists"):
         save_gguf(model, tmp_path / "a.gguf")
     save_gguf(model, tmp_path / "a.gguf", overwrite=True)
+    fifo = tmp_path / "fifo.gguf"  # a device or pipe is never renamed over, even with overwrite
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        save_gguf(model, fifo, overwrite=True)
+    with pytest.raises(ValueError, match="not a regular file"):
+        save_gguf(model, tmp_path, overwrite=True)
     encoder = Transformer(ModelConfig.tiny(causal=False, norm="layernorm", pos_emb="learned", mlp="gelu_erf",
                                            norm_position="post", bias=True, n_kv_heads=4))
     with pytest.raises(ValueError, match="encoder"):

@@ -193,8 +193,8 @@ def save_gguf(model, path: str | os.PathLike, dtype: str = "f32", tokenizer=None
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a GGUF file path")
+    if path.exists() and not path.is_file():  # renaming over /dev/null as root replaces the device
+        raise ValueError(f"{path} is not a regular file (a directory or a device); give a GGUF file path")
     cfg = getattr(model, "config", None)
     arch = gguf_arch(cfg)
     kv_tok = tokenizer_fields(tokenizer, cfg.vocab_size, pattern_name) if tokenizer is not None else {}
