@@ -33,7 +33,16 @@ Measured (2026-12-06, `python bench/tool_calls.py --clients 4`, defaults: max_to
 | free | dev | 40 | 0.0% (0) | 0.0% (0) | 0.0% (0) | 0.0% (0) | 70.0% (28) | 102.8 |
 | free | heldout | 20 | 0.0% (0) | 0.0% (0) | 0.0% (0) | 0.0% (0) | 75.0% (15) | 115.2 |
 
-Every constrained reply that ended on its own held a valid call (53 of 53); the 7 without
+With budget-aware closing (ember.infer.constrained.budget), measured the same way
+(`python -P bench/tool_calls.py --modes constrained --clients 4 --threads 2`, load ~17):
+
+| decoding | split | n | calls | valid | right fn | exact args | cut by max_tokens | tokens/reply |
+|---|---|---|---|---|---|---|---|---|
+| constrained | all | 60 | 100.0% (60) | 100.0% (60) | 56.7% (34) | 8.3% (5) | 0.0% (0) | 59.0 |
+| constrained | dev | 40 | 100.0% (40) | 100.0% (40) | 57.5% (23) | 7.5% (3) | 0.0% (0) | 59.9 |
+| constrained | heldout | 20 | 100.0% (20) | 100.0% (20) | 55.0% (11) | 10.0% (2) | 0.0% (0) | 57.2 |
+
+Before it, every constrained reply that ended on its own held a valid call (53 of 53); the 7 without
 one ran into max_tokens inside a call (a string that repeats itself, an array that keeps
 growing). Free, the 135M model never writes the <tool_call> format: it answers in prose or
 code.
