@@ -48,7 +48,8 @@ def _load(opts: ModelOptions):
 def _engine(model, tok, opts: ModelOptions, max_batch_size: int = 1):
     from ember.infer.engine import Engine
 
-    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=opts.max_seq_len, compile=opts.compile)
+    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=opts.max_seq_len, compile=opts.compile,
+                  prefix_cache_mb=getattr(opts, "prefix_cache_mb", 0.0), speculative=getattr(opts, "speculative", "off"))
 
 
 @dataclass
@@ -77,6 +78,8 @@ class GenerateConfig(ModelOptions):
     """divide the logits of tokens already seen by this (1 changes nothing)"""
     seed: int | None = None
     """seed for sampling, for a repeatable completion"""
+    speculative: Literal["ngram", "off"] = "ngram"
+    """greedy: draft tokens by prompt lookup and verify them in one forward (same tokens up to float ties)"""
     stop: list[str] = field(default_factory=list)
     """one or more strings that end the completion"""
     ignore_eos: bool = False
@@ -138,6 +141,8 @@ class ChatConfig(ModelOptions):
     """seed for sampling, for repeatable replies"""
     demo: bool = False
     """answer one demo question and exit (what `make run` does without a terminal)"""
+    prefix_cache_mb: float = 256.0
+    """MiB of K/V kept so each turn prefills only its new tokens (0: off; replies match up to float ties)"""
 
 
 DEMO_QUESTION = "In two sentences, what is a tokenizer in a language model?"
@@ -225,6 +230,9 @@ class ServeConfig(ModelOptions):
     batch_invariant: bool = True
     """true: a seeded request gives the same tokens alone or beside others (every decode step
     runs all max_batch rows); false: decode only the busy rows, faster with few clients"""
+    prefix_cache_mb: float = 256.0
+    """MiB of K/V of earlier prompts (a shared system prompt, earlier chat turns) reused by later
+    ones, which prefill only what follows (0: off; tokens match up to float ties)"""
     embedding_model: str | None = None
     """also serve this sentence encoder at /v1/embeddings (a known name such as minilm, or an
     HF folder); its name must differ from --model"""
@@ -269,7 +277,7 @@ def serve(cfg: ServeConfig) -> None:
     model, tok = _load(cfg)
     ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
     engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile,
-                    batch_invariant=cfg.batch_invariant)
+                    batch_invariant=cfg.batch_invariant, prefix_cache_mb=cfg.prefix_cache_mb)
     embedder = _load_embedder(cfg.embedding_model) if cfg.embedding_model else None
     app = create_app(engine, cfg.model, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes,
                      embedder=embedder, embedding_model=cfg.embedding_model, rag=_retriever(cfg.rag, tok, ctx))

@@ -41,7 +41,9 @@ def run_chat(
     """Run the REPL until EOF or /exit; returns the final history (list of messages).
 
     Each turn renders system + history + the new user message through the model's chat
-    template, streams the reply, then prints the token count and decode speed. When the
+    template, streams the reply, then prints the token count and decode speed. An engine
+    with a prefix cache (`Engine(prefix_cache_mb=...)`) prefills only the new turn: the
+    K/V of the earlier ones are reused, and the footer says how many prompt tokens were. When the
     conversation no longer fits the context, the oldest turns are dropped (and we say so).
     """
     params = params or SamplingParams(temperature=0.7, top_p=0.9, max_tokens=512)
@@ -81,8 +83,9 @@ def run_chat(
             history.pop()
             continue
         history.append({"role": "assistant", "content": result.text})
+        cached = f", {result.cached_tokens} prompt tokens reused" if result.cached_tokens else ""
         print_fn(f"[{result.completion_tokens} tokens, {result.decode_tok_s:.1f} tok/s, "
-                 f"first token {result.ttft_ms:.0f} ms]")
+                 f"first token {result.ttft_ms:.0f} ms{cached}]")
 
 
 def _fit(engine, tokenizer, head, history, params, print_fn) -> list[int] | None:

@@ -55,6 +55,7 @@ from ember.model.kv_cache import KVCache
 from .constrain_step import constrain_logits
 from .fork import ForkGroup, fork_params, joins
 from .prefill import PrefillMixin, eval_mode
+from .prefix_cache import make_prefix_cache
 from .request import (
     GenerationResult,
     Request,
@@ -64,6 +65,7 @@ from .request import (
     partial_stop_len,
 )
 from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprobs
+from .speculative import SPECULATIVE_MODES, speculative_step
 
 # Request bookkeeping and stop strings live in request.py; their names stay importable from here.
 __all__ = ["Engine", "GenerationResult", "Request", "StopStringMatcher", "StreamChunk", "TokenLogprob",
@@ -94,6 +96,13 @@ class Engine(PrefillMixin):
     each forward pass of the engine runs in eval mode and under inference mode, and gives
     the modules that were training their mode back afterwards.
 
+    prefix_cache_mb > 0 keeps the K/V of prompt prefixes seen before, up to that many MiB,
+    and prefills only what follows the longest cached one (prefix_cache.py): a chat's next
+    turn or a shared system prompt. Tokens match an engine without it up to float ties.
+
+    speculative="ngram" drafts up to speculative_k tokens by prompt lookup and verifies them
+    in one forward, for a lone greedy request (speculative.py); tokens as without it up to float ties.
+
     compile=True runs decode steps through `torch.compile(model, dynamic=True)`: one graph
     for every cache length, so Python and dispatch overhead per token shrinks (the first
     step pays a one-off compile of ~30 s on 2 cores; Inductor caches it on disk for the
@@ -102,7 +111,8 @@ class Engine(PrefillMixin):
 
     def __init__(
         self, model, tokenizer, max_batch_size: int = 8, max_seq_len: int | None = None,
-        compile: bool = False, batch_invariant: bool = True,
+        compile: bool = False, batch_invariant: bool = True, prefix_cache_mb: float = 0.0,
+        speculative: str = "off", speculative_k: int = 8,
     ):
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -123,6 +133,12 @@ class Engine(PrefillMixin):
         self.max_batch_size = max_batch_size
         self.batch_invariant = batch_invariant
         self.eos_ids = frozenset(tokenizer.eos_token_ids)
+        self.prefix_cache = make_prefix_cache(model, prefix_cache_mb)
+        if speculative not in SPECULATIVE_MODES:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_MODES)}, got {speculative!r}")
+        if isinstance(speculative_k, bool) or not isinstance(speculative_k, int) or speculative_k < 1:
+            raise ValueError(f"speculative_k must be >= 1 draft token, got {speculative_k!r}")
+        self.speculative, self.speculative_k = speculative, speculative_k
         self.waiting: deque[Request] = deque()
         self.slots: list[Request | None] = [None] * max_batch_size
         self.cache: KVCache | None = None
@@ -198,6 +214,8 @@ class Engine(PrefillMixin):
         """Admit waiting requests (prefill) or advance the running ones by one token
         (decode); returns the requests that got a token in this step."""
         kind, reqs = self._schedule()
+        if kind == "decode" and self.speculative != "off" and speculative_step(self, reqs) is not None:
+            return reqs  # drafted tokens verified in one forward (speculative.py)
         with self._eval_mode():
             logits = self._run(kind, reqs)  # [N, V], row j for reqs[j]
         self._postprocess(reqs, logits)
@@ -261,7 +279,9 @@ class Engine(PrefillMixin):
         # A free slot may still ride along in decode steps (every row does when
         # batch_invariant), fed at position 0 so it neither lengthens kv_len nor
         # runs off the cache. The next prompt prefilled into it overwrites its stale K/V.
-        self.slots[i] = None
+        req, self.slots[i] = self.slots[i], None
+        if self.prefix_cache is not None and req is not None:  # what its row holds, for a next turn
+            self.prefix_cache.insert(req.prompt_ids + req.token_ids[:-1], lambda s, e: self.cache.read(i, s, e))
         self._active[i] = 0
         self._positions[i] = 0
         self.sampler.clear_row(i)
@@ -291,6 +311,9 @@ class Engine(PrefillMixin):
 
     def _eval_mode(self):
         return eval_mode(self.model)
+
+    def _attention(self):
+        return _batch_invariant_attention(self.batch_invariant)
 
     # ---- the decode forward pass (prefill: prefill.py) ------------------------------------
     @torch.inference_mode()

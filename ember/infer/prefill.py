@@ -1,9 +1,10 @@
 """The engine's prefill: each admitted prompt runs alone into its own cache row.
 
 One forward per prompt, not one padded batch: padding changes the shapes and so the float
-rounding. A request that shares a fork group's prefill (fork.py) copies the K/V instead.
-`PrefillMixin` holds these methods of `Engine` (engine.py), which supplies `model`,
-`cache`, `device` and `_eval_mode`.
+rounding. A request that shares a fork group's prefill (fork.py) copies the K/V instead;
+with a prefix cache (prefix_cache.py), the cached blocks of the prompt are copied and only
+the rest is prefilled. `PrefillMixin` holds these methods of `Engine` (engine.py), which
+supplies `model`, `cache`, `device`, `prefix_cache` and `_eval_mode`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from .prefix_cache import write_blocks
 from .request import Request
 from .sampling import token_logprobs
 
@@ -68,8 +70,12 @@ class PrefillMixin:
             req.prompt_logprobs, logits = list(g.prompt_logprobs), g.logits
             g.release()
             return logits
+        pc = self.prefix_cache
         if not req.params.prompt_logprobs:
-            logits = self._prefill_row(req.prompt_ids, req.slot)
+            if pc is not None:  # the cached blocks of the prompt (all but its last token)
+                req.cached_tokens, blocks = pc.match(req.prompt_ids[:-1])
+                write_blocks(self.cache, req.slot, blocks)
+            logits = self._prefill_row(req.prompt_ids, req.slot, start=req.cached_tokens)
         else:
             every = self._prefill_row(req.prompt_ids, req.slot, every_position=True)  # [T, V]
             # Nothing predicts the first prompt token; logits at t predict token t + 1.
@@ -77,4 +83,6 @@ class PrefillMixin:
             req.prompt_logprobs, logits = [None, *lps], every[-1:]
         if g is not None:
             g.keep(self.cache.read(req.slot, 0, len(req.prompt_ids)), logits, req.prompt_logprobs)
+        if pc is not None:  # now, so that requests running beside this one can share it
+            pc.insert(req.prompt_ids, lambda s, e: self.cache.read(req.slot, s, e))
         return logits

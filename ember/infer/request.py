@@ -35,6 +35,7 @@ class GenerationResult:
     decode_tok_s: float  # tokens after the first / time after the first (0 if only one)
     logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    cached_tokens: int = 0  # prompt tokens whose K/V the prefix cache gave (not prefilled)
 
 
 @dataclass
@@ -131,6 +132,9 @@ class Request:
     t_last: float = 0.0
     constraint: object = None  # a TokenConstraint (ember.infer.constrained) or None
     fork: object = None  # the ForkGroup (fork.py) whose prefill it shares, or None
+    cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache
+    spec_drafted: int = 0  # speculative draft tokens proposed (speculative.py)
+    spec_accepted: int = 0  # and accepted
 
     @property
     def finished(self) -> bool:
@@ -184,4 +188,5 @@ class Request:
             decode_tok_s=(n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0,
             logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
             prompt_logprobs=list(self.prompt_logprobs) if self.params.prompt_logprobs else None,
+            cached_tokens=self.cached_tokens,
         )

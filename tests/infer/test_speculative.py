@@ -1,0 +1,79 @@
+"""Speculative decoding by prompt lookup (ember/infer/speculative.py): greedy output is
+token-identical to plain greedy decoding, drafts that the model agrees with are accepted
+several tokens per forward, and it stays off where it does not apply."""
+
+import pytest
+import torch
+from infer_helpers import ScriptedModel, make_model, make_tokenizer
+
+from ember.infer.engine import Engine
+from ember.infer.sampling import SamplingParams
+from ember.infer.speculative import ngram_draft
+
+
+def test_the_draft_is_what_followed_the_latest_match_of_the_longest_tail():
+    assert ngram_draft([1, 2, 3, 9, 2, 3, 7, 2, 3], k=4) == [7, 2, 3]  # most recent "2 3"
+    assert ngram_draft([1, 2, 3, 4, 5, 1, 2, 3], k=2) == [4, 5]
+    assert ngram_draft([4, 1, 2, 5, 1, 2, 6, 2], k=3) == [6, 2]  # no 3-gram, 2-gram: 1 token
+    assert ngram_draft([1, 2, 3], k=4) == []
+
+
+def run(engine, prompt, sp):
+    return engine.generate([prompt], sp)[0]
+
+
+def test_a_model_that_copies_its_prompt_gets_several_tokens_per_forward():
+    tok = make_tokenizer()
+    text = list(b"the quick brown fox jumps over the lazy dog; the quick brown fox jumps over")
+    prompt = text[:40]
+    model = ScriptedModel(text[40:] + [ord("!")] * 3, start=len(prompt))  # continues the copied text
+    sp = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    plain = run(Engine(model, tok, max_batch_size=1), prompt, sp)
+    engine = Engine(model, tok, max_batch_size=1, speculative="ngram")
+    forwards = []
+    inner = model.forward
+    model.forward = lambda *a, **k: forwards.append(1) or inner(*a, **k)
+    spec = run(engine, prompt, sp)
+    assert spec.token_ids == plain.token_ids and spec.text == plain.text
+    assert spec.finish_reason == plain.finish_reason == "length"
+    assert len(forwards) < 30 // 2  # 1 prefill + far fewer verify steps than 29 decode steps
+    stop = SamplingParams(temperature=0, max_tokens=30, stop=["fox"])  # met inside an accepted draft
+    plain, spec = run(Engine(model, tok), prompt, stop), run(Engine(model, tok, speculative="ngram"), prompt, stop)
+    assert spec.token_ids == plain.token_ids and spec.text == plain.text == "dog; the quick brown "
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_greedy_output_is_plain_greedy_output(dtype):
+    model, tok = make_model(dtype=dtype), make_tokenizer()
+    g = torch.Generator().manual_seed(1)
+    base = torch.randint(0, 256, (12,), generator=g).tolist()
+    prompt = base * 4  # repetitive: the drafts are long
+    for sp in [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
+               SamplingParams(temperature=0, max_tokens=23, ignore_eos=True)]:  # cut inside a draft
+        plain = run(Engine(model, tok, max_batch_size=2), prompt, sp)
+        engine = Engine(model, tok, max_batch_size=2, speculative="ngram", speculative_k=5)
+        req = engine.add_request(prompt, sp)
+        while engine.has_unfinished():
+            engine.step()
+        assert req.result().token_ids == plain.token_ids and req.result().text == plain.text
+        assert req.spec_drafted > 0
+
+
+def test_it_stays_off_for_sampling_and_for_two_requests():
+    model, tok = make_model(), make_tokenizer()
+    prompt = list(range(10)) * 3
+    engine = Engine(model, tok, max_batch_size=2, speculative="ngram")
+    sampled = engine.add_request(prompt, SamplingParams(seed=1, max_tokens=8))
+    while engine.has_unfinished():
+        engine.step()
+    a, b = (engine.add_request(prompt + [i], SamplingParams(temperature=0, max_tokens=8)) for i in (1, 2))
+    while engine.has_unfinished():
+        engine.step()
+    assert sampled.spec_drafted == 0 and a.spec_drafted == 0 and b.spec_drafted == 0
+
+
+@pytest.mark.parametrize("kw, msg", [({"speculative": "model"}, "speculative must be one of off, ngram, got 'model'"),
+                                     ({"speculative_k": 0}, "speculative_k must be >= 1 draft token, got 0")])
+def test_bad_options_are_refused_by_name(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        Engine(make_model(), make_tokenizer(), **kw)
