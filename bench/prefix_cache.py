@@ -9,6 +9,14 @@
 Each figure is the median of --repeats runs; the replies of both sides are compared too.
 
     python -P bench/prefix_cache.py [--threads 1] [--repeats 3]
+
+Measured (`--threads 1 --repeats 1`, a 2-core machine shared with other jobs, so absolute
+times are slow and noisy; the ratios are what to read):
+
+    chat TTFT turn 2: 3699.7 ms without the prefix cache, 493.0 ms with it (7.51x)
+    chat TTFT turn 10: 12472.0 ms without the prefix cache, 622.7 ms with it (20.03x)
+      replies identical with and without the cache: 10/10 turns
+    N=8 samples of a 400-token prompt: 35.75 s each prefilling, 22.40 s sharing one prefill (1.60x); samples identical: True
 """
 
 from __future__ import annotations

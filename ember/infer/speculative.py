@@ -31,7 +31,7 @@ import time
 
 import torch
 
-__all__ = ["SPECULATIVE_MODES", "ngram_draft", "speculative_step"]
+__all__ = ["SPECULATIVE_MODES", "accept_or_resample", "ngram_draft", "speculative_step"]
 
 SPECULATIVE_MODES = ("off", "ngram")
 MIN_ACCEPTANCE, PROBATION = 0.2, 32  # stop drafting below this share after this many drafted
@@ -47,6 +47,20 @@ def ngram_draft(tokens: list[int], k: int = 8, max_ngram: int = 3) -> list[int]:
             if tokens[s : s + n] == tail:
                 return tokens[s + n : s + n + k]
     return []
+
+
+def accept_or_resample(p: torch.Tensor, q: torch.Tensor, token: int, generator: torch.Generator) -> tuple[bool, int]:
+    """The rejection step of speculative sampling (Leviathan et al. 2023): a draft `token`
+    drawn from the draft distribution q [V] is kept with probability min(1, p[token] / q[token])
+    under the target distribution p [V]; otherwise a token is drawn from max(p - q, 0),
+    renormalised. The token returned is distributed exactly as p. A prompt-lookup draft is
+    deterministic: q is one-hot on it. → (accepted, token). Not yet wired into the engine:
+    sampled requests decode without drafts."""
+    u = torch.rand((), generator=generator, device=p.device)
+    if u * q[token] <= p[token]:
+        return True, token
+    residual = (p - q).clamp_min(0)
+    return False, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
 
 
 def _eligible(engine, reqs) -> bool:
