@@ -58,7 +58,8 @@ REWARDS: dict[str, Reward] = {"exact_match": exact_match_reward, "format": forma
                               "think_format": think_format_reward}
 
 # reasoning: the generated word problems (ember.prompting.tasks_gen) answered with a <think>
-# trace, from the `ember sft --preset reasoning` adapter; sized for a few minutes on a shared CPU.
+# trace, from the `ember sft --preset reasoning` adapter; on the shared 2-core CPU a step takes
+# about 2-3 min, so the preset is short (bench/reasoning_model.py has what 2 steps did).
 PRESETS = {
     "reasoning": {
         "task": "reasoning", "difficulty": 2, "adapter": "runs/sft-reasoning/adapter",
