@@ -10,7 +10,8 @@ Writes runs/reason/bench/<task>-<run>.json (every sample) and curve-<task>.png/.
 
 Measured 2026-12-06, SmolLM2-135M-Instruct fp32, one thread on a heavily shared 2-core CPU,
 plain prompts, the first 20 questions of each task, CoT and SC replies cut at 64 tokens, SC at
-temperature 0.7 (the 8 samples of a question ran as 8 requests, each prefilling the prompt);
+temperature 0.7 (this run did not record whether the 8 samples of a question shared one
+prefill through the engine's generate(n=8), which landed during it, or ran as 8 requests);
 seconds are wall time (two bench processes ran side by side):
 
     task         run            accuracy  95% CI (Wilson)   n  samples/q  tokens  unparseable  seconds
@@ -84,7 +85,8 @@ def main() -> None:
             t0 = time.perf_counter()
             r = evaluate_strategy(gen, problems, pool, extract, strategy, cfg, shots=shots, extraction=extraction,
                                   chunk=max(1, 8 // n))
-            r.update(task=task, shots=shots, label=label, seconds=time.perf_counter() - t0)
+            r.update(task=task, shots=shots, label=label, seconds=time.perf_counter() - t0,
+                     shared_prefill=gen.shared_prefill)
             (out / f"{task}-{strategy}-{shots}.json").write_text(json.dumps(r))
             results.append(r)
             rows.append(r)

@@ -129,6 +129,10 @@ def test_engine_generator_samples_differ_and_are_reproducible():
     assert a[0][0].text != a[0][1].text
     assert [[s.text for s in x] for x in a] == [[s.text for s in x] for x in gen.generate(
         ["Q: 1+1?", "Q: 2+2?"], n=2, temperature=1.0, max_tokens=4, seed=5)]
+    if gen.shared_prefill:  # n samples sharing one prefill are the independent requests' samples
+        gen.shared_prefill = False
+        assert [[s.text for s in x] for x in a] == [[s.text for s in x] for x in gen.generate(
+            ["Q: 1+1?", "Q: 2+2?"], n=2, temperature=1.0, max_tokens=4, seed=5)]
     [[g]] = gen.generate([("Q: 1+1?", "step one\n")], max_tokens=3, logprobs=True)
     assert g.logprob is not None and g.logprob <= 0
 
