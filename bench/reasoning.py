@@ -28,6 +28,7 @@ seconds are wall time (two bench processes ran side by side):
     arithmetic   maj@1 0.087 maj@2 0.087 maj@4 0.106 maj@8 0.150 | pass@1 0.087 pass@2 0.148 pass@4 0.225 pass@8 0.300
     commonsense  maj@1 0.188 maj@2 0.240 maj@4 0.267 maj@8 0.300 | pass@1 0.188 pass@2 0.286 pass@4 0.407 pass@8 0.550
     arithmetic 3-shot greedy, 3 templates x 2 demonstration orders: min 0.150 max 0.200 std 0.024
+    commonsense 3-shot greedy, the same 6 prompts:                  min 0.250 max 0.350 std 0.038
 
 Every interval overlaps every other: at n=20 no difference here is significant. Zero-shot
 commonsense replies name the option's text, not its letter (18 of 20 unparseable); few-shot
