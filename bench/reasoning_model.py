@@ -25,6 +25,11 @@ figure is ±0.15 or so; SFT: the preset's 16 steps, 8 k tokens, final val_loss 0
 
     budget forcing (sft, difficulty 2, n = 8): B=0: 0.00, B=8: 0.00, B=24: 0.50, B=64: 0.50
     (mean thought 21.9 tokens, none forced); B=64 with one "Wait": 0.125 (thought 34.8 tokens).
+
+Verifiers on SmolLM2 (LoRA, held-out: 32 generated solutions, half corrupted), before → after:
+`ember reward --preset orm` (12 steps) solution accuracy 0.53 → 0.53, margin 0.00 → 0.05
+(chance: it has not learnt to check arithmetic); `--preset prm` (12 steps) step accuracy
+0.36 → 0.55, margin 0.16 → 0.25; 60 steps on 512 rows: 0.36 → 0.52, margin 0.16 → 0.17.
 """
 
 from __future__ import annotations
