@@ -10,7 +10,7 @@ Runs it reads (train them first; each fits a few minutes of a shared CPU):
 
 Then `.venv/bin/python -P bench/reasoning_model.py --n 10` prints the tables and writes
 runs/reasoning_bench.json. Every model answers the same generated held-out problems
-(ember.prompting.tasks_gen, seed 12345), greedily, with the chat prompt that asks for a
+(ember.data.reasoning_tasks, seed 12345), greedily, with the chat prompt that asks for a
 step-by-step solution; a reply is right when its final answer (the last number after
 `</think>`, else the last number) is the problem's.
 
@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from ember.core.io import atomic_write_json
+from ember.data.reasoning_tasks import is_correct, make_problems, prompt_text
 from ember.prompting.budget import budget_force, engine_complete
-from ember.prompting.tasks_gen import is_correct, make_problems, prompt_text
 
 SEED = 12345
 

@@ -173,7 +173,7 @@ def load_reason_verifier(spec: str | None, tok):
         return LogprobVerifier()
     if not Path(spec).is_dir():
         raise FileNotFoundError(2, "No such verifier folder", spec)
-    from ember.prompting.verifiers import load_verifier
+    from ember.train.verifiers import load_verifier
 
     v = load_verifier(spec, policy_tokenizer=tok)
     vtok = getattr(v, "tok", None) or getattr(v, "tokenizer", None)

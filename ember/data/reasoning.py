@@ -1,5 +1,5 @@
 """Reasoning traces and verifier data from the generated word problems
-(ember.prompting.tasks_gen).
+(ember.data.reasoning_tasks).
 
 - `trace_conversations`: chats whose assistant turn is the reference solution, `<think>` one
   equation per line `</think>` then "The answer is N." (`ember sft --dataset reasoning`).
@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from ember.core.io import atomic_write_text
-from ember.prompting.tasks_gen import corrupt, make_problems, prompt_text, solution_text
+from ember.data.reasoning_tasks import corrupt, make_problems, prompt_text, solution_text
 
 DIFFICULTIES = (1, 2, 3, 4)
 """The difficulties the built-in training data mixes (the evaluation also uses 5)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .strategies import Outcome, StrategyConfig
+from .outcome import Outcome, StrategyConfig
 
 
 @dataclass

@@ -75,11 +75,12 @@ def budget_force(complete: Complete, prompt_ids: list[int], tok, budget: int, ex
 
 def engine_complete(model, tok) -> Complete:
     """Greedy continuation through the engine, as `budget_force` wants it."""
+    from ember.infer.engine import Engine
     from ember.infer.sampling import SamplingParams
-    from ember.train.kit.rollout import generate
 
     def complete(ids: list[int], max_tokens: int, stop: list[str]) -> tuple[str, int, bool]:
-        out = generate(model, tok, [ids], SamplingParams(temperature=0, max_tokens=max_tokens, stop=tuple(stop)))[0]
+        engine = Engine(model, tok, max_batch_size=1)
+        out = engine.generate([ids], SamplingParams(temperature=0, max_tokens=max_tokens, stop=tuple(stop)))[0]
         return out.text, out.completion_tokens, out.finish_reason == "stop"
 
     return complete

@@ -57,7 +57,7 @@ Reward = Callable[[dict, str], float]
 REWARDS: dict[str, Reward] = {"exact_match": exact_match_reward, "format": format_reward,
                               "think_format": think_format_reward}
 
-# reasoning: the generated word problems (ember.prompting.tasks_gen) answered with a <think>
+# reasoning: the generated word problems (ember.data.reasoning_tasks) answered with a <think>
 # trace, from the `ember sft --preset reasoning` adapter; on the shared 2-core CPU a step takes
 # about 2-3 min, so the preset is short (bench/reasoning_model.py has what 2 steps did).
 PRESETS = {
@@ -102,7 +102,7 @@ class GRPOConfig(PostTrainConfig):
     """LoRA only: the reference policy is the model with its adapters disabled."""
     task: Literal["arithmetic", "reasoning"] = "arithmetic"
     """The prompts: "What is 23 + 58? Answer with just the number." (arithmetic) or generated
-    multi-step word problems (reasoning, ember.prompting.tasks_gen)."""
+    multi-step word problems (reasoning, ember.data.reasoning_tasks)."""
     difficulty: int = 3
     """Steps per word problem (task reasoning)."""
     adapter: str | None = None

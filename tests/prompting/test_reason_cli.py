@@ -63,9 +63,9 @@ def test_verifier_with_another_tokenizer(monkeypatch, tmp_path):
     from ember.tokenizer import Tokenizer
 
     other = Tokenizer(merges=[(32, 84, 256)], pattern="gpt2", eos_tokens=[], special_tokens={})
-    fake = types.ModuleType("ember.prompting.verifiers")
+    fake = types.ModuleType("ember.train.verifiers")
     fake.load_verifier = lambda d, policy_tokenizer=None: types.SimpleNamespace(tok=other, score=lambda q, s: 0.0)
-    monkeypatch.setitem(sys.modules, "ember.prompting.verifiers", fake)
+    monkeypatch.setitem(sys.modules, "ember.train.verifiers", fake)
     with pytest.raises(ValueError, match="uses another tokenizer than the model's"):
         load_reason_verifier(str(tmp_path), make_tokenizer())
     with pytest.raises(FileNotFoundError):

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from ember.prompting.tasks_gen import (
+from ember.data.reasoning_tasks import (
     check_step,
     corrupt,
     extract_answer,

@@ -1,4 +1,4 @@
-"""ember.prompting.verifiers: a verifier trained by `ember reward` loads back, scores
+"""ember.train.verifiers: a verifier trained by `ember reward` loads back, scores
 solutions and steps as probabilities, and refuses a policy with another tokenizer."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import pytest
 
 from ember.cli import main
-from ember.prompting.tasks_gen import make_problems, solution_text
-from ember.prompting.verifiers import load_verifier, split_steps
+from ember.data.reasoning_tasks import make_problems, solution_text
+from ember.train.verifiers import load_verifier, split_steps
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def test_reward_cli_trains_a_verifier(tiny_chat_model, tmp_path, capsys, objecti
 
 def test_verifier_rows_are_labelled_mechanically():
     from ember.data.reasoning import verifier_rows
-    from ember.prompting.tasks_gen import make_problems, step_labels
+    from ember.data.reasoning_tasks import make_problems, step_labels
 
     rows = verifier_rows(64, seed=0)
     assert sum(r["correct"] for r in rows) == 32

@@ -188,7 +188,7 @@ def write_task(folder: str | Path, difficulty: int, n: int = 100, seed: int = 0,
     write_jsonl(folder / f"{name}.jsonl", problems[:n])
     write_jsonl(folder / f"{name}_dev.jsonl", problems[n:])
     yaml_text = (
-        f"# Generated multi-step word problems (ember.prompting.tasks_gen, difficulty {difficulty}, seed {seed}).\n"
+        f"# Generated multi-step word problems (ember.data.reasoning_tasks, difficulty {difficulty}, seed {seed}).\n"
         f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {name}.jsonl\n    dev: {name}_dev.jsonl\ntest_split: test\nfewshot_split: dev\n"
         f"output_type: generate_until\n"
