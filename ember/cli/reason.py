@@ -209,6 +209,7 @@ def reason(cfg: ReasonConfig) -> dict:
     if cfg.out:
         from ember.core.io import atomic_write_json
 
+        _refuse_existing(cfg.out)
         atomic_write_json(cfg.out, out)
     summary = {k: v for k, v in out.items() if k != "items"}
     if cfg.json:
@@ -257,6 +258,8 @@ def curve(cfg: ReasonCurveConfig) -> dict:
         except (jsonlib.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{f}: not an `ember reason --out` result ({type(e).__name__}: {e})") from None
     out = {"curves": curves}
+    for suffix in (".json", ".png"):
+        _refuse_existing(cfg.out + suffix)
     atomic_write_json(cfg.out + ".json", out)
     plot_curves(curves, cfg.out + ".png", cfg.title)
     for c in curves:
@@ -264,3 +267,9 @@ def curve(cfg: ReasonCurveConfig) -> dict:
         print(f"{c['label']}: {pts}")
     print(f"→ {cfg.out}.json, {cfg.out}.png")
     return out
+
+
+def _refuse_existing(path: str) -> None:
+    """Results are never written over an earlier run's file."""
+    if Path(path).exists():
+        raise FileExistsError(f"{path} exists; choose another --out (results are never overwritten)")

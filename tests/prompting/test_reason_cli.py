@@ -94,5 +94,6 @@ def test_curves_match_the_estimators(tmp_path, capsys):
     assert main(["reason", "curve", str(f), "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "c.json").read_text())["curves"][0]["strategy"] == "sc"
+    assert "exists" in _err(capsys, ["reason", "curve", str(f), "--out", str(tmp_path / "c")])  # never overwritten
     (tmp_path / "bad.json").write_text("{}")
     assert "not an `ember reason --out` result" in _err(capsys, ["reason", "curve", str(tmp_path / "bad.json")])
