@@ -27,7 +27,7 @@ from collections import deque
 import torch
 
 from .json_nodes import BODY, ESCAPE, UHEX, UTF8, Arr, Num, Obj, Str
-from .nodes import Alt, Lit, LitSet, MarkerText, Node, Opt, Ref, Repeat, Seq, step_all
+from .nodes import Alt, Lit, LitSet, MarkerText, Node, Opt, Ref, Repeat, Seq, step_all, walk
 from .regex_dfa import RegexNode
 from .vocab import COST_CACHE_SIZE
 
@@ -236,23 +236,14 @@ def shortest_output(threads) -> bytes:
 
 
 def _walk_costs(trie: dict, threads: list[tuple], ids: list[int], costs: list[int]) -> None:
-    """grammar.walk, also recording each reached token's closing cost."""
-    todo, memo = [(trie, threads)], {}
-    while todo:
-        node, ths = todo.pop()
-        for b, child in node.items():
-            if b is None:
-                continue
-            nxt = step_all(ths, b)
-            if not nxt:
-                continue
-            here = child.get(None)
-            if here:
-                c = min(memo[t] if t in memo else memo.setdefault(t, thread_close(t)) for t in nxt)
-                ids.extend(here)
-                costs.extend([c] * len(here))
-            if len(child) > (here is not None):
-                todo.append((child, nxt))
+    """nodes.walk, also recording each reached token's closing cost."""
+    memo: dict = {}
+
+    def reached(here: list[int], nxt: list[tuple]) -> None:
+        c = min(memo[t] if t in memo else memo.setdefault(t, thread_close(t)) for t in nxt)
+        costs.extend([c] * len(here))
+
+    walk(trie, threads, ids, reached)
 
 
 def _scatter(size: int, ids: list[int], costs: list[int], base: torch.Tensor | None = None) -> torch.Tensor:

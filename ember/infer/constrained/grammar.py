@@ -22,7 +22,7 @@ import torch
 from .budget import cost_vector, max_single_step, shortest_output, threads_close
 from .dfa_mask import dfa_mask, full_table
 from .json_nodes import Str
-from .nodes import MarkerText, Node, Seq, accepting, initial_threads, step_all
+from .nodes import MarkerText, Node, Seq, accepting, initial_threads, step_all, walk
 from .regex_dfa import RegexNode
 from .vocab import MASK_CACHE_SIZE, Vocab
 
@@ -30,24 +30,6 @@ from .vocab import MASK_CACHE_SIZE, Vocab
 # tokens at once (dfa_mask.py); with fewer, the trie walk prunes early and is faster.
 DFA_MASK_FANOUT = 16
 MARGIN_SLACK = 16  # see Grammar.margin
-
-
-def walk(trie: dict, threads: list[tuple], out: list[int]) -> None:
-    """Append to out the ids of every token in trie that some thread can consume whole."""
-    todo = [(trie, threads)]
-    while todo:
-        node, ths = todo.pop()
-        for b, child in node.items():
-            if b is None:
-                continue
-            nxt = step_all(ths, b)
-            if not nxt:
-                continue
-            ids = child.get(None)
-            if ids:
-                out.extend(ids)
-            if len(child) > (ids is not None):
-                todo.append((child, nxt))
 
 
 class Grammar:

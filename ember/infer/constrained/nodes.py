@@ -263,3 +263,25 @@ def accepting(thread: tuple) -> bool:
 
 def initial_threads(root: Node) -> list[tuple]:
     return list({_normalize((f,)) for f in root.enter()})
+
+
+def walk(trie: dict, threads: list[tuple], out: list[int], reached=None) -> None:
+    """Append to out the ids of every token in trie that some thread can consume whole;
+    `reached(ids, threads)`, when given, also sees each group of ids with the threads
+    left after consuming them (budget.py records closing costs this way)."""
+    todo = [(trie, threads)]
+    while todo:
+        node, ths = todo.pop()
+        for b, child in node.items():
+            if b is None:
+                continue
+            nxt = step_all(ths, b)
+            if not nxt:
+                continue
+            ids = child.get(None)
+            if ids:
+                out.extend(ids)
+                if reached is not None:
+                    reached(ids, nxt)
+            if len(child) > (ids is not None):
+                todo.append((child, nxt))

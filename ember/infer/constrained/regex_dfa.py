@@ -317,7 +317,7 @@ class RegexNode(Node):
         return [] if t < 0 else [(STAY, t)]
 
     def walk(self, trie: dict, local: int, out: list[int]) -> None:
-        """The trie walk of grammar.walk for a pattern alone on its thread, stepping the DFA
+        """The trie walk of nodes.walk for a pattern alone on its thread, stepping the DFA
         directly (~10x fewer Python calls per trie node than the generic matcher)."""
         todo, trans = [(trie, local)], self.trans
         while todo:
