@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ember.rag.store import Chunk, check_vector, check_where, query_terms
+from ember.rag.store import Chunk, MetaProps, check_vector, check_where, query_terms
 
 IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
@@ -63,7 +63,7 @@ def _vec(v: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.9g}" for x in np.asarray(v, dtype=np.float32).tolist()) + "]"
 
 
-class PgStore:
+class PgStore(MetaProps):
     """The store in PostgreSQL; `dsn` is a libpq connection string or URI."""
 
     def __init__(self, dsn: str, schema: str = "ember_rag"):
@@ -102,15 +102,6 @@ class PgStore:
             for k, v in values.items():
                 self._q("INSERT INTO {s}.meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                         (k, str(v)))
-
-    @property
-    def embedding_model(self) -> str | None:
-        return self.meta().get("embedding_model")
-
-    @property
-    def dim(self) -> int | None:
-        d = self.meta().get("dim")
-        return int(d) if d else None
 
     # writes
     @contextlib.contextmanager

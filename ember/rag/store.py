@@ -144,7 +144,24 @@ def check_vector(vector, dim: int | None) -> np.ndarray:
     return v
 
 
-class SQLiteStore:
+class MetaProps:
+    """The embedding model and dimension a store was built with, read from its meta table
+    (both backends store them the same way; `meta()` is the backend's)."""
+
+    def meta(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    @property
+    def embedding_model(self) -> str | None:
+        return self.meta().get("embedding_model")
+
+    @property
+    def dim(self) -> int | None:
+        d = self.meta().get("dim")
+        return int(d) if d else None
+
+
+class SQLiteStore(MetaProps):
     """The store in one SQLite file. `create=False` opens an existing one (a missing file is
     a FileNotFoundError naming it); writers are `ember.rag.index.Index`."""
 
@@ -179,15 +196,6 @@ class SQLiteStore:
     def set_meta(self, values: dict) -> None:
         with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
-
-    @property
-    def embedding_model(self) -> str | None:
-        return self.meta().get("embedding_model")
-
-    @property
-    def dim(self) -> int | None:
-        d = self.meta().get("dim")
-        return int(d) if d else None
 
     # writes
     @contextlib.contextmanager
