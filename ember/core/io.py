@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -15,24 +17,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     >>> atomic_write_bytes(Path(tempfile.mkdtemp()) / "x.bin", b"hi").read_bytes()
     b'hi'
     """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside `path` for a writer that wants a file name (GGUFWriter, torch's
+    extension builder): on a clean exit it is fsynced and renamed onto `path`; on an error it
+    is removed and `path` is left as it was. A device or FIFO target is yielded as is, to be
+    written into (renaming over /dev/null as root would replace the device).
+
+    >>> with atomic_path(Path(tempfile.mkdtemp()) / "y.txt") as tmp:
+    ...     _ = tmp.write_text("ok")
+    >>> tmp.exists(), (tmp.parent / "y.txt").read_text()
+    (False, 'ok')
+    """
     path = Path(path)
-    if _is_special(path):  # /dev/null, /dev/stdout, a FIFO: write into it, never rename over it
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
+    if _is_special(path):
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return path
 
 
 def _is_special(path: Path) -> bool:

@@ -11,13 +11,12 @@ template, so one file is all llama.cpp, transformers or ember need.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ember.core.io import fsync_dir
+from ember.core.io import atomic_path
 from ember.model.config import ModelConfig
 from ember.model.convert import rope_rows_half_to_interleaved
 from ember.model.convert.gguf import GPT2_KEYS, LLAMA_KEYS
@@ -199,11 +198,8 @@ def save_gguf(model, path: str | os.PathLike, dtype: str = "f32", tokenizer=None
     arch = gguf_arch(cfg)
     kv_tok = tokenizer_fields(tokenizer, cfg.vocab_size, pattern_name) if tokenizer is not None else {}
     tensors = gguf_tensors(model.state_dict(), cfg, arch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        w = GGUFWriter(tmp, arch)
+    with atomic_path(path) as tmp:
+        w = GGUFWriter(str(tmp), arch)
         w.add_name(name)
         w.add_file_type(_FILE_TYPES[dtype])
         for key, v in {**{f"{arch}.{k}": v for k, v in _hparams(cfg, arch).items()}, **kv_tok}.items():
@@ -215,13 +211,6 @@ def save_gguf(model, path: str | os.PathLike, dtype: str = "f32", tokenizer=None
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
     return path
 
 
