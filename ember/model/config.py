@@ -14,14 +14,61 @@ NORMS = ("rmsnorm", "layernorm")
 POS_EMBS = ("rope", "learned", "sinusoidal")
 MLPS = ("swiglu", "gelu", "gelu_erf")
 NORM_POSITIONS = ("pre", "post")
-# rope_scaling "type" → the keys it needs (besides "type"); see layers.rope_inv_freq.
 # Bound on every size field: far above any real model (vocabularies ~256k, contexts ~10M),
 # and low enough that products such as vocab_size * d_model stay inside int64.
 MAX_SIZE = 2**31 - 1
-ROPE_SCALINGS = {
-    "linear": ("factor",),
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+# rope_scaling "type" → (the keys it needs besides "type", the keys it may have); the
+# formulas are in ember.model.positions. original_max_position_embeddings, where optional,
+# defaults to max_seq_len (as transformers does).
+ROPE_SCALINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "linear": (("factor",), ()),
+    "ntk": (("factor",), ()),
+    "dynamic": (("factor",), ("original_max_position_embeddings",)),
+    "yarn": (("factor",), ("original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor",
+                           "mscale", "mscale_all_dim", "truncate")),
+    "llama3": (("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"), ()),
 }
+_ROPE_FLAGS = ("truncate",)  # booleans among the keys above; every other key is a positive number
+
+
+@dataclass
+class MoEConfig:
+    """A mixture-of-experts feed-forward block (Shazeer et al. 2017; Switch, Fedus et al. 2021;
+    Mixtral, Jiang et al. 2024): a router sends each token to top_k of n_experts SwiGLU/GELU
+    MLPs of width d_ff and sums their outputs weighted by the router's probabilities.
+
+    >>> MoEConfig(n_experts=4, top_k=1).top_k
+    1
+    """
+
+    n_experts: int = 8
+    """experts per MoE layer"""
+    top_k: int = 2
+    """experts each token is sent to (1: Switch; 2: Mixtral)"""
+    capacity_factor: float | None = None
+    """None: dropless (every routed token is computed); else each expert takes at most
+    ceil(capacity_factor * tokens * top_k / n_experts) tokens per forward and the rest are
+    dropped (the residual carries them), first choices before second choices"""
+    aux_loss_coef: float = 0.01
+    """weight of the load-balancing loss n_experts * sum_e f_e * P_e added to the training loss"""
+    z_loss_coef: float = 0.001
+    """weight of the router z-loss mean(logsumexp(router logits)^2) (ST-MoE, Zoph et al. 2022)"""
+    renormalize: bool = True
+    """renormalize the top_k probabilities to sum to 1 (Mixtral); false keeps the softmax values"""
+
+    def __post_init__(self):
+        for name in ("n_experts", "top_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIZE:
+                raise ValueError(f"MoEConfig.{name} must be a positive int, got {v!r}")
+        if self.top_k > self.n_experts:
+            raise ValueError(f"MoEConfig.top_k {self.top_k} exceeds n_experts {self.n_experts}")
+        if self.capacity_factor is not None and not _positive_number(self.capacity_factor):
+            raise ValueError(f"MoEConfig.capacity_factor must be None (dropless) or > 0, got {self.capacity_factor!r}")
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            v = getattr(self, name)
+            if not (v == 0 or _positive_number(v)):
+                raise ValueError(f"MoEConfig.{name} must be a number >= 0, got {v!r}")
 
 
 @dataclass
@@ -55,7 +102,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     """RoPE base frequency"""
     rope_scaling: dict[str, Any] | None = None
-    """RoPE context extension, e.g. {"type": "linear", "factor": 2.0}; see ROPE_SCALINGS"""
+    """RoPE context extension: type linear (position interpolation), ntk (NTK-aware base),
+    dynamic (NTK by current length), yarn or llama3, and its factor, e.g.
+    --model.rope_scaling.type yarn --model.rope_scaling.factor 2; see ROPE_SCALINGS"""
     rope_interleaved: bool = False
     """true: RoPE rotates adjacent pairs (x[2i], x[2i+1]), the layout llama.cpp's GGUF
     converter leaves Q/K rows in; false: rotate-half (x[i], x[i + Dh/2]) as in HF Llama"""
@@ -75,6 +124,15 @@ class ModelConfig:
     """token-type (segment A/B) embeddings added to the input, BERT's type_vocab_size; 0: none"""
     embed_norm: bool = False
     """a norm on the summed input embeddings, before the first block (BERT)"""
+    moe: MoEConfig | None = None
+    """mixture-of-experts feed-forward in every block (e.g. --model.moe.n_experts 8
+    --model.moe.top_k 2); None: the dense MLP"""
+    sliding_window: int | None = None
+    """each query attends to the last sliding_window positions only (itself included), as
+    Mistral; None: the whole causal prefix"""
+    n_sink_tokens: int = 0
+    """with sliding_window: the first n positions stay visible to every query (attention
+    sinks, StreamingLLM, Xiao et al. 2023)"""
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -105,6 +163,25 @@ class ModelConfig:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if self.rope_scaling is not None:
             self._check_rope_scaling()
+        if isinstance(self.moe, dict):
+            unknown = sorted(set(self.moe) - {f.name for f in dataclasses.fields(MoEConfig)})
+            if unknown:
+                raise ValueError(f"unknown ModelConfig.moe keys {unknown}; valid: {[f.name for f in dataclasses.fields(MoEConfig)]}")
+            self.moe = MoEConfig(**self.moe)
+        elif self.moe is not None and not isinstance(self.moe, MoEConfig):
+            raise ValueError(f"ModelConfig.moe must be None, a MoEConfig or a dict, got {self.moe!r}")
+        self._check_window()
+
+    def _check_window(self):
+        w, s = self.sliding_window, self.n_sink_tokens
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or not 0 < w <= MAX_SIZE):
+            raise ValueError(f"ModelConfig.sliding_window must be None or a positive int, got {w!r}")
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SIZE:
+            raise ValueError(f"ModelConfig.n_sink_tokens must be an int >= 0, got {s!r}")
+        if s and w is None:
+            raise ValueError(f"n_sink_tokens {s} needs a sliding_window (without one every token is visible)")
+        if w is not None and not self.causal:
+            raise ValueError(f"sliding_window {w} needs a causal model (config.causal is False)")
 
     def _check_rope_scaling(self):
         rs = self.rope_scaling
@@ -113,11 +190,17 @@ class ModelConfig:
         kind = rs.get("type", rs.get("rope_type"))
         if kind not in ROPE_SCALINGS:
             raise ValueError(f"rope_scaling type {kind!r} is not one of {sorted(ROPE_SCALINGS)}")
-        missing = [k for k in ROPE_SCALINGS[kind] if k not in rs]
+        required, optional = ROPE_SCALINGS[kind]
+        missing = [k for k in required if k not in rs]
         if missing:
             raise ValueError(f"rope_scaling of type {kind!r} lacks {missing}")
-        for k in ROPE_SCALINGS[kind]:
-            if not _positive_number(rs[k]):
+        unknown = sorted(set(rs) - {"type", "rope_type", *required, *optional})
+        if unknown:
+            raise ValueError(f"rope_scaling of type {kind!r}: unknown keys {unknown}; valid: {[*required, *optional]}")
+        for k in (*required, *optional):
+            if k in rs and k in _ROPE_FLAGS and not isinstance(rs[k], bool):
+                raise ValueError(f"rope_scaling {k} must be true or false, got {rs[k]!r}")
+            if k in rs and k not in _ROPE_FLAGS and not _positive_number(rs[k]):
                 raise ValueError(f"rope_scaling {k} must be a positive number, got {rs[k]!r}")
         if self.pos_emb != "rope":
             raise ValueError(f"rope_scaling is set but pos_emb is {self.pos_emb!r}, not 'rope'")

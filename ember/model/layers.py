@@ -7,13 +7,15 @@ angles in fp32), so converted checkpoints match `transformers` to float rounding
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ember.model.config import ModelConfig
+from ember.model.positions import rope_frequencies, rope_inv_freq
+
+__all__ = ["Attention", "FeedForward", "RMSNorm", "apply_rope", "attention", "make_norm", "rope_cos_sin",
+           "rope_inv_freq", "sinusoidal_embedding"]
 
 # ---- norms --------------------------------------------------------------------------------
 
@@ -42,45 +44,21 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
 # ---- positions ----------------------------------------------------------------------------
 
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies theta^(-2i/Dh), i < Dh/2, with optional scaling; fp32, shape (Dh/2,).
-
-    "linear" divides every frequency by `factor` (position interpolation, Chen et al. 2023).
-    "llama3" divides only the low frequencies and blends the band between (as in Meta's
-    Llama 3.1 reference and HF's `_compute_llama3_parameters`).
-
-    >>> rope_inv_freq(ModelConfig.tiny())[:2]
-    tensor([1.0000, 0.3162])
-    """
-    dh = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
-    rs = cfg.rope_scaling
-    if rs is None:
-        return inv_freq
-    kind = rs.get("type", rs.get("rope_type"))
-    factor = float(rs["factor"])
-    if kind == "linear":
-        return inv_freq / factor
-    # llama3
-    low, high = float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
-    old_len = float(rs["original_max_position_embeddings"])
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
-    blended = (1 - smooth) * scaled / factor + smooth * scaled
-    is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-    return torch.where(is_medium, blended, scaled)
-
-
 def rope_cos_sin(cfg: ModelConfig, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of position × frequency for positions `pos` (B, T): each (B, T, Dh/2), fp32.
 
     Computed per forward from the positions themselves (no table buffer): it costs
     B·T·Dh/2 products, nothing beside the matmuls, and leaves nothing on the meta device.
+    The frequencies and YaRN's factor on cos/sin come from ember.model.positions; "dynamic"
+    scaling reads the largest position (a host sync), as transformers does.
     """
-    inv_freq = rope_inv_freq(cfg).to(pos.device)
-    angles = pos.float()[..., None] * inv_freq  # (B, T, Dh/2)
-    return angles.cos(), angles.sin()
+    rs = cfg.rope_scaling
+    dynamic = rs is not None and rs.get("type", rs.get("rope_type")) == "dynamic"
+    inv_freq, factor = rope_frequencies(cfg, int(pos.max()) + 1 if dynamic and pos.numel() else None)
+    angles = pos.float()[..., None] * inv_freq.to(pos.device)  # (B, T, Dh/2)
+    if factor == 1.0:
+        return angles.cos(), angles.sin()
+    return angles.cos() * factor, angles.sin() * factor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:

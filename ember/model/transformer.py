@@ -15,6 +15,8 @@ import torch.nn as nn
 from ember.model.config import ModelConfig
 from ember.model.kv_cache import KVCache
 from ember.model.layers import Attention, FeedForward, make_norm, rope_cos_sin, sinusoidal_embedding
+from ember.model.moe import MoEFeedForward
+from ember.model.positions import window_mask
 
 
 class Block(nn.Module):
@@ -27,7 +29,7 @@ class Block(nn.Module):
         self.attention_norm = make_norm(cfg, cfg.d_model)
         self.attention = Attention(cfg)
         self.ffn_norm = make_norm(cfg, cfg.d_model)
-        self.feed_forward = FeedForward(cfg)
+        self.feed_forward = MoEFeedForward(cfg) if cfg.moe is not None else FeedForward(cfg)
 
     def forward(self, x, rope=None, cache=None, layer_idx=0, input_pos=None, mask=None):
         if self.post_norm:
@@ -63,7 +65,8 @@ class Transformer(nn.Module):
         # GPT-2: projections into the residual stream start 1/√(2L) smaller, so the stream's
         # variance does not grow with depth.
         for block in self.layers:
-            for w in (block.attention.wo.weight, block.feed_forward.w2.weight):
+            ffs = block.feed_forward.experts if cfg.moe is not None else [block.feed_forward]
+            for w in (block.attention.wo.weight, *(ff.w2.weight for ff in ffs)):
                 nn.init.normal_(w, mean=0.0, std=0.02 / (2 * cfg.n_layers) ** 0.5)
         self.tie_weights()
 
@@ -132,6 +135,8 @@ class Transformer(nn.Module):
         if attention_mask is not None:
             mask = self._key_mask(attention_mask, (B, T), mask)
         pos, mask = self._layout(B, T, src.device, cache, input_pos, kv_len, segment_ids, positions, mask)
+        if self.config.sliding_window is not None:
+            mask = self._windowed(mask, pos, cache is not None)
         x = self.tok_embeddings(ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         x = self._add_embeddings(x, pos, token_type_ids)  # (B, T, D)
         cfg = self.config
@@ -158,6 +163,15 @@ class Transformer(nn.Module):
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the model has no token-type embeddings (n_token_types 0)")
         return self.embed_norm(x) if cfg.embed_norm else x
+
+    def _windowed(self, mask: torch.Tensor | None, pos: torch.Tensor, cached: bool) -> torch.Tensor:
+        """The mask (B, 1, T, kv_len) narrowed to the sliding window and its sinks. Keys sit at
+        positions pos (no cache) or at their cache index (with one); mask None is causal."""
+        cfg = self.config
+        kv_len = pos.shape[1] if mask is None else mask.shape[-1]
+        k_pos = torch.arange(kv_len, device=pos.device) if cached else pos  # (kv_len,) or (B, T)
+        seen = window_mask(pos, k_pos, cfg.sliding_window, cfg.n_sink_tokens)  # (B, 1, T, kv_len)
+        return seen if mask is None else mask & seen
 
     def _key_mask(self, attention_mask: torch.Tensor, shape: tuple[int, int], mask) -> torch.Tensor:
         """attention_mask (B, T), 1 = real token → bool mask: padding keys are hidden.

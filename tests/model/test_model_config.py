@@ -15,7 +15,7 @@ from ember.model.config import PRESETS
         ({"n_layers": 0}, "n_layers"),
         ({"vocab_size": 2.5}, "vocab_size"),
         ({"norm_eps": 0.0}, "norm_eps"),
-        ({"rope_scaling": {"type": "yarn", "factor": 2.0}}, "yarn"),
+        ({"rope_scaling": {"type": "longrope", "factor": 2.0}}, "longrope"),
         ({"rope_scaling": {"type": "llama3", "factor": 8.0}}, "lacks"),
         ({"pos_emb": "learned", "rope_scaling": {"type": "linear", "factor": 2.0}}, "not 'rope'"),
         ({"d_model": 72, "n_heads": 8, "n_kv_heads": 8}, "even head_dim"),
