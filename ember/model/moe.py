@@ -144,7 +144,7 @@ def router_losses(model: nn.Module) -> tuple[torch.Tensor | None, dict[str, floa
     z = torch.stack([m.last["z"] for m in layers]).mean()
     loss = cfg.aux_loss_coef * aux + cfg.z_loss_coef * z
     metrics = {
-        "moe_aux": float(aux), "moe_z": float(z),
+        "moe_aux": float(aux.detach()), "moe_z": float(z.detach()),
         "moe_dropped": sum(float(m.last["dropped"]) for m in layers) / len(layers),
         "moe_max_load": sum(float(m.last["load"].max()) * cfg.n_experts for m in layers) / len(layers),
     }

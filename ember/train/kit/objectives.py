@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ember.model.config import ModelConfig
+from ember.model.moe import with_router_losses
 from ember.model.transformer import Transformer
 from ember.train.losses import lm_loss
 from ember.train.metrics import flops_per_token
@@ -109,7 +110,8 @@ def _encoder_collate(collator, seed: int, rank: int):
 
 
 def _clm(mcfg, tok, ocfg, seed, rank, T) -> ObjectiveParts:
-    return ObjectiveParts(Transformer(mcfg), lm_loss, lambda x, y, step: (x, y), flops_per_token(mcfg, T))
+    loss_fn = lm_loss if mcfg.moe is None else with_router_losses(lm_loss)  # MoE: + router losses
+    return ObjectiveParts(Transformer(mcfg), loss_fn, lambda x, y, step: (x, y), flops_per_token(mcfg, T))
 
 
 def _mlm(mcfg, tok, ocfg, seed, rank, T) -> ObjectiveParts:
