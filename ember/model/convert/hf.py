@@ -7,6 +7,7 @@ as (in, out), the transpose of nn.Linear, and fuses q, k, v into one c_attn matr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +32,7 @@ from ember.model.convert.bert import (
     bert_config_to_hf,
     is_bert,
 )
+from ember.model.convert.mixtral import mixtral_config, mixtral_config_to_hf, moe_from_hf, moe_to_hf
 from ember.model.shapes import check_config_fits
 
 LLAMA_KEYS: dict[str, str] = {
@@ -77,6 +79,7 @@ TABLES = {
     "llama": (LLAMA_KEYS, set(), set(), "model."),
     "gpt2": (GPT2_KEYS, GPT2_CONV1D, GPT2_IGNORED, "transformer."),
     "bert": (BERT_KEYS, set(), BERT_IGNORED, ""),
+    "mixtral": (LLAMA_KEYS, set(), set(), "model."),  # + the MoE keys of mixtral.py
 }
 # arch → prefix of a task model's body that the table leaves out (BertForMaskedLM's "bert.")
 STRIPPED = {"bert": BERT_PREFIX}
@@ -123,7 +126,8 @@ def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
     if not isinstance(d, dict):
         raise ValueError(f"{where}: must hold a JSON object, got {type(d).__name__}")
     arch = d.get("model_type")
-    builders = {"llama": _llama_config, "gpt2": _gpt2_config, "bert": lambda d, get: bert_config(get)}
+    builders = {"llama": _llama_config, "gpt2": _gpt2_config, "bert": lambda d, get: bert_config(get),
+                "mixtral": lambda d, get: mixtral_config(_llama_config(d, get), get)}
     if not isinstance(arch, str) or arch not in builders:
         raise ValueError(f"{where}: unsupported HF model_type {_show(arch)}; supported: {sorted(TABLES)}")
 
@@ -186,7 +190,7 @@ def hf_arch(cfg: ModelConfig) -> str:
     switches = (cfg.norm, cfg.pos_emb, cfg.mlp)
     decoder = cfg.causal and cfg.norm_position == "pre" and not cfg.n_token_types and not cfg.embed_norm
     if switches == ("rmsnorm", "rope", "swiglu") and decoder:
-        return "llama"
+        return "llama" if cfg.moe is None else "mixtral"
     if switches == ("layernorm", "learned", "gelu") and cfg.bias and cfg.n_kv_heads == cfg.n_heads and decoder:
         return "gpt2"
     if is_bert(cfg):
@@ -199,6 +203,9 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
     arch, dtype_name = hf_arch(cfg), str(dtype).removeprefix("torch.")
     if arch == "bert":
         return bert_config_to_hf(cfg, dtype_name)
+    if arch == "mixtral":
+        return mixtral_config_to_hf(config_to_hf(dataclasses.replace(cfg, moe=None, sliding_window=None,
+                                                                    n_sink_tokens=0), dtype), cfg)
     if arch == "gpt2":
         return {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
@@ -232,6 +239,9 @@ def from_hf(items: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig, arch: s
     >>> list(from_hf([("model.norm.weight", torch.ones(64))], cfg, "llama"))
     ['norm.weight']
     """
+    if arch == "mixtral":
+        moe, rest = moe_from_hf(items)
+        return {**from_hf(rest, cfg, "llama"), **moe}
     table, transposed, ignored, prefix = TABLES[arch]
     out, unknown = {}, []
     for key, t in items:
@@ -263,6 +273,9 @@ def from_hf(items: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig, arch: s
 def to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """ember state dict → HF state dict (the inverse of `from_hf`; RoPE rows in HF order)."""
     arch = hf_arch(cfg)
+    if arch == "mixtral":
+        moe, rest = moe_to_hf(sd)
+        return {**to_hf(rest, dataclasses.replace(cfg, moe=None, sliding_window=None, n_sink_tokens=0)), **moe}
     table, transposed, _, _ = TABLES[arch]
     out, used = {}, set()
     for tmpl, dst in table.items():
