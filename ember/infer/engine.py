@@ -65,7 +65,7 @@ from .request import (
     partial_stop_len,
 )
 from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprobs
-from .speculative import SPECULATIVE_MODES, speculative_step
+from .speculative import check_speculative, speculative_step
 
 # Request bookkeeping and stop strings live in request.py; their names stay importable from here.
 __all__ = ["Engine", "GenerationResult", "Request", "StopStringMatcher", "StreamChunk", "TokenLogprob",
@@ -100,8 +100,9 @@ class Engine(PrefillMixin):
     and prefills only what follows the longest cached one (prefix_cache.py): a chat's next
     turn or a shared system prompt. Tokens match an engine without it up to float ties.
 
-    speculative="ngram" drafts up to speculative_k tokens by prompt lookup and verifies them
-    in one forward, for a lone greedy request (speculative.py); tokens as without it up to float ties.
+    speculative="ngram" (prompt lookup) or a ModelDrafter (draft.py: a draft model, early exit)
+    drafts up to speculative_k tokens and verifies them in one forward, for a lone request
+    (speculative.py): greedy tokens as without it up to float ties, sampled ones in distribution.
 
     compile=True runs decode steps through `torch.compile(model, dynamic=True)`: one graph
     for every cache length, so Python and dispatch overhead per token shrinks (the first
@@ -134,8 +135,7 @@ class Engine(PrefillMixin):
         self.batch_invariant = batch_invariant
         self.eos_ids = frozenset(tokenizer.eos_token_ids)
         self.prefix_cache = make_prefix_cache(model, prefix_cache_mb)
-        if speculative not in SPECULATIVE_MODES:
-            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_MODES)}, got {speculative!r}")
+        speculative = check_speculative(speculative, model, tokenizer)  # "off", "ngram" or a ModelDrafter
         if isinstance(speculative_k, bool) or not isinstance(speculative_k, int) or speculative_k < 1:
             raise ValueError(f"speculative_k must be >= 1 draft token, got {speculative_k!r}")
         self.speculative, self.speculative_k = speculative, speculative_k

@@ -1,25 +1,34 @@
-"""Speculative decoding by prompt lookup (n-gram drafting), for greedy requests.
+"""Speculative decoding: draft a few tokens cheaply, verify them in one forward of the model.
 
-The draft: find the most recent earlier occurrence of the last n tokens of prompt + output
-(n = 3, then 2, then 1) and propose the up to k tokens that followed it. Where the output
-copies from the input (summarising, editing, quoting a given text) the draft is often right.
-One forward feeds the last token and the draft at their positions and gives the model's
-greedy choice after each; the draft is accepted up to its first disagreement, and the
-model's own token there (or after the whole draft) comes free. So every step yields at least
-one token, the model's greedy one, and a step costs one forward of k + 1 tokens.
+The drafters (draft.py): prompt lookup (`"ngram"`: the tokens that followed the latest
+earlier occurrence of the last n tokens; where the output copies from the input, as in
+summarising, editing or quoting a given text, the draft is often right), a small draft model
+with the same tokenizer, or the model's own first blocks (early exit). One forward feeds the
+last token and the k draft tokens at their positions and gives the model's logits after each.
 
-K/V written for rejected draft tokens sit past the request's position; the tokens fed next
-overwrite them before any query can see them (a query at position p sees positions <= p).
+- Greedy: the draft is accepted up to its first disagreement with the model's argmax, and the
+  model's own token there (or after the whole draft) comes free. Each token is the argmax of
+  the model's logits given the accepted tokens, as in plain greedy decoding, but from a
+  forward of k + 1 tokens, and CPU matmuls round by the number of rows: the output is
+  token-identical to plain greedy decoding unless two candidates tie to within float rounding.
+- Sampling (Leviathan et al. 2023, Chen et al. 2023): draft token x, drawn from the draft's
+  distribution q, is kept with probability min(1, p(x) / q(x)), where p is the model's
+  distribution at that position (both under the request's temperature, top-k, top-p, min-p);
+  at the first rejection a token is drawn from norm(max(0, p - q)) and the step ends; after a
+  fully accepted draft one more token is drawn from p. Every token is then distributed as
+  plain sampling would draw it (a different draw for the same seed, the same distribution).
+  A prompt-lookup draft is deterministic: q is one-hot, x is kept with probability p(x), and
+  a rejection draws from p without x.
 
-Exactness: each token is the argmax of the model's logits given the accepted tokens, as in
-plain greedy decoding, but those logits come from a forward of k + 1 tokens instead of one,
-and CPU matmuls round by the number of rows: the output is token-identical to plain greedy
-decoding unless two candidates tie to within float rounding (tests/infer/test_speculative.py
-checks identity in fp64 and fp32 on a tiny model).
+Every step yields at least one token, and costs one forward of k + 1 tokens (plus, for a
+draft model, its k one-token forwards). K/V written for rejected draft tokens sit past the
+request's position; the tokens fed next overwrite them before any query can see them (a
+query at position p sees positions <= p).
 
-It runs only where it is simple and pays: one running request and none waiting (a full
-batch already uses the cores), greedy, without penalties, log-probs or a constraint; and a
-request whose drafts are mostly rejected (under 20% of 32+ drafted tokens) stops drafting.
+It switches itself off where it does not pay: with more than one request running or waiting
+(a full batch already uses the cores), for penalties, log-probs or a constraint, and for a
+request whose drafts are mostly rejected (after 32 drafted tokens, an acceptance below 20%
+for prompt lookup, below the draft's cost + 0.1 for a draft model: draft.py).
 
 >>> ngram_draft([5, 6, 7, 8, 1, 5, 6], k=2)
 [7, 8]
@@ -31,22 +40,25 @@ import time
 
 import torch
 
-__all__ = ["SPECULATIVE_MODES", "accept_or_resample", "ngram_draft", "speculative_step"]
+from .draft import ModelDrafter, ngram_draft, target_probs
+from .sampling import draw
 
-SPECULATIVE_MODES = ("off", "ngram")
+__all__ = ["SPECULATIVE_MODES", "accept_or_resample", "check_speculative", "ngram_draft", "speculative_step",
+           "verify_greedy", "verify_sampled"]
+
+SPECULATIVE_MODES = ("off", "ngram")  # or a ModelDrafter (draft.py)
 MIN_ACCEPTANCE, PROBATION = 0.2, 32  # stop drafting below this share after this many drafted
 
 
-def ngram_draft(tokens: list[int], k: int = 8, max_ngram: int = 3) -> list[int]:
-    """Up to k tokens that followed the most recent earlier occurrence of the last n tokens
-    (the longest n <= max_ngram that occurs), or [] when none does."""
-    L = len(tokens)
-    for n in range(min(max_ngram, L - 1), 0, -1):
-        tail = tokens[L - n :]
-        for s in range(L - n - 1, -1, -1):  # most recent first
-            if tokens[s : s + n] == tail:
-                return tokens[s + n : s + n + k]
-    return []
+def check_speculative(speculative, model, tokenizer):
+    """The engine's `speculative` argument, checked: "off", "ngram", or a `ModelDrafter`
+    (then checked against the model and tokenizer: same vocabulary)."""
+    if isinstance(speculative, ModelDrafter):
+        return speculative.bind(model, tokenizer)
+    if speculative not in SPECULATIVE_MODES:
+        raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_MODES)} or a ModelDrafter, "
+                         f"got {speculative!r}")
+    return speculative
 
 
 def accept_or_resample(p: torch.Tensor, q: torch.Tensor, token: int, generator: torch.Generator) -> tuple[bool, int]:
@@ -54,22 +66,58 @@ def accept_or_resample(p: torch.Tensor, q: torch.Tensor, token: int, generator: 
     drawn from the draft distribution q [V] is kept with probability min(1, p[token] / q[token])
     under the target distribution p [V]; otherwise a token is drawn from max(p - q, 0),
     renormalised. The token returned is distributed exactly as p. A prompt-lookup draft is
-    deterministic: q is one-hot on it. → (accepted, token). Not yet wired into the engine:
-    sampled requests decode without drafts."""
-    u = torch.rand((), generator=generator, device=p.device)
-    if u * q[token] <= p[token]:
+    deterministic: q is one-hot on it. → (accepted, token)."""
+    u = torch.rand((), generator=generator, dtype=torch.float64, device=p.device)
+    if u * q[token] < p[token]:  # u < 1: a token with p = q = 1 is always kept
         return True, token
-    residual = (p - q).clamp_min(0)
-    return False, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
+    residual = (p.double() - q.double()).clamp_min(0)
+    return False, int(draw(residual, generator))
+
+
+def verify_greedy(logits: torch.Tensor, draft: list[int]) -> tuple[list[int], int]:
+    """logits [k+1, V] after the last token and each draft token → (the tokens to append:
+    the accepted draft and the model's own next one, the number of draft tokens accepted)."""
+    out = logits.float().argmax(-1).tolist()
+    ok = 0
+    while ok < len(draft) and draft[ok] == out[ok]:
+        ok += 1
+    return out[: ok + 1], ok
+
+
+def verify_sampled(probs: torch.Tensor, draft: list[int], q: torch.Tensor | None,
+                   generator: torch.Generator) -> tuple[list[int], int]:
+    """probs [k+1, V] (the model's, after the request's sampling transforms), the draft and
+    its distributions q [k, V] (None: deterministic, one-hot) → (tokens to append, accepted)."""
+    out = []
+    for i, x in enumerate(draft):
+        if q is None:
+            qi = torch.zeros_like(probs[i])
+            qi[x] = 1.0
+        else:
+            qi = q[i]
+        ok, t = accept_or_resample(probs[i], qi, x, generator)
+        out.append(t)
+        if not ok:
+            return out, i
+    out.append(int(draw(probs[len(draft)], generator)))  # after a fully accepted draft
+    return out, len(draft)
 
 
 def _eligible(engine, reqs) -> bool:
     if len(reqs) != 1 or engine.waiting:
         return False
     r, p = reqs[0], reqs[0].params
-    if not p.greedy or p.uses_penalties or p.logprobs is not None or r.constraint is not None:
+    if p.uses_penalties or p.logprobs is not None or r.constraint is not None:
         return False
-    return r.spec_drafted < PROBATION or r.spec_accepted >= MIN_ACCEPTANCE * r.spec_drafted
+    floor = MIN_ACCEPTANCE if engine.speculative == "ngram" else engine.speculative.min_acceptance
+    return r.spec_drafted < PROBATION or r.spec_accepted >= floor * r.spec_drafted
+
+
+def _draft(engine, r, seq: list[int], room: int, generator):
+    drafter = engine.speculative
+    if drafter == "ngram":
+        return ngram_draft(seq, k=min(engine.speculative_k, room)), None
+    return drafter.propose(r, seq, min(drafter.k or engine.speculative_k, room), generator)
 
 
 def speculative_step(engine, reqs) -> list | None:
@@ -80,7 +128,8 @@ def speculative_step(engine, reqs) -> list | None:
     r = reqs[0]
     seq = r.prompt_ids + r.token_ids
     room = r.params.max_tokens - len(r.token_ids) - 1  # the last token comes from the model
-    draft = ngram_draft(seq, k=min(engine.speculative_k, room)) if room > 0 else []
+    g = engine.sampler.generators[r.slot]
+    draft, q = _draft(engine, r, seq, room, g) if room > 0 else ([], None)
     if not draft:
         return None
     pos = len(seq) - 1  # where the last sampled token is fed
@@ -88,14 +137,16 @@ def speculative_step(engine, reqs) -> list | None:
     input_pos = torch.arange(pos, pos + len(draft) + 1, device=engine.device)[None]
     with engine._eval_mode(), engine._attention():
         logits = engine.model(ids, engine.cache.rows(r.slot, r.slot + 1), input_pos)[0]  # [k+1, V]
-    out = logits.float().argmax(-1).tolist()
-    ok = 0
-    while ok < len(draft) and draft[ok] == out[ok]:
-        ok += 1
+    if r.params.greedy:
+        out, ok = verify_greedy(logits, draft)
+    else:
+        out, ok = verify_sampled(target_probs(logits, r.params), draft, q, g)
+    if engine.speculative != "ngram":
+        engine.speculative.accepted(len(seq), ok)
     r.spec_drafted += len(draft)
     r.spec_accepted += ok
     now = time.perf_counter()
-    for t in out[: ok + 1]:
+    for t in out:
         r.append(t, now)
         if r.finished:
             break

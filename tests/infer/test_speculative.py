@@ -59,21 +59,26 @@ def test_greedy_output_is_plain_greedy_output(dtype):
         assert req.spec_drafted > 0
 
 
-def test_it_stays_off_for_sampling_and_for_two_requests():
+def test_it_stays_off_for_two_requests_and_for_penalties_but_not_for_sampling():
     model, tok = make_model(), make_tokenizer()
     prompt = list(range(10)) * 3
     engine = Engine(model, tok, max_batch_size=2, speculative="ngram")
-    sampled = engine.add_request(prompt, SamplingParams(seed=1, max_tokens=8))
+    sampled = engine.add_request(list(range(1, 240)), SamplingParams(seed=1, max_tokens=8))  # most tokens draft
+    while engine.has_unfinished():
+        engine.step()
+    penalised = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=8, repetition_penalty=1.2))
     while engine.has_unfinished():
         engine.step()
     a, b = (engine.add_request(prompt + [i], SamplingParams(temperature=0, max_tokens=8)) for i in (1, 2))
     while engine.has_unfinished():
         engine.step()
-    assert sampled.spec_drafted == 0 and a.spec_drafted == 0 and b.spec_drafted == 0
+    assert sampled.spec_drafted > 0
+    assert penalised.spec_drafted == 0 and a.spec_drafted == 0 and b.spec_drafted == 0
 
 
-@pytest.mark.parametrize("kw, msg", [({"speculative": "model"}, "speculative must be one of off, ngram, got 'model'"),
-                                     ({"speculative_k": 0}, "speculative_k must be >= 1 draft token, got 0")])
+@pytest.mark.parametrize("kw, msg", [
+    ({"speculative": "model"}, "speculative must be one of off, ngram or a ModelDrafter, got 'model'"),
+    ({"speculative_k": 0}, "speculative_k must be >= 1 draft token, got 0")])
 def test_bad_options_are_refused_by_name(kw, msg):
     with pytest.raises(ValueError, match=msg):
         Engine(make_model(), make_tokenizer(), **kw)
