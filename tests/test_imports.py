@@ -7,7 +7,7 @@ from pathlib import Path
 # `__init__` is the top-level package (`import ember`, `ember.load`): it builds on core,
 # tokenizer, model and quant, so it sits just after them, and recipes above may use it.
 LAYERS = [
-    ["core"], ["tokenizer", "model"], ["data", "peft", "quant", "parallel"], ["__init__"], ["infer"], ["prompting", "inspect"],
+    ["core"], ["tokenizer", "model"], ["data", "peft", "quant", "parallel"], ["kernels"], ["__init__"], ["infer"], ["prompting", "inspect"],
     ["eval"], ["train"], ["rag"], ["agents"], ["cli", "__main__"],
 ]
 RANK = {pkg: k for k, layer in enumerate(LAYERS) for pkg in layer}

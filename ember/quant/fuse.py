@@ -74,6 +74,8 @@ def fuse_linears(mods: Sequence[nn.Module]) -> nn.Module:
         out = Int8Linear(K, N, bias=bias is not None, compute_dtype=mods[0].compute_dtype)
         out.weight_int8 = torch.cat([m.weight_int8 for m in mods])
         out.scales = torch.cat([m.scales for m in mods])
+    elif hasattr(kind, "cat") and bias is None:  # a module type that knows how to stack itself
+        out = kind.cat(mods)
     else:
         raise ValueError(f"cannot fuse {kind.__name__} modules")
     if bias is not None:
