@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -162,6 +162,7 @@ def apply_fsdp(
     info: DistInfo,
     param_dtype: torch.dtype | None = None,
     reduce_dtype: torch.dtype | None = None,
+    mesh: DeviceMesh | None = None,
 ) -> nn.Module:
     """Shard with FSDP2: each block of `model.layers` is its own group (gathered just before
     it runs, freed after), the rest (embeddings, final norm, head) sits in the root group.
@@ -178,7 +179,8 @@ def apply_fsdp(
     """
     if not info.distributed:
         return model
-    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    # mesh: the data-parallel dimension of a 2-D (dp, tp) mesh when composed with tensor parallelism
+    mesh = mesh if mesh is not None else init_device_mesh(info.device.type, (info.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for block in getattr(model, "layers", ()):
         fully_shard(block, mesh=mesh, mp_policy=mp)

@@ -88,6 +88,12 @@ class Pipeline:
 
     def __init__(self, model: nn.Module, loss_fn: Callable, n_microbatches: int, device: torch.device,
                  group: dist.ProcessGroup | None = None):
+        if not isinstance(getattr(model, "layers", None), nn.ModuleList) or not hasattr(model, "config"):
+            raise ValueError(f"pipeline parallelism cuts a Transformer's blocks; {type(model).__name__} has no .layers")
+        cfg = model.config
+        if getattr(cfg, "sliding_window", None) is not None or not cfg.causal:
+            raise ValueError("pipeline stages run plain causal attention: a sliding window or an encoder "
+                             "(causal False) is not supported")
         self.model, self.group = model, group
         self.pp, self.rank = dist.get_world_size(group), dist.get_rank(group)
         if isinstance(n_microbatches, bool) or not isinstance(n_microbatches, int) or n_microbatches < 1:

@@ -24,11 +24,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, distribute_module
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from ember.model.config import ModelConfig
+from ember.parallel.checkpointing import apply_activation_checkpointing
+from ember.parallel.distributed import DistInfo, apply_ddp, apply_fsdp
+
+# How the processes of a run share the work (TrainConfig.parallel): ddp and fsdp read different
+# rows on every process; tp splits each block over all processes and pp cuts the blocks into
+# one stage per process (every process reads the same rows); fsdp+tp is a 2-D mesh: tp_size
+# processes split each block, and the world_size / tp_size groups of them shard as FSDP2.
+MODES = ("ddp", "fsdp", "tp", "fsdp+tp", "pp")
 
 
 def check_tp(cfg: ModelConfig, tp: int) -> None:
@@ -51,8 +59,12 @@ def apply_tp(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
     every rank (a distributed parameter keeps the value each rank built: rank r's slice of its
     own tensor). Fused projections (ember.quant.fuse) are refused.
     """
+    if not isinstance(getattr(model, "layers", None), nn.ModuleList) or not hasattr(model, "config"):
+        raise ValueError(f"tensor parallelism splits a Transformer's blocks; {type(model).__name__} has no .layers")
     tp = mesh.size()
     check_tp(model.config, tp)
+    if getattr(model.config, "moe", None) is not None:
+        raise ValueError("tensor parallelism splits dense FFNs; a mixture-of-experts model (moe set) is not supported")
     for i, block in enumerate(model.layers):
         att, ffn = block.attention, block.feed_forward
         if not all(hasattr(att, n) for n in ("wq", "wk", "wv", "wo")) or not hasattr(ffn, "w2"):
@@ -101,3 +113,83 @@ def _to_replicated(module, inputs, mesh):
 
 def _to_local(module, output, mesh):
     return output.to_local() if isinstance(output, DTensor) else output
+
+
+def tp_degree(info: DistInfo, mode: str, tp_size: int | None = None) -> int:
+    """Processes that split each block: all of them under tp, tp_size under fsdp+tp, else 1.
+
+    >>> tp_degree(DistInfo(0, 0, 4, torch.device("cpu"), "gloo"), "fsdp+tp", 2)
+    2
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown parallel mode {mode!r}; valid modes: {list(MODES)}")
+    if mode == "tp":
+        return info.world_size
+    if mode != "fsdp+tp":
+        return 1
+    if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
+        raise ValueError(f"parallel mode fsdp+tp needs tp_size, a positive int; got {tp_size!r}")
+    if info.world_size % tp_size:
+        raise ValueError(f"tp_size {tp_size} does not divide the {info.world_size} processes")
+    return tp_size
+
+
+def data_parallel(info: DistInfo, mode: str, tp_size: int | None = None) -> tuple[int, int]:
+    """(rank, size) of this process among the replicas that read different rows of the batch.
+
+    >>> data_parallel(DistInfo(3, 3, 4, torch.device("cpu"), "gloo"), "fsdp+tp", 2)
+    (1, 2)
+    """
+    if mode == "pp":
+        return 0, 1
+    tp = tp_degree(info, mode, tp_size)
+    return info.rank // tp, info.world_size // tp
+
+
+def parallelize(model: nn.Module, info: DistInfo, mode: str = "ddp", tp_size: int | None = None,
+                activation_checkpointing: bool = False) -> nn.Module:
+    """torchtitan's order on a plain model: tensor parallelism, activation checkpointing, then
+    FSDP2 (on the dp dimension of the 2-D mesh under fsdp+tp) or DDP. pp is left to `Pipeline`
+    (the model stays plain here). In a single process only checkpointing applies. Returns the
+    model to train (DDP's wrapper; otherwise the model itself, changed in place).
+
+    >>> from ember.model import Transformer
+    >>> m = parallelize(Transformer(ModelConfig.tiny()), DistInfo(0, 0, 1, torch.device("cpu"), None), "tp")
+    >>> type(m).__name__
+    'Transformer'
+    """
+    tp = tp_degree(info, mode, tp_size)
+    mesh = None
+    if info.distributed and tp > 1:
+        check_tp(model.config, tp)  # before any collective: every rank fails alike
+        mesh = init_device_mesh(info.device.type, (info.world_size // tp, tp), mesh_dim_names=("dp", "tp"))
+        apply_tp(model.to(info.device), mesh["tp"])
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if mode == "fsdp" or (mode == "fsdp+tp" and mesh is None):
+        return apply_fsdp(model, info)
+    if mode == "fsdp+tp":
+        return apply_fsdp(model, info, mesh=mesh["dp"])
+    if mode == "ddp":
+        return apply_ddp(model, info)
+    return model.to(info.device)
+
+
+def check_same_batch(batch, info: DistInfo, mode: str) -> None:
+    """Under tp and pp every process must feed the same rows (they compute one model together);
+    refuse a batch that differs between processes, as a recipe splitting rows by rank gives."""
+    if not info.distributed:
+        return
+    tensors = [batch] if isinstance(batch, torch.Tensor) else list(batch.values() if isinstance(batch, dict) else batch)
+    sums = []
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            flat = t.detach().flatten().to(torch.float64)
+            sums += [flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()]
+    local = torch.stack(sums).to(info.device) if sums else torch.zeros(1, dtype=torch.float64, device=info.device)
+    hi, lo = local.clone(), local.clone()
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    if not torch.equal(hi, lo):
+        raise ValueError(f"parallel mode {mode}: the processes were given different batches; tp and pp need "
+                         "every process to read the same rows (this recipe splits its rows by process)")

@@ -41,8 +41,15 @@ class TrainConfig:
     """torch.compile the model (a one-off compile cost)"""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N"""
-    parallel: Literal["ddp", "fsdp"] = "ddp"
-    """under torchrun: DDP, or FSDP2 fully_shard"""
+    parallel: Literal["ddp", "fsdp", "tp", "fsdp+tp", "pp"] = "ddp"
+    """under torchrun: DDP or FSDP2 fully_shard (each process its own rows); tp: every block's
+    attention and FFN split over all processes; pp: the blocks cut into one pipeline stage per
+    process (micro_batch_size sets the pipeline's micro-batches; clm only); fsdp+tp: tp_size
+    processes split each block, FSDP2 shards over the groups of them (a 2-D mesh)"""
+    tp_size: int | None = None
+    """fsdp+tp: processes per tensor-parallel group (must divide the process count)"""
+    activation_checkpointing: bool = False
+    """recompute each block's activations in the backward instead of keeping them (less memory, ~1/3 more compute)"""
     out: str = "runs/pretrain"
     """run folder: checkpoints, metrics, config and summary"""
     resume: bool = False

@@ -22,11 +22,10 @@ import torch
 import torch.nn as nn
 
 from ember.core.io import atomic_write_json
+from ember.model.load import build_model
 from ember.parallel import (
     DistInfo,
     all_reduce_mean,
-    apply_ddp,
-    apply_fsdp,
     barrier,
     broadcast_object,
     full_optim_state_dict,
@@ -36,6 +35,8 @@ from ember.parallel import (
     load_full_state_dict,
     no_sync,
 )
+from ember.parallel.pipeline import Pipeline
+from ember.parallel.tensor import check_same_batch, data_parallel, parallelize
 from ember.train.checkpoint import config_mismatch, rng_state, save_checkpoint, set_rng_state
 from ember.train.config import TrainConfig
 from ember.train.metrics import MetricsLogger, peak_flops, plot_loss_curve
@@ -95,14 +96,15 @@ class Trainer:
         self.cfg, self.optim_cfg, self.run_config = cfg, optim, run_config
         self.info = info or init_distributed(cfg.device)
         self.loss_fn, self.batches, self.eval_fn, self.sample_fn = loss_fn, batches, eval_fn, sample_fn
-        self.micro, self.accum = cfg.micro_batches(self.info.world_size)
+        # tp and pp: every process reads the same rows (only the data-parallel replicas differ)
+        self.micro, self.accum = cfg.micro_batches(data_parallel(self.info, cfg.parallel, cfg.tp_size)[1])
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         self.out = Path(cfg.out)
         self.plain = model.to(self.info.device)  # the unwrapped model: checkpoints, eval, samples
-        if cfg.parallel == "fsdp":
-            self.model = apply_fsdp(self.plain, self.info)
-        else:
-            self.model = apply_ddp(self.plain, self.info)
+        self.model = parallelize(self.plain, self.info, cfg.parallel, cfg.tp_size, cfg.activation_checkpointing)
+        # pp: every process keeps the plain model and computes one stage of it (ember.parallel.pipeline)
+        self.pipeline = (Pipeline(self.plain, loss_fn, self.accum, self.info.device)
+                         if cfg.parallel == "pp" and self.info.distributed else None)
         self.optimizer = build_optimizer(self.plain, optim)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         self.start_step, self.tokens_seen, self.history = 0, 0, []
@@ -157,7 +159,25 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         lr = lr_at(step, self.cfg.steps, self.optim_cfg)
         set_lr(self.optimizer, lr)
-        micro_batches = split_micro(self.batches(step), self.micro)
+        batch = self.batches(step)
+        if step == self.start_step and self.cfg.parallel in ("tp", "pp"):
+            check_same_batch(batch, self.info, self.cfg.parallel)
+        if self.pipeline is not None:  # forward and backward of every micro-batch through the stages
+            with self.autocast():
+                total, extra = self.pipeline.step(batch), {}
+        else:
+            total, extra = self._accumulate(step, batch)
+        clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self._mid_update = True  # from here the weights are no longer the previous step's
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        return {"loss": all_reduce_mean(total, self.info), "lr": lr, "grad_norm": float(grad_norm), **extra}
+
+    def _accumulate(self, step: int, batch) -> tuple[float, dict]:
+        """Forward and backward of each micro-batch → (mean loss, mean extra metrics)."""
+        micro_batches = split_micro(batch, self.micro)
         if len(micro_batches) != self.accum:
             raise ValueError(f"batches({step}) gave {len(micro_batches)} micro-batches, expected {self.accum}")
         total, extra = 0.0, {}
@@ -171,13 +191,7 @@ class Trainer:
             total += loss.item() / self.accum
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + float(v) / self.accum
-        clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self._mid_update = True  # from here the weights are no longer the previous step's
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        return {"loss": all_reduce_mean(total, self.info), "lr": lr, "grad_norm": float(grad_norm), **extra}
+        return total, extra
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -195,13 +209,21 @@ class Trainer:
         return out
 
     def sample(self) -> str | None:
-        # FSDP shards weights, so every rank must run the forward; otherwise rank 0 alone.
-        if self.sample_fn is None or not (self.info.is_main or self.cfg.parallel == "fsdp"):
+        # FSDP shards weights, so every rank must run the forward; otherwise rank 0 alone. Under
+        # tp the engine's KV cache wants whole heads: rank 0 samples from a gathered copy.
+        split = self.cfg.parallel in ("tp", "fsdp+tp") and self.info.distributed
+        if self.sample_fn is None or not (self.info.is_main or self.cfg.parallel == "fsdp" or split):
             return None
-        self.plain.eval()
+        model = self.plain
+        if split:
+            sd = full_state_dict(self.model, self.info)  # collective
+            if not self.info.is_main:
+                return None
+            model = build_model(self.plain.config, sd)
+        model.eval()
         try:
             with torch.no_grad():
-                return self.sample_fn(self.plain)
+                return self.sample_fn(model)
         finally:
             self.plain.train()
 

@@ -17,6 +17,7 @@ import torch
 from ember.model.config import PRESETS as MODEL_PRESETS
 from ember.model.config import ModelConfig
 from ember.parallel import DistInfo, barrier, init_distributed
+from ember.parallel.tensor import data_parallel
 from ember.train.kit.objectives import (
     OBJECTIVE_SPECIALS,
     ObjectiveConfig,
@@ -262,12 +263,12 @@ def build_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> Trainer
     T = cfg.data.seq_len
     mcfg = model_config(cfg.arch, cfg.model, tok.vocab_size, T + extra_rows(cfg.objective, cfg.encoder, T))
     train_split, val_split = open_split(folder, "train"), open_split(folder, "val")
-    loader = build_loader(cfg.data.loader, train_split, T, cfg.train.batch_size, cfg.train.seed,
-                          info.rank, info.world_size)
+    dp_rank, dp_size = data_parallel(info, cfg.train.parallel, cfg.train.tp_size)  # tp, pp: all read the same rows
+    loader = build_loader(cfg.data.loader, train_split, T, cfg.train.batch_size, cfg.train.seed, dp_rank, dp_size)
     eval_windows(val_split, T, 1)  # a val split too short for one window fails now, not at step 100
     device = info.device
     torch.manual_seed(cfg.train.seed)  # same init on every rank
-    parts = build_objective(cfg.objective, mcfg, tok, cfg.encoder, cfg.train.seed, info.rank, T)
+    parts = build_objective(cfg.objective, mcfg, tok, cfg.encoder, cfg.train.seed, dp_rank, T)
     model = parts.model
     mcfg = model.config  # the model built: span and denoise add their extra ids to the vocabulary
 
