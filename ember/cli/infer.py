@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ember.cli.draft_options import SpeculativeOptions, build_speculative
 from ember.cli.errors import at_least, check_port_free
 
 
@@ -49,11 +50,11 @@ def _engine(model, tok, opts: ModelOptions, max_batch_size: int = 1):
     from ember.infer.engine import Engine
 
     return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=opts.max_seq_len, compile=opts.compile,
-                  prefix_cache_mb=getattr(opts, "prefix_cache_mb", 0.0), speculative=getattr(opts, "speculative", "off"))
+                  prefix_cache_mb=getattr(opts, "prefix_cache_mb", 0.0), speculative=build_speculative(model, tok, opts))
 
 
 @dataclass
-class GenerateConfig(ModelOptions):
+class GenerateConfig(SpeculativeOptions, ModelOptions):
     """Generate a completion for one prompt."""
 
     prompt: str | None = None
@@ -78,8 +79,6 @@ class GenerateConfig(ModelOptions):
     """divide the logits of tokens already seen by this (1 changes nothing)"""
     seed: int | None = None
     """seed for sampling, for a repeatable completion"""
-    speculative: Literal["ngram", "off"] = "ngram"
-    """greedy: draft tokens by prompt lookup and verify them in one forward (same tokens up to float ties)"""
     stop: list[str] = field(default_factory=list)
     """one or more strings that end the completion"""
     ignore_eos: bool = False
@@ -211,7 +210,7 @@ def perplexity(cfg: PerplexityConfig) -> float:
 
 
 @dataclass
-class ServeConfig(ModelOptions):
+class ServeConfig(SpeculativeOptions, ModelOptions):
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings, tokenize,
     metrics)."""
 
@@ -277,7 +276,8 @@ def serve(cfg: ServeConfig) -> None:
     model, tok = _load(cfg)
     ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
     engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile,
-                    batch_invariant=cfg.batch_invariant, prefix_cache_mb=cfg.prefix_cache_mb)
+                    batch_invariant=cfg.batch_invariant, prefix_cache_mb=cfg.prefix_cache_mb,
+                    speculative=build_speculative(model, tok, cfg))
     embedder = _load_embedder(cfg.embedding_model) if cfg.embedding_model else None
     app = create_app(engine, cfg.model, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes,
                      embedder=embedder, embedding_model=cfg.embedding_model, rag=_retriever(cfg.rag, tok, ctx))

@@ -98,18 +98,30 @@ def _config(reader, arch: str, names: set[str], common: dict, get) -> ModelConfi
     head_dim = common["d_model"] // common["n_heads"]
     if get("rope.dimension_count", int, head_dim) != head_dim:
         raise ValueError("partial RoPE (llama.rope.dimension_count < head dim) is not supported")
-    scaling = None
-    kind = get("rope.scaling.type", str, "none")
-    if kind == "linear":
-        scaling = {"type": "linear", "factor": get("rope.scaling.factor", float)}
-    elif kind != "none":
-        raise ValueError(f"GGUF llama.rope.scaling.type {kind!r} is not supported (only 'linear')")
     return ModelConfig(
         **common, n_kv_heads=get("attention.head_count_kv", int, common["n_heads"]),
         norm="rmsnorm", norm_eps=get("attention.layer_norm_rms_epsilon", float), pos_emb="rope",
-        rope_theta=get("rope.freq_base", float, 10000.0), rope_scaling=scaling,
+        rope_theta=get("rope.freq_base", float, 10000.0), rope_scaling=_rope_scaling(get),
         rope_interleaved=True, mlp="swiglu", bias="blk.0.attn_q.bias" in names,
     )
+
+
+def _rope_scaling(get) -> dict | None:
+    """llama.rope.scaling.{type, factor, original_context_length} → ModelConfig.rope_scaling
+    (llama.cpp writes "linear" and "yarn"; its YaRN uses beta_fast 32, beta_slow 1, as ember)."""
+    kind = get("rope.scaling.type", str, "none")
+    if kind == "none":
+        return None
+    if kind not in ("linear", "yarn"):
+        raise ValueError(f"GGUF llama.rope.scaling.type {kind!r} is not supported (only 'linear', 'yarn')")
+    scaling = {"type": kind, "factor": get("rope.scaling.factor", float)}
+    if kind == "yarn":
+        if get("rope.scaling.attn_factor", float, 1.0) != 1.0:
+            raise ValueError("GGUF llama.rope.scaling.attn_factor other than 1 is not supported")
+        original = get("rope.scaling.original_context_length", int, None)
+        if original is not None:
+            scaling["original_max_position_embeddings"] = original
+    return scaling
 
 
 _REQUIRED = object()

@@ -46,10 +46,16 @@ def gguf_arch(cfg) -> str:
         kind = "a BERT-style encoder" if not cfg.causal else "a post-norm or token-type model"
         raise ValueError(f"GGUF export supports llama and gpt2 decoders; this model is {kind} "
                          f"(causal={cfg.causal}, norm_position={cfg.norm_position!r})")
+    if cfg.moe is not None or cfg.sliding_window is not None:
+        raise ValueError(f"GGUF export: MoE (moe={cfg.moe}) and sliding-window (sliding_window={cfg.sliding_window}) "
+                         "models are not supported")
     if switches == ("rmsnorm", "rope", "swiglu"):
-        kind = (cfg.rope_scaling or {}).get("type", (cfg.rope_scaling or {}).get("rope_type"))
-        if kind not in (None, "linear"):
-            raise ValueError(f"GGUF export: rope_scaling type {kind!r} is not supported (only 'linear')")
+        rs = cfg.rope_scaling or {}
+        kind = rs.get("type", rs.get("rope_type"))
+        extra = sorted(set(rs) - {"type", "rope_type", "factor", "original_max_position_embeddings"})
+        if kind not in (None, "linear", "yarn") or extra:
+            raise ValueError(f"GGUF export: rope_scaling {rs} is not supported (only 'linear', and 'yarn' with "
+                             "its default betas and attention factor)")
         return "llama"
     if switches == ("layernorm", "learned", "gelu") and cfg.bias and cfg.n_kv_heads == cfg.n_heads:
         return "gpt2"
@@ -66,8 +72,12 @@ def _hparams(cfg: ModelConfig, arch: str) -> dict:
         return kv
     kv.update({"attention.head_count_kv": cfg.n_kv_heads, "attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
                "rope.freq_base": float(cfg.rope_theta), "rope.dimension_count": cfg.head_dim})
-    if cfg.rope_scaling:
-        kv.update({"rope.scaling.type": "linear", "rope.scaling.factor": float(cfg.rope_scaling["factor"])})
+    rs = cfg.rope_scaling
+    if rs:
+        kind = rs.get("type", rs.get("rope_type"))
+        kv.update({"rope.scaling.type": kind, "rope.scaling.factor": float(rs["factor"])})
+        if kind == "yarn":
+            kv["rope.scaling.original_context_length"] = int(rs.get("original_max_position_embeddings", cfg.max_seq_len))
     return kv
 
 
