@@ -118,8 +118,7 @@ class ModelDrafter:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"draft k must be >= 1 token, got {k!r}")
         self.model, self.tokenizer, self.name, self.k = model, tokenizer, name, k
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        self.device = next(model.parameters()).device
         self.cost = 1.0
         self.min_acceptance = 0.2
         self.cache: KVCache | None = None
