@@ -4,8 +4,9 @@ against samples and generated tokens from saved runs.
 The task is an evaluation task (`ember.eval.harness`: a bundled name or a .yaml file) or a
 JSONL file of {"question", "answer"[, "choices"]}. Generation tasks are answered by number
 (the phrase "answer is X", else the task's own filter, e.g. the last number); multiple-choice
-tasks show lettered options and are answered by letter ("answer is (B)", else the first
-letter A-H standing alone, the harness' `choice_letter`). A reply with no such answer is
+tasks show lettered options and are answered by letter (the last "answer is (B)" / "Answer: B",
+else the last letter A-H standing alone outside a restated option line, the harness'
+`choice_answer`). A reply with no such answer is
 unparseable: counted, never right.
 
     $ ember reason --task arithmetic --strategy sc --n 8 --limit 20 --json
@@ -22,7 +23,6 @@ from typing import Literal
 from ember.cli.errors import at_least, in_range
 
 ANSWER_IS = r"answer is[:\s]*\$?\(?(-?[0-9]+(?:\.[0-9]+)?)"
-LETTER_IS = r"answer is[:\s]*\(?([A-H])\b"
 PROBE = "The answer is 42.\n"
 
 
@@ -150,16 +150,13 @@ def number_extractor(steps: list[dict], name: str):
 
 
 def choice_extractor():
-    from ember.eval.harness.extract import FALLBACK, build_pipeline, regex_extract
-
-    base = build_pipeline([{"function": "choice_letter"}])
+    from ember.eval.harness.extract import FALLBACK, choice_answer
 
     def extract(text: str) -> str | None:
-        a = regex_extract(text, LETTER_IS, -1)
-        a = base(text) if a == FALLBACK else a
+        a = choice_answer(text)
         return None if a == FALLBACK else a
 
-    return extract, "'answer is (X)', else choice_letter (a letter A-H standing alone)"
+    return extract, "choice_answer ('answer is (X)' / 'Answer: X', else the last letter A-H standing alone)"
 
 
 def load_reason_verifier(spec: str | None, tok):

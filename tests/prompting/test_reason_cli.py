@@ -39,7 +39,16 @@ def test_tasks_become_problems_and_extractors():
     probs, _, extract, name, _ = load_problems("commonsense")
     assert probs[0].choices[0] == "It melts into water" and probs[0].answer == "A"
     assert extract("So the answer is (B).") == "B" and extract("I think C. is right") == "C"
-    assert extract("It is impossible") is None and "choice_letter" in name
+    assert extract("It is impossible") is None and "choice_answer" in name
+
+
+def test_choice_extraction_reads_past_restated_options():
+    _, _, extract, _, _ = load_problems("commonsense")
+    restated = "A. It melts into water\nB. It burns\nC. It grows\nD. It sings\n"
+    assert extract(restated + "The answer is C.") == "C"  # not the first option's A
+    assert extract(restated + "Answer: (B)") == "B" and extract("Answer:\n" + restated + "so it is B") == "B"
+    assert extract("A is wrong, B is wrong, the answer is D, not C") == "D"  # the explicit one wins
+    assert extract("It melts, so A") == "A" and extract("I think C. is right") == "C"
 
 
 def test_jsonl_task(tmp_path):
