@@ -1,13 +1,20 @@
-"""Generation speed and memory, ember beside transformers and llama.cpp, in one run.
+"""Generation speed, start time and memory: ember beside llama.cpp's own `llama-bench`, one run.
 
-Each variant runs in its own child process (so peak RSS is its own), 2 threads:
-  decode tok/s  batch 1, 128 greedy tokens after a short chat prompt (EOS ignored)
-  prefill tok/s a 512-token prompt in one forward
-  TTFT          512-token prompt → first sampled token
-  peak RSS      the child's high-water mark (model load included)
-Ratios are printed against llama.cpp (decode, RSS) and transformers bf16 (prefill).
+Each ember variant runs in its own child process (so peak RSS is its own), 2 threads:
+  decode tok/s   batch 1, 128 greedy tokens after a short chat prompt (EOS ignored, no
+                 speculation: what llama-bench's tg128 measures), median of --repeats
+  prefill tok/s  a 512-token prompt in one forward (pp512), median of --repeats
+  start→token    process start → first token of a short prompt (import, load, build, prefill):
+                 cold = empty kernel cache (a fresh EMBER_KERNELS_DIR), warm = the next start
+  peak RSS       the child's high-water mark (model load included)
+llama.cpp: `llama-bench -m <same GGUF> -t 2 -p 512 -n 128 -r <repeats>` (tg128, pp512), and
+`llama-simple -n 1` for its start→token (twice: cold, warm) and peak RSS.
 
-    python bench/generate.py [--variants ember-int4,hf-bf16,...] [--tokens 128] [--prompt-len 512]
+Variants: ember-default (what `ember generate` runs: quant auto = the GGUF's own Q4 blocks on
+the native kernels), ember-exact (`--exact`: fp32), ember-int4 (torch's int4 kernel, fused),
+hf-fp32 / hf-bf16 (transformers, if installed), llama.cpp (the binaries in --llama-bin).
+
+    python -P bench/generate.py [--variants ember-default,ember-exact,llama.cpp] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,15 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 THREADS = 2
 CHAT_PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
-# ember-int4c: int4 (exact Q4_1 blocks, int8 head), fused projections, compiled decode step.
-ALL_VARIANTS = ["ember-fp32", "ember-bf16", "ember-int4", "ember-int4c", "hf-fp32", "hf-bf16", "llama.cpp"]
+DEFAULT_VARIANTS = "ember-default,ember-exact,llama.cpp"
+ALL_VARIANTS = ["ember-default", "ember-exact", "ember-int4", "hf-fp32", "hf-bf16", "llama.cpp"]
+QUANT = {"ember-default": "auto", "ember-exact": None, "ember-int4": "int4"}
+LLAMA_BIN = "/tmp/llama.cpp-build/bin"
 
 
 def _prompts(tok, prompt_len: int):
@@ -34,33 +45,45 @@ def _prompts(tok, prompt_len: int):
     return chat_ids, long_ids
 
 
-def run_ember(variant: str, n_tokens: int, prompt_len: int) -> dict:
+def run_ember(variant: str, n_tokens: int, prompt_len: int, repeats: int, t_spawn: float) -> dict:
     import torch
 
     import ember
     from ember.infer.engine import Engine
     from ember.infer.sampling import SamplingParams
 
-    dtype = torch.bfloat16 if variant == "ember-bf16" else torch.float32
-    quant = "int4" if variant.startswith("ember-int4") else None
-    model, tok = ember.load("smollm2", dtype=dtype, quant=quant, fuse=True)
-    model.eval()
+    model, tok = ember.load("smollm2", quant=QUANT[variant], fuse=True)
     chat_ids, long_ids = _prompts(tok, prompt_len)
-    engine = Engine(model, tok, max_batch_size=1, max_seq_len=prompt_len + n_tokens + 64,
-                    compile=variant.endswith("c"))
-    greedy = SamplingParams(temperature=0.0, max_tokens=n_tokens, ignore_eos=True)
+    engine = Engine(model, tok, max_batch_size=1, max_seq_len=prompt_len + n_tokens + 64)
     with torch.inference_mode():
-        engine.generate([chat_ids], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm up
-        r = engine.generate([chat_ids], greedy)[0]
-        ttfts = []
-        for _ in range(3):
-            ttfts.append(engine.generate([long_ids], SamplingParams(temperature=0.0, max_tokens=1))[0].ttft_ms)
-    ttft = sorted(ttfts)[1]
-    return {"decode_tok_s": r.decode_tok_s, "ttft_ms": ttft, "prefill_tok_s": len(long_ids) / (ttft / 1e3),
-            "text": tok.decode(r.token_ids[:24])}
+        engine.generate([chat_ids[:8]], SamplingParams(temperature=0.0, max_tokens=1))
+        start_to_token = time.time() - t_spawn
+        greedy = SamplingParams(temperature=0.0, max_tokens=n_tokens, ignore_eos=True)
+        runs = [engine.generate([chat_ids], greedy)[0] for _ in range(repeats)]
+        ttfts = [engine.generate([long_ids], SamplingParams(temperature=0.0, max_tokens=1))[0].ttft_ms
+                 for _ in range(repeats)]
+    ttft = statistics.median(ttfts)
+    return {"decode_tok_s": statistics.median(r.decode_tok_s for r in runs), "ttft_ms": ttft,
+            "prefill_tok_s": len(long_ids) / (ttft / 1e3), "start_to_token_s": start_to_token,
+            "model": type(model).__name__, "text": tok.decode(runs[0].token_ids[:24])}
 
 
-def run_hf(variant: str, n_tokens: int, prompt_len: int) -> dict:
+def run_start(variant: str, t_spawn: float) -> dict:
+    """Only process start → first token (for the warm/cold start rows)."""
+    import torch
+
+    import ember
+    from ember.infer.engine import Engine
+    from ember.infer.sampling import SamplingParams
+
+    model, tok = ember.load("smollm2", quant=QUANT[variant], fuse=True)
+    engine = Engine(model, tok, max_batch_size=1, max_seq_len=256)
+    with torch.inference_mode():
+        engine.generate([tok.encode("The capital of France is")], SamplingParams(temperature=0.0, max_tokens=1))
+    return {"start_to_token_s": time.time() - t_spawn}
+
+
+def run_hf(variant: str, n_tokens: int, prompt_len: int, repeats: int, t_spawn: float) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -74,124 +97,161 @@ def run_hf(variant: str, n_tokens: int, prompt_len: int) -> dict:
     chat_ids, long_ids = _prompts(tok, prompt_len)
     x = torch.tensor([chat_ids])
     kw = dict(do_sample=False, pad_token_id=2, eos_token_id=None)
+
+    def timed(ids, n):
+        t = time.perf_counter()
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, **kw)
+        return time.perf_counter() - t, out
+
     with torch.inference_mode():
-        model.generate(x, max_new_tokens=4, min_new_tokens=4, **kw)  # warm up
-        t = time.perf_counter()
-        model.generate(x, max_new_tokens=1, **kw)
-        t_first = time.perf_counter() - t
-        t = time.perf_counter()
-        out = model.generate(x, max_new_tokens=n_tokens, min_new_tokens=n_tokens, **kw)
-        total = time.perf_counter() - t
-        ttfts = []
-        for _ in range(3):
-            t = time.perf_counter()
-            model.generate(torch.tensor([long_ids]), max_new_tokens=1, **kw)
-            ttfts.append(time.perf_counter() - t)
-    ttft = sorted(ttfts)[1]
+        t_first, _ = timed(chat_ids, 1)
+        start = time.time() - t_spawn
+        total, out = timed(chat_ids, n_tokens)
+        ttft = statistics.median(timed(long_ids, 1)[0] for _ in range(repeats))
     return {"decode_tok_s": (n_tokens - 1) / (total - t_first), "ttft_ms": ttft * 1e3,
-            "prefill_tok_s": len(long_ids) / ttft, "text": tok.decode(out[0, x.shape[1]:][:24].tolist())}
+            "prefill_tok_s": len(long_ids) / ttft, "start_to_token_s": start,
+            "model": "transformers", "text": tok.decode(out[0, x.shape[1]:][:24].tolist())}
 
 
-def run_llama_cpp(n_tokens: int, prompt_len: int) -> dict:
-    from llama_cpp import Llama
+def child(args) -> None:
+    import resource
 
-    from ember.core.registry import resolve_model
-    from ember.tokenizer import load_tokenizer
-
-    tok = load_tokenizer("smollm2")
-    chat_ids, long_ids = _prompts(tok, prompt_len)
-    llm = Llama(str(resolve_model("smollm2")), n_ctx=2048, n_threads=THREADS, n_batch=512,
-                flash_attn=True, verbose=False)
-
-    def decode_run(n):
-        llm.reset()
-        ids, t0, t_first = [], time.perf_counter(), None
-        for i, t in enumerate(llm.generate(chat_ids, top_k=1, temp=0.0, reset=True)):
-            if i == 0:
-                t_first = time.perf_counter()
-            ids.append(t)
-            if len(ids) >= n:
-                break
-        return ids, t_first - t0, time.perf_counter() - t_first
-
-    decode_run(4)  # warm up
-    ids, _, rest = decode_run(n_tokens)
-    ttfts = []
-    for _ in range(3):
-        llm.reset()
-        t = time.perf_counter()
-        next(iter(llm.generate(long_ids, top_k=1, temp=0.0, reset=True)))
-        ttfts.append(time.perf_counter() - t)
-    ttft = sorted(ttfts)[1]
-    return {"decode_tok_s": (n_tokens - 1) / rest, "ttft_ms": ttft * 1e3, "prefill_tok_s": len(long_ids) / ttft,
-            "text": tok.decode(ids[:24])}
-
-
-def child(variant: str, n_tokens: int, prompt_len: int) -> None:
     import torch
 
     from ember.core.memory import release_freed_memory_eagerly
 
     release_freed_memory_eagerly()  # every variant alike, as `ember` itself runs
-
     torch.set_num_threads(THREADS)
-    if variant.startswith("ember"):
-        out = run_ember(variant, n_tokens, prompt_len)
-    elif variant.startswith("hf"):
-        out = run_hf(variant, n_tokens, prompt_len)
+    if args.start_only:
+        out = run_start(args.child, args.t_spawn)
+    elif args.child.startswith("hf"):
+        out = run_hf(args.child, args.tokens, args.prompt_len, args.repeats, args.t_spawn)
     else:
-        out = run_llama_cpp(n_tokens, prompt_len)
+        out = run_ember(args.child, args.tokens, args.prompt_len, args.repeats, args.t_spawn)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out))
 
 
+def _run(cmd, env) -> tuple[subprocess.CompletedProcess, float]:
+    """Run cmd; (completed process, its own peak RSS in MB, from wait4)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read()), usage.ru_maxrss / 1024
+
+
+def ember_variant(v: str, args, env) -> dict | None:
+    base = [sys.executable, "-P", __file__, "--child", v, "--tokens", str(args.tokens),
+            "--prompt-len", str(args.prompt_len), "--repeats", str(args.repeats)]
+    if v.startswith("hf"):
+        r = _result(v, subprocess.run([*base, "--t-spawn", repr(time.time())], capture_output=True, text=True, env=env))
+        if r is not None:
+            r["cold_start_s"] = r.pop("start_to_token_s")
+        return r
+    starts = []
+    with tempfile.TemporaryDirectory() as kdir:  # an empty kernel cache: the cold start builds
+        venv = {**env, "EMBER_KERNELS_DIR": kdir}
+        for _ in range(2):  # cold, then warm
+            p = subprocess.run([*base, "--start-only", "--t-spawn", repr(time.time())], capture_output=True,
+                               text=True, env=venv)
+            starts.append(_result(v, p))
+        p = subprocess.run([*base, "--t-spawn", repr(time.time())], capture_output=True, text=True, env=venv)
+    r = _result(v, p)
+    if r is None or None in starts:
+        return None
+    r["cold_start_s"], r["warm_start_s"] = starts[0]["start_to_token_s"], starts[1]["start_to_token_s"]
+    return r
+
+
+def _result(v: str, p) -> dict | None:
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        print(f"{v}: failed\n{p.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[7:])
+
+
+def llama_cpp(args, env) -> dict | None:
+    from ember.core.registry import resolve_model
+
+    binary = Path(args.llama_bin)
+    if not (binary / "llama-bench").exists():
+        print(f"llama.cpp: no llama-bench in {binary}; skipped (--llama-bin)", file=sys.stderr)
+        return None
+    env = {**env, "LD_LIBRARY_PATH": str(binary)}
+    gguf = str(resolve_model("smollm2"))
+    cmd = [str(binary / "llama-bench"), "-m", gguf, "-t", str(THREADS), "-p", str(args.prompt_len),
+           "-n", str(args.tokens), "-r", str(args.repeats), "-o", "json"]
+    p, rss = _run(cmd, env)
+    if p.returncode != 0:
+        print(f"llama-bench failed ({p.returncode}): {p.stderr[-1500:]}", file=sys.stderr)
+        return None
+    rows = json.loads(p.stdout)
+    tg = next(r["avg_ts"] for r in rows if r["n_gen"] == args.tokens and r["n_prompt"] == 0)
+    pp = next(r["avg_ts"] for r in rows if r["n_prompt"] == args.prompt_len and r["n_gen"] == 0)
+    out = {"decode_tok_s": tg, "prefill_tok_s": pp, "ttft_ms": args.prompt_len / pp * 1e3,
+           "model": "llama-bench", "text": "", "peak_rss_mb": rss}
+    simple = binary / "llama-simple"
+    if simple.exists():
+        starts = []
+        for _ in range(2):
+            t = time.time()
+            p, rss = _run([str(simple), "-m", gguf, "-n", "1", "The capital of France is"], env)
+            starts.append(time.time() - t)
+        out["cold_start_s"], out["warm_start_s"], out["peak_rss_mb"] = starts[0], starts[1], max(rss, out["peak_rss_mb"])
+    return out
+
+
+def report(results: dict, args) -> None:
+    ref = results.get("llama.cpp", {})
+    load = os.getloadavg()
+    print(f"\nSmolLM2-135M Q4_1 GGUF, {THREADS} threads, tg{args.tokens} / pp{args.prompt_len}, "
+          f"median of {args.repeats}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
+          "ratio = ember / llama.cpp (RSS: lower is better)")
+    cols = [("decode_tok_s", "decode tok/s"), ("prefill_tok_s", "prefill tok/s"), ("cold_start_s", "cold start s"),
+            ("warm_start_s", "warm start s"), ("peak_rss_mb", "peak RSS MB")]
+    print(f"{'variant':14s}" + "".join(f"{name:>15s}{'ratio':>7s}" for _, name in cols))
+    for v, r in results.items():
+        cells = []
+        for key, _ in cols:
+            a, b = r.get(key), ref.get(key)
+            cells.append(f"{a:15.1f}" if a is not None else f"{'-':>15s}")
+            cells.append(f"{a / b:6.2f}x" if a is not None and b else f"{'-':>7s}")
+        print(f"{v:14s}" + "".join(cells))
+    print("start s: process start → first token of a 5-token prompt (cold: empty kernel cache)")
+    for v, r in results.items():
+        if r.get("text"):
+            print(f"{v:14s} [{r['model']}] {r['text']!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", default=",".join(ALL_VARIANTS))
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, of {ALL_VARIANTS}")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--llama-bin", default=LLAMA_BIN, help="folder with llama-bench and llama-simple")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--start-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--t-spawn", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.tokens, args.prompt_len)
+        child(args)
         return
-
+    bad = [v for v in args.variants.split(",") if v not in ALL_VARIANTS]
+    if bad:
+        raise SystemExit(f"unknown variants {bad}; choose from {ALL_VARIANTS}")
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     results: dict[str, dict] = {}
     for v in args.variants.split(","):
-        if v == "llama.cpp":
-            try:
-                import llama_cpp  # noqa: F401
-            except ImportError:
-                print("llama.cpp: llama-cpp-python not installed; skipped "
-                      "(CMAKE_ARGS=-DGGML_NATIVE=ON pip install llama-cpp-python)", file=sys.stderr)
-                continue
-        p = subprocess.run([sys.executable, __file__, "--child", v, "--tokens", str(args.tokens),
-                            "--prompt-len", str(args.prompt_len)], capture_output=True, text=True, env=env)
-        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{v}: failed\n{p.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results[v] = json.loads(line[7:])
-        print(f"  {v}: done", file=sys.stderr)
-
-    ref_dec = results.get("llama.cpp", {}).get("decode_tok_s")
-    ref_rss = results.get("llama.cpp", {}).get("peak_rss_mb")
-    ref_pre = results.get("hf-bf16", {}).get("prefill_tok_s")
-    print(f"\nSmolLM2-135M, {THREADS} threads, decode {args.tokens} greedy tokens, prefill {args.prompt_len} tokens")
-    head = f"{'variant':12s} {'decode tok/s':>12s} {'vs llama.cpp':>12s} {'prefill tok/s':>13s} {'vs hf-bf16':>10s} {'TTFT ms':>8s} {'RSS MB':>7s} {'vs llama.cpp':>12s}"
-    print(head)
-
-    def ratio(a, b):
-        return f"{a / b:11.2f}x" if a and b else f"{'-':>12s}"
-
-    for v, r in results.items():
-        print(f"{v:12s} {r['decode_tok_s']:12.1f} {ratio(r['decode_tok_s'], ref_dec)} {r['prefill_tok_s']:13.0f} "
-              f"{ratio(r['prefill_tok_s'], ref_pre)[1:]} {r['ttft_ms']:8.0f} {r['peak_rss_mb']:7.0f} "
-              f"{ratio(ref_rss, r['peak_rss_mb'])}")
-    print("\n(RSS column 'vs llama.cpp' is llama.cpp RSS / variant RSS; the goal is RSS ≤ 2× llama.cpp, i.e. ≥ 0.50x)")
-    for v, r in results.items():
-        print(f"{v:12s} {r['text']!r}")
+        r = llama_cpp(args, env) if v == "llama.cpp" else ember_variant(v, args, env)
+        if r is not None:
+            results[v] = r
+            print(f"  {v}: done", file=sys.stderr)
+    report(results, args)
 
 
 if __name__ == "__main__":

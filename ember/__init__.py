@@ -14,15 +14,25 @@ def load(name_or_path, dtype=None, device="cpu", quant: str | None = None, fuse:
 
     dtype: torch dtype of the float weights (default float32, exact). quant: None, "int8"
     or "int4" weight-only matmuls for fast CPU decode (see ember.quant); from a GGUF, int4
-    takes the file's Q4_1 blocks exactly. fuse: one matmul for q/k/v and one for gate/up
-    (inference only: the fused model's state dict has other keys).
+    takes the file's Q4_1 blocks exactly. "native": the native kernels (ember.kernels: the
+    file's Q4 blocks, int8 activations, one call per decode step; a float model is rounded
+    to Q4_1). "auto" (what `ember generate/chat/serve` use): the fastest faithful path — a
+    GGUF whose block matrices are 4-bit runs on its own blocks (native where the CPU and a
+    compiler allow, else torch int4, fused), anything else exactly in float. fuse: one
+    matmul for q/k/v and one for gate/up (inference only: the fused model's state dict has
+    other keys). Training and inspection want the default (None): plain float modules.
     """
     import torch
 
+    from ember.kernels.auto import load_native, resolve_quant
     from ember.model.load import load_model
     from ember.tokenizer import load_tokenizer
 
     dtype = dtype or torch.float32
+    fuse = fuse or quant == "auto"  # the fast path fuses q/k/v and gate/up
+    quant = resolve_quant(name_or_path, quant, device)
+    if quant == "native":
+        return load_native(name_or_path), load_tokenizer(name_or_path)
     if not quant:
         model = load_model(name_or_path, dtype=dtype, device=device)
     else:

@@ -19,9 +19,13 @@ class ModelOptions:
     model: str = "smollm2"
     """known name, GGUF file, HF folder or ember checkpoint"""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """float32 is exact; bfloat16 is about twice as fast"""
-    quant: Literal["none", "int8", "int4"] = "none"
-    """weight-only quantized matmuls, for fast CPU decode"""
+    """float32 is exact; bfloat16 is about twice as fast (for --quant none)"""
+    quant: Literal["auto", "none", "int8", "int4", "native"] = "auto"
+    """auto: a 4-bit GGUF runs on its own Q4 blocks through the native kernels (else torch's int4),
+    any other model exactly in float; native: the native kernels (a float model is rounded to Q4_1);
+    int4/int8: torch's weight-only kernels; none: float weights in --dtype"""
+    exact: bool = False
+    """the float32 reference path (same as --quant none --dtype float32)"""
     max_seq_len: int | None = None
     """KV-cache length (default: the model's context)"""
     threads: int | None = None
@@ -41,15 +45,23 @@ def _load(opts: ModelOptions):
 
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    model, tok = ember.load(opts.model, dtype=getattr(torch, opts.dtype),
-                            quant=None if opts.quant == "none" else opts.quant, fuse=True)
+    quant = None if opts.exact or opts.quant == "none" else opts.quant
+    model, tok = ember.load(opts.model, dtype=torch.float32 if opts.exact else getattr(torch, opts.dtype),
+                            quant=quant, fuse=True)
     return model.eval(), tok
+
+
+def _compile(model, opts: ModelOptions) -> bool:
+    """--compile, except on the native decode step (one call per token already)."""
+    from ember.kernels.decode import NativeTransformer
+
+    return opts.compile and not isinstance(model, NativeTransformer)
 
 
 def _engine(model, tok, opts: ModelOptions, max_batch_size: int = 1):
     from ember.infer.engine import Engine
 
-    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=opts.max_seq_len, compile=opts.compile,
+    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=opts.max_seq_len, compile=_compile(model, opts),
                   prefix_cache_mb=getattr(opts, "prefix_cache_mb", 0.0), speculative=build_speculative(model, tok, opts))
 
 
@@ -275,7 +287,7 @@ def serve(cfg: ServeConfig) -> None:
     check_port_free(cfg.host, cfg.port)
     model, tok = _load(cfg)
     ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
-    engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=cfg.compile,
+    engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=_compile(model, cfg),
                     batch_invariant=cfg.batch_invariant, prefix_cache_mb=cfg.prefix_cache_mb,
                     speculative=build_speculative(model, tok, cfg))
     embedder = _load_embedder(cfg.embedding_model) if cfg.embedding_model else None

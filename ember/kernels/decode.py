@@ -16,15 +16,18 @@ modules, so the two paths share weights and differ only by float rounding.
 from __future__ import annotations
 
 import ctypes
+import os
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ember.kernels.build import load_kernels
-from ember.kernels.linear import Q4Linear, Q8Embedding, Q8Linear
+from ember.kernels.linear import Q4Linear, Q8Embedding, Q8Linear, q4_parts
 from ember.model.config import ModelConfig
-from ember.model.layers import rope_inv_freq
-from ember.model.transformer import Transformer
+from ember.model.convert.gguf import config_from_gguf, dequantize, gguf_raw_tensors
+from ember.model.layers import RMSNorm, rope_inv_freq
+from ember.model.transformer import Block, Transformer
 from ember.quant.fuse import FusedAttention, FusedFeedForward
 
 _LINEARS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
@@ -170,42 +173,116 @@ def apply_native(model: Transformer) -> NativeTransformer:
     return _assemble(model, lambda k: Q4Linear.from_float(weights[k]), lambda k: weights[k], table, head)
 
 
+def _read(t) -> np.ndarray:
+    """A GGUF tensor's raw bytes, read from the file (not through the memory map: mapped
+    pages would count in the process's memory until the map goes)."""
+    root = t.data
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    offset = t.data.ctypes.data - root.ctypes.data
+    with open(root.filename, "rb") as f:
+        buf = os.pread(f.fileno(), t.data.nbytes, offset)
+    if len(buf) != t.data.nbytes:
+        raise ValueError(f"{root.filename}: short read of a tensor at offset {offset}")
+    return np.frombuffer(buf, dtype=np.uint8)
+
+
+def _q4(raw, keys) -> Q4Linear:
+    """One Q4Linear from the row-stacked GGUF tensors `keys` (Q4_1/Q4_0 kept exactly)."""
+    from gguf import GGMLQuantizationType as GT
+
+    parts = []
+    for key in keys:
+        t = raw[key]
+        if t.type in (GT.Q4_1, GT.Q4_0):
+            parts.append(q4_parts(_read(t), t.shape, t.type.name))
+        else:
+            lin = Q4Linear.from_float(dequantize(t))
+            parts.append((lin.qs, lin.d, lin.m))
+    if len(parts) == 1:
+        return Q4Linear.from_parts(*parts[0])
+    return Q4Linear.from_parts(*(torch.cat(p) for p in zip(*parts)))
+
+
+def _block(cfg: ModelConfig, raw, i: int) -> Block:
+    """Block i with fused Q4 projections, built without the float modules it replaces
+    (the attributes are those Attention/FeedForward.__init__ set)."""
+    def key(name):
+        return f"layers.{i}.{name}.weight"
+
+    def norm(name):
+        mod = RMSNorm(cfg.d_model, cfg.norm_eps)
+        mod.weight = _norm_param(dequantize(raw[key(name)]))
+        return mod
+
+    attn = FusedAttention.__new__(FusedAttention)
+    nn.Module.__init__(attn)
+    attn.n_heads, attn.n_kv_heads, attn.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    attn.causal, attn.gqa, attn.rope_interleaved = True, cfg.n_kv_heads != cfg.n_heads, cfg.rope_interleaved
+    attn.wqkv = _q4(raw, [key(f"attention.{w}") for w in ("wq", "wk", "wv")])
+    attn.wo = _q4(raw, [key("attention.wo")])
+    ffn = FusedFeedForward.__new__(FusedFeedForward)
+    nn.Module.__init__(ffn)
+    ffn.swiglu, ffn.gelu_approximate = True, "tanh"
+    ffn.w13 = _q4(raw, [key("feed_forward.w1"), key("feed_forward.w3")])
+    ffn.w2 = _q4(raw, [key("feed_forward.w2")])
+    block = Block.__new__(Block)
+    nn.Module.__init__(block)
+    block.post_norm = False
+    block.attention_norm, block.attention = norm("attention_norm"), attn
+    block.ffn_norm, block.feed_forward = norm("ffn_norm"), ffn
+    return block.eval()
+
+
 @torch.no_grad()
 def build_native_gguf(path) -> NativeTransformer:
     """A NativeTransformer straight from a GGUF file's blocks: Q4_1/Q4_0 matrices and a Q8_0
     embedding/head kept exactly (other types are dequantized and re-quantized), norms in
-    fp32. No float copy of the weights is ever made."""
+    fp32. No float copy of the weights is made, and no float model is built first."""
     from gguf import GGMLQuantizationType as GT
 
     from ember.core.gguf import gguf_field, open_gguf
-    from ember.model.convert.gguf import config_from_gguf, dequantize, gguf_raw_tensors
-    from ember.model.shapes import check_config_fits
 
     reader = open_gguf(path)
     cfg = config_from_gguf(reader)
     raw = gguf_raw_tensors(reader, gguf_field(reader, "general.architecture"))
-    check_config_fits(cfg, {k: t.shape for k, t in raw.items()}, config_name=f"the metadata of {path}",
-                      weights_name="its tensors")
     why = native_unsupported(cfg)
     if why:
         raise ValueError(f"the native kernels cannot run {path}: {why}")
-
-    def linear(key):
-        t = raw[key]
-        if t.type == GT.Q4_1:
-            return Q4Linear.from_q4_1(t.data, t.shape)
-        if t.type == GT.Q4_0:
-            return Q4Linear.from_q4_0(t.data, t.shape)
-        return Q4Linear.from_float(dequantize(t))
+    _check_shapes(cfg, raw)
 
     def q8(t):
-        return Q8Linear.from_q8_0(t.data, t.shape) if t.type == GT.Q8_0 else Q8Linear.from_float(dequantize(t))
+        return Q8Linear.from_q8_0(_read(t), t.shape) if t.type == GT.Q8_0 else Q8Linear.from_float(dequantize(t))
 
-    with torch.device("meta"):
-        model = Transformer(cfg)
+    model = NativeTransformer.__new__(NativeTransformer)
+    nn.Module.__init__(model)
+    model.config = cfg
     table = q8(raw["tok_embeddings.weight"])
-    head = q8(raw["output.weight"]) if "output.weight" in raw else None
-    return _assemble(model, linear, lambda k: dequantize(raw[k]), table, head)
+    model.tok_embeddings = Q8Embedding(table)
+    model.layers = nn.ModuleList(_block(cfg, raw, i) for i in range(cfg.n_layers))
+    model.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+    model.norm.weight = _norm_param(dequantize(raw["norm.weight"]))
+    model.output = q8(raw["output.weight"]) if "output.weight" in raw else table
+    model._inv_freq = rope_inv_freq(cfg).float().contiguous()
+    return model.eval()
+
+
+def _check_shapes(cfg: ModelConfig, raw) -> None:
+    """Every tensor the native model reads, with the shape the config gives it."""
+    D, F, Hd, KV = cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    want = {"tok_embeddings.weight": (cfg.vocab_size, D), "norm.weight": (D,)}
+    if not cfg.tie_embeddings:
+        want["output.weight"] = (cfg.vocab_size, D)
+    per_layer = {"attention.wq": (Hd, D), "attention.wk": (KV, D), "attention.wv": (KV, D), "attention.wo": (D, Hd),
+                 "feed_forward.w1": (F, D), "feed_forward.w3": (F, D), "feed_forward.w2": (D, F),
+                 "attention_norm": (D,), "ffn_norm": (D,)}
+    for i in range(cfg.n_layers):
+        want.update({f"layers.{i}.{k}.weight": v for k, v in per_layer.items()})
+    for k, shape in want.items():
+        if k not in raw:
+            raise ValueError(f"GGUF file has no tensor {k} (the config needs it)")
+        if tuple(raw[k].shape) != shape:
+            raise ValueError(f"GGUF tensor {k} has shape {tuple(raw[k].shape)}; the config says {shape}")
 
 
 def gguf_is_q4(path) -> bool:

@@ -106,16 +106,30 @@ def q8_matmul_reference(x, qs_permuted, d) -> torch.Tensor:
 # ---- GGUF blocks → tensors ------------------------------------------------------------------
 
 
-def _blocks(raw, N: int, K: int, nbytes: int, kind: str) -> torch.Tensor:
-    buf = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
+def _blocks(raw, N: int, K: int, nbytes: int, kind: str) -> np.ndarray:
+    """Raw block bytes → a (N, K/32, nbytes) uint8 view (no copy)."""
+    buf = raw.reshape(-1) if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 else \
+        np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
     want = N * (K // QK) * nbytes
     if K % QK or buf.size != want:
         raise ValueError(f"{kind} data of {buf.size} bytes for shape ({N}, {K}); expected {want}")
-    return torch.from_numpy(buf.copy()).reshape(N, K // QK, nbytes)
+    return buf.reshape(N, K // QK, nbytes)
 
 
-def _fp16(b: torch.Tensor) -> torch.Tensor:
-    return b.contiguous().view(torch.float16)[..., 0]
+def _fp16(b: np.ndarray) -> torch.Tensor:
+    """(..., 2) bytes → fp16 (...), one copy."""
+    return torch.from_numpy(np.ascontiguousarray(b).view(np.float16)[..., 0])
+
+
+def q4_parts(raw, shape, kind: str = "Q4_1") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GGUF Q4_1 (fp16 d, fp16 m, 16 bytes) or Q4_0 (fp16 d, 16 bytes; m = -8d, exact in
+    fp16) blocks of a weight (N, K) → qs (N, K/2), d, m (N, K/32)."""
+    N, K = shape
+    nbytes = 20 if kind == "Q4_1" else 18
+    b = _blocks(raw, N, K, nbytes, kind)
+    qs = torch.from_numpy(np.ascontiguousarray(b[..., nbytes - 16 :]).reshape(N, K // 2))
+    d = _fp16(b[..., 0:2])
+    return qs, d, (_fp16(b[..., 2:4]) if kind == "Q4_1" else -8 * d)
 
 
 class Q4Linear(nn.Module):
@@ -141,18 +155,13 @@ class Q4Linear(nn.Module):
 
     @classmethod
     def from_q4_1(cls, raw, shape) -> Q4Linear:
-        """From GGUF Q4_1 blocks (fp16 d, fp16 m, 16 bytes) of a weight (N, K), exactly."""
-        N, K = shape
-        b = _blocks(raw, N, K, 20, "Q4_1")
-        return cls.from_parts(b[..., 4:].reshape(N, K // 2), _fp16(b[..., 0:2]), _fp16(b[..., 2:4]))
+        """From GGUF Q4_1 blocks of a weight (N, K), codes kept exactly."""
+        return cls.from_parts(*q4_parts(raw, shape, "Q4_1"))
 
     @classmethod
     def from_q4_0(cls, raw, shape) -> Q4Linear:
-        """From GGUF Q4_0 blocks (fp16 d, 16 bytes; value (q - 8)·d): m = -8d, exact in fp16."""
-        N, K = shape
-        b = _blocks(raw, N, K, 18, "Q4_0")
-        d = _fp16(b[..., 0:2])
-        return cls.from_parts(b[..., 2:].reshape(N, K // 2), d, -8 * d)
+        """From GGUF Q4_0 blocks (value (q - 8)·d), exactly."""
+        return cls.from_parts(*q4_parts(raw, shape, "Q4_0"))
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Q4Linear:
@@ -221,9 +230,15 @@ class Q8Linear(nn.Module):
 
     @classmethod
     def from_q8_0(cls, raw, shape) -> Q8Linear:
+        """From GGUF Q8_0 blocks (fp16 d, 32 int8), codes kept exactly; one copy, straight
+        into the pair-permuted layout."""
         N, K = shape
         b = _blocks(raw, N, K, 34, "Q8_0")
-        return cls.from_parts(b[..., 2:].contiguous().view(torch.int8).reshape(N, K), _fp16(b[..., 0:2]))
+        q = b[..., 2:].reshape(N, K // 64, 2, 2, 16).transpose(0, 1, 3, 2, 4)  # a view
+        mod = cls(K, N)
+        mod.qs = torch.from_numpy(np.ascontiguousarray(q).view(np.int8).reshape(N, K))
+        mod.d = _fp16(b[..., 0:2])
+        return mod
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Q8Linear:
