@@ -1,25 +1,25 @@
-"""Speculative decoding (prompt lookup), on vs off in one run (SmolLM2-135M fp32, CPU, batch 1).
+"""Speculative decoding, on vs off in one run (SmolLM2-135M fp32, CPU, one request).
 
   grounded   edit a given text (fix its typos): a long prompt the reply copies from
   chat       a free question: little to copy
 
-For each task: greedy decode tok/s (tokens after the first / time after the first, median of
---repeats) with and without drafting, their ratio, the draft acceptance rate, and whether
-the replies are token-identical.
+For each task, greedy and sampled (T=0.7, seed 0): decode tok/s (tokens after the first /
+time after the first) with drafting off and with each drafter — prompt lookup (ngram), early
+exit (the model's first --draft-layers blocks drafting --draft-k tokens) and, with
+--draft-model, a draft model — their ratio to off, the share of drafted tokens accepted,
+whether greedy replies are token-identical to off, and the 1-minute load average while it
+ran (a shared machine: read the ratios, not the absolute tok/s). Modes run in turn, task by
+task, so a change in load hits them alike.
 
-    python -P bench/speculative.py [--threads 1] [--repeats 3] [--tokens 96]
-
-Measured (`--threads 1 --repeats 1 --tokens 64`, a 2-core machine shared with other jobs:
-absolute tok/s are far below an idle machine's ~20; read the ratios):
-
-    grounded  (136 prompt tokens, 64 generated): off 1.4 tok/s, ngram 2.9 tok/s (2.07x), acceptance 51%, identical tokens: True
-    chat      (44 prompt tokens, 64 generated): off 1.4 tok/s, ngram 1.3 tok/s (0.91x), acceptance 0%, identical tokens: True
+    python -P bench/speculative.py [--threads 1] [--tokens 64] [--draft-layers 15] [--draft-k 4]
+                                   [--draft-model DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import time
 
 TEXT = (
     "The lighthouse stood on the rocks at the end of the harbour for two hundred years. Every "
@@ -35,42 +35,62 @@ TASKS = {
 }
 
 
-def run(engine, ids, max_tokens):
-    from ember.infer.sampling import SamplingParams
-
-    req = engine.add_request(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens))
+def run(engine, ids, params):
+    req = engine.add_request(ids, params)
+    t0 = time.perf_counter()
     while engine.has_unfinished():
         engine.step()
     r = req.result()
     acc = req.spec_accepted / req.spec_drafted if req.spec_drafted else 0.0
-    return r.decode_tok_s, acc, r.token_ids
+    return r.decode_tok_s, acc, req.spec_drafted, r.token_ids, time.perf_counter() - t0
+
+
+def engines(model, tok, args):
+    from ember.infer.draft import ModelDrafter, early_exit
+    from ember.infer.engine import Engine
+
+    out = {"off": "off", "ngram": "ngram",
+           f"early-exit {args.draft_layers}": ModelDrafter(early_exit(model, args.draft_layers), k=args.draft_k)}
+    if args.draft_model:
+        import ember
+
+        draft, draft_tok = ember.load(args.draft_model)
+        out["draft"] = ModelDrafter(draft.eval(), draft_tok, name=args.draft_model, k=args.draft_k)
+    return {name: Engine(model, tok, max_batch_size=1, speculative=s) for name, s in out.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--draft-layers", type=int, default=15)
+    ap.add_argument("--draft-k", type=int, default=4)
+    ap.add_argument("--draft-model", default=None)
     args = ap.parse_args()
     import torch
 
     import ember
-    from ember.infer.engine import Engine
+    from ember.infer.sampling import SamplingParams
 
     torch.set_num_threads(args.threads)
     model, tok = ember.load("smollm2")
     model.eval()
-    print(f"SmolLM2-135M fp32, {args.threads} thread(s), greedy, {args.tokens} tokens, median of {args.repeats}")
-    engines = {m: Engine(model, tok, max_batch_size=1, speculative=m) for m in ("off", "ngram")}
-    for name, text in TASKS.items():
+    by_mode = engines(model, tok, args)
+    print(f"SmolLM2-135M fp32, {args.threads} thread(s), {args.tokens} tokens, draft k {args.draft_k} "
+          f"(ngram: up to 8)")
+    print(f"{'task':9s} {'decoding':8s} {'mode':14s} {'tok/s':>6s} {'x off':>6s} {'accept':>7s} {'drafted':>7s} "
+          f"{'same':>5s} {'load':>5s}")
+    for task, text in TASKS.items():
         ids, _ = tok.render_chat([{"role": "user", "content": text}], add_generation_prompt=True)
-        res = {m: [run(e, ids, args.tokens) for _ in range(args.repeats)] for m, e in engines.items()}
-        off = statistics.median(r[0] for r in res["off"])
-        on = statistics.median(r[0] for r in res["ngram"])
-        acc = res["ngram"][0][1]
-        same = res["off"][0][2] == res["ngram"][0][2]
-        print(f"{name:9s} ({len(ids)} prompt tokens, {len(res['off'][0][2])} generated): off {off:.1f} tok/s, "
-              f"ngram {on:.1f} tok/s ({on / off:.2f}x), acceptance {acc:.0%}, identical tokens: {same}")
+        for decoding, sp in (("greedy", SamplingParams(temperature=0.0, max_tokens=args.tokens)),
+                             ("T=0.7", SamplingParams(temperature=0.7, seed=0, max_tokens=args.tokens))):
+            base = None
+            for mode, engine in by_mode.items():
+                tok_s, acc, drafted, out, _ = run(engine, ids, sp)
+                base = base or (tok_s, out)
+                same = str(out == base[1]) if decoding == "greedy" else "-"
+                print(f"{task:9s} {decoding:8s} {mode:14s} {tok_s:6.2f} {tok_s / base[0]:6.2f} {acc:7.0%} "
+                      f"{drafted:7d} {same:>5s} {os.getloadavg()[0]:5.1f}", flush=True)
 
 
 if __name__ == "__main__":

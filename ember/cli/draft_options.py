@@ -13,10 +13,11 @@ from ember.cli.errors import at_least
 class SpeculativeOptions:
     """Speculative decoding, for a lone request (off while others run or wait)."""
 
-    speculative: Literal["ngram", "draft", "early-exit", "off"] = "ngram"
+    speculative: Literal["auto", "ngram", "draft", "early-exit", "off"] = "auto"
     """draft tokens and verify them in one forward: ngram (prompt lookup, free), draft (--draft-model),
-    early-exit (the model's first --draft-layers blocks), off; greedy tokens as without it up to
-    float ties, sampled tokens from the same distribution (other draws for a seed)"""
+    early-exit (the model's first --draft-layers blocks), off, auto (ngram, but off on the native Q4
+    decode step, which a verify forward does not beat); greedy tokens as without it up to float
+    ties, sampled tokens from the same distribution (other draws for a seed)"""
     draft_model: str | None = None
     """the draft model of --speculative draft, with the model's tokenizer: a known name, GGUF file,
     HF folder or ember checkpoint"""
@@ -39,11 +40,11 @@ class SpeculativeOptions:
 
 
 def build_speculative(model, tok, opts):
-    """The engine's `speculative` argument for these options: "off", "ngram" or a ModelDrafter
+    """The engine's `speculative` argument for these options: "off", "ngram", "auto" or a ModelDrafter
     (a draft model loaded like the model, with its dtype and quantization; or early exit).
     Options without speculative fields (ember chat) get "off"."""
     mode = getattr(opts, "speculative", "off")
-    if mode in ("off", "ngram"):
+    if mode in ("off", "ngram", "auto"):
         return mode
     from ember.infer.draft import ModelDrafter, early_exit
 

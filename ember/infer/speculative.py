@@ -40,24 +40,36 @@ import time
 
 import torch
 
+from ember.kernels.decode import NativeTransformer
+
 from .draft import ModelDrafter, ngram_draft, target_probs
 from .sampling import draw
 
-__all__ = ["SPECULATIVE_MODES", "accept_or_resample", "check_speculative", "ngram_draft", "speculative_step",
-           "verify_greedy", "verify_sampled"]
+__all__ = ["SPECULATIVE_MODES", "accept_or_resample", "check_speculative", "ngram_draft", "speculative_pays",
+           "speculative_step", "verify_greedy", "verify_sampled"]
 
-SPECULATIVE_MODES = ("off", "ngram")  # or a ModelDrafter (draft.py)
+SPECULATIVE_MODES = ("off", "ngram", "auto")  # or a ModelDrafter (draft.py)
 MIN_ACCEPTANCE, PROBATION = 0.2, 32  # stop drafting below this share after this many drafted
 
 
+def speculative_pays(model) -> bool:
+    """Whether drafting can pay on this model: not on a NativeTransformer, whose one-token step
+    is one native call while verifying k + 1 tokens runs its PyTorch forward (SmolLM2 Q4_1, one
+    thread: a 5-token forward took 6.4x a native step, a 9-token one 8.4x)."""
+    return not isinstance(model, NativeTransformer)
+
+
 def check_speculative(speculative, model, tokenizer):
-    """The engine's `speculative` argument, checked: "off", "ngram", or a `ModelDrafter`
-    (then checked against the model and tokenizer: same vocabulary)."""
+    """The engine's `speculative` argument, checked and resolved: "off", "ngram", "auto"
+    (ngram where `speculative_pays`, else off), or a `ModelDrafter` (then checked against the
+    model and tokenizer: same vocabulary)."""
     if isinstance(speculative, ModelDrafter):
         return speculative.bind(model, tokenizer)
     if speculative not in SPECULATIVE_MODES:
         raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_MODES)} or a ModelDrafter, "
                          f"got {speculative!r}")
+    if speculative == "auto":
+        return "ngram" if speculative_pays(model) else "off"
     return speculative
 
 

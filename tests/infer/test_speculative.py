@@ -77,7 +77,7 @@ def test_it_stays_off_for_two_requests_and_for_penalties_but_not_for_sampling():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    ({"speculative": "model"}, "speculative must be one of off, ngram or a ModelDrafter, got 'model'"),
+    ({"speculative": "model"}, "speculative must be one of off, ngram, auto or a ModelDrafter, got 'model'"),
     ({"speculative_k": 0}, "speculative_k must be >= 1 draft token, got 0")])
 def test_bad_options_are_refused_by_name(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -100,3 +100,14 @@ def test_the_acceptance_rule_preserves_the_target_distribution():
         freq = counts / n
         assert torch.allclose(freq, p.float(), atol=0.012), freq  # 4 sigma at n = 20000 is ~0.014
         assert accepted / n == pytest.approx(float(torch.minimum(p, q).sum()), abs=0.015)  # sum min(p, q)
+
+
+def test_auto_drafts_by_prompt_lookup_except_on_the_native_decode_step():
+    from ember.kernels.decode import NativeTransformer
+    from ember.model.config import ModelConfig
+
+    tok = make_tokenizer()
+    assert Engine(make_model(), tok, speculative="auto").speculative == "ngram"
+    native = NativeTransformer(ModelConfig.tiny(vocab_size=260)).eval()
+    assert Engine(native, tok, speculative="auto").speculative == "off"
+    assert Engine(native, tok, speculative="ngram").speculative == "ngram"  # asked for by name: kept

@@ -14,7 +14,7 @@ from ember.infer.sampling import SamplingParams
 
 @pytest.mark.parametrize("kw, msg", [
     ({"speculative": "draft"}, "--speculative draft needs --draft-model NAME|DIR"),
-    ({"draft_model": "student"}, "--draft-model student is used only with --speculative draft, got --speculative ngram"),
+    ({"draft_model": "student"}, "--draft-model student is used only with --speculative draft, got --speculative auto"),
     ({"speculative": "early-exit", "draft_k": 0}, "--draft-k must be an integer >= 1, got 0"),
     ({"speculative": "early-exit", "draft_layers": 0}, "--draft-layers must be an integer >= 1, got 0"),
 ])
