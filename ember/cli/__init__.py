@@ -43,6 +43,8 @@ COMMANDS: dict[str, Command] = {
     "reward": Command("ember.train.reward", "Bradley-Terry reward model on preference pairs",
                       prints=("before", "after")),
     "grpo": Command("ember.train.grpo", "GRPO with verifiable rewards"),
+    "distill": Command("ember.train.distill", "distil a teacher into a small student (forward/reverse KL, JSD, "
+                       "on-policy)", prints=("before", "after")),
     "ppo": Command("ember.train.ppo", "RLHF: PPO against an `ember reward` model, KL to the reference",
                    prints=("before", "after", "score_first", "score_last", "kl_first", "kl_last")),
     # looking inside
