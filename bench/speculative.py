@@ -1,18 +1,19 @@
-"""Speculative decoding, on vs off in one run (SmolLM2-135M fp32, CPU, one request).
+"""Speculative decoding, on vs off in one run (SmolLM2-135M, CPU, one request).
 
   grounded   edit a given text (fix its typos): a long prompt the reply copies from
   chat       a free question: little to copy
 
 For each task, greedy and sampled (T=0.7, seed 0): decode tok/s (tokens after the first /
 time after the first) with drafting off and with each drafter — prompt lookup (ngram), early
-exit (the model's first --draft-layers blocks drafting --draft-k tokens) and, with
---draft-model, a draft model — their ratio to off, the share of drafted tokens accepted,
+exit (the model's first --draft-layers blocks drafting --draft-k tokens) and a draft model
+(--draft-model loaded with --draft-quant: by default SmolLM2's own Q4_1 file on the native
+decode step, drafting for the float32 model) — their ratio to off, the share of drafted tokens accepted,
 whether greedy replies are token-identical to off, and the 1-minute load average while it
 ran (a shared machine: read the ratios, not the absolute tok/s). Modes run in turn, task by
 task, so a change in load hits them alike.
 
-    python -P bench/speculative.py [--threads 1] [--tokens 64] [--draft-layers 15] [--draft-k 4]
-                                   [--draft-model DIR]
+    python -P bench/speculative.py [--threads 1] [--tokens 64] [--quant none|auto] [--draft-layers 25]
+                                   [--draft-k 4] [--draft-model smollm2] [--draft-quant auto]
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def engines(model, tok, args):
     if args.draft_model:
         import ember
 
-        draft, draft_tok = ember.load(args.draft_model)
-        out["draft"] = ModelDrafter(draft.eval(), draft_tok, name=args.draft_model, k=args.draft_k)
+        quant = None if args.draft_quant == "none" else args.draft_quant
+        draft, draft_tok = ember.load(args.draft_model, quant=quant)
+        out[f"draft {type(draft).__name__[:6]}"] = ModelDrafter(draft.eval(), draft_tok, name=args.draft_model,
+                                                                 k=args.draft_k)
     return {name: Engine(model, tok, max_batch_size=1, speculative=s) for name, s in out.items()}
 
 
@@ -63,9 +66,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--draft-layers", type=int, default=15)
+    ap.add_argument("--quant", default="none", help="the target's: none (float32) or auto (native Q4 step)")
+    ap.add_argument("--draft-layers", type=int, default=25)
     ap.add_argument("--draft-k", type=int, default=4)
-    ap.add_argument("--draft-model", default=None)
+    ap.add_argument("--draft-model", default="smollm2", help="'' for none")
+    ap.add_argument("--draft-quant", default="auto")
     args = ap.parse_args()
     import torch
 
@@ -73,11 +78,11 @@ def main() -> None:
     from ember.infer.sampling import SamplingParams
 
     torch.set_num_threads(args.threads)
-    model, tok = ember.load("smollm2")
+    model, tok = ember.load("smollm2", quant=None if args.quant == "none" else args.quant)
     model.eval()
     by_mode = engines(model, tok, args)
-    print(f"SmolLM2-135M fp32, {args.threads} thread(s), {args.tokens} tokens, draft k {args.draft_k} "
-          f"(ngram: up to 8)")
+    print(f"SmolLM2-135M ({type(model).__name__}, quant {args.quant}), {args.threads} thread(s), {args.tokens} "
+          f"tokens, draft k {args.draft_k} (ngram: up to 8)")
     print(f"{'task':9s} {'decoding':8s} {'mode':14s} {'tok/s':>6s} {'x off':>6s} {'accept':>7s} {'drafted':>7s} "
           f"{'same':>5s} {'load':>5s}")
     for task, text in TASKS.items():

@@ -146,7 +146,9 @@ class ModelDrafter:
 
     def propose(self, req, seq: list[int], k: int, generator) -> tuple[list[int], Tensor | None]:
         """k draft tokens after seq, and for a sampled request their distributions q [k, V]
-        (None when greedy: the draft's argmax)."""
+        (None when greedy: the draft's argmax); none past the draft model's context."""
+        if len(req.prompt_ids) + req.params.max_tokens > self.model.config.max_seq_len:
+            return [], None
         self._sync(req, len(seq))
         params, feed, start = req.params, seq[self.pos :], self.pos
         draft, qs = [], []

@@ -90,3 +90,10 @@ def test_a_draft_model_with_another_vocabulary_or_tokenizer_is_refused():
         Engine(model, tok, speculative=ModelDrafter(make_model(seed=3), swapped, name="student"))
     with pytest.raises(ValueError, match="draft k must be >= 1 token, got 0"):
         ModelDrafter(model, k=0)
+
+
+def test_no_drafts_past_the_draft_models_context():
+    model, tok = make_model(), make_tokenizer()
+    engine = Engine(model, tok, max_batch_size=1, speculative=ModelDrafter(make_model(max_seq_len=32)))
+    req = run_alone(engine, prompt(n=24), SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+    assert req.spec_drafted == 0 and len(req.token_ids) == 16
