@@ -25,6 +25,11 @@ Two figures per cell:
     python bench/long_context.py [--steps 150] [--batch 8] [--trials 8] [--windows 8] [--out runs/bench-long-context]
 
 Trained models are kept under --out and reused by later runs (--retrain to train again).
+
+`--smollm2 L ...` runs the passkey on SmolLM2-135M (trained at 8192) with and without YaRN ×2
+(original 8192, so 16384 positions). 2× its context (16k tokens of a 135M model in fp32) is
+out of reach of a shared 2-core CPU, so this measures the lengths given (e.g. 1024 2048):
+whether YaRN costs anything inside the trained context, not the gain beyond it.
 """
 
 from __future__ import annotations
@@ -142,6 +147,23 @@ def passkey(model: Transformer, tok, L: int, trials: int, seed: int = 0) -> floa
     return hits / trials
 
 
+def smollm2(lengths: list[int], trials: int) -> None:
+    """SmolLM2-135M (trained at 8192) passkey accuracy with and without YaRN ×2 at `lengths`."""
+    from ember.model.load import build_model, load_model
+    from ember.tokenizer import load_tokenizer
+
+    base, tok = load_model("smollm2"), load_tokenizer("smollm2")
+    yarn = {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": base.config.max_seq_len}
+    yarned = build_model(dataclasses.replace(base.config, rope_scaling=yarn, max_seq_len=2 * base.config.max_seq_len),
+                         base.state_dict())
+    print(f"SmolLM2-135M (GGUF, fp32 on CPU), passkey over {trials} trials per length (chance 0.10)")
+    print("| model | " + " | ".join(f"key@{L}" for L in lengths) + " |")
+    print("|---|" + "---|" * len(lengths))
+    for name, model in (("smollm2", base), ("smollm2+yarn×2", yarned)):
+        cells = [f"{passkey(model, tok, L, trials):.2f}" for L in lengths]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     from ember.data.shards import open_split
 
@@ -153,9 +175,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench-long-context")
     p.add_argument("--retrain", action="store_true")
+    p.add_argument("--smollm2", type=int, nargs="*", default=None, metavar="L",
+                   help="instead: SmolLM2's passkey accuracy with and without YaRN at these lengths")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.smollm2 is not None:
+        return smollm2(args.smollm2 or [1024], args.trials)
     out = Path(args.out)
     models = {pe: train(pe, args.steps, args.batch, out, args.retrain) for pe in ("rope", "sinusoidal", "learned")}
     tok = models["rope"][1]
