@@ -58,7 +58,7 @@ def verifier_rows(n: int, seed: int, split: str = "train") -> list[dict]:
     that each difficulty has as many of both.
 
     >>> [(r["difficulty"], r["correct"], r["labels"]) for r in verifier_rows(8, 0)][::3]
-    [(1, 1, [1]), (4, 1, [1, 1, 1, 1]), (3, 0, [0, 0, 0])]
+    [(1, 1, [1]), (4, 1, [1, 1]), (3, 0, [0])]
     """
     rng = random.Random(f"verifier-{split}-{seed}")
     rows = []
@@ -76,7 +76,7 @@ def problem_rows(n: int, difficulty: int, seed: int, split: int | str) -> list[d
     """GRPO prompt rows {"question", "expression", "answer", "difficulty"}: the "heldout" set, or a
     training step's (split = the step), each from its own seeded stream.
 
-    >>> problem_rows(1, 1, 0, "heldout")[0]["answer"] != problem_rows(1, 1, 0, 0)[0]["answer"]
+    >>> problem_rows(1, 3, 0, "heldout")[0]["answer"] != problem_rows(1, 3, 0, 0)[0]["answer"]
     True
     """
     stream = 7_919 * seed + (999_983 if split == "heldout" else 1 + int(split))

@@ -1,14 +1,24 @@
 """Generated reasoning problems with exact answers, checkable steps and a difficulty knob.
 
-A problem is a multi-step arithmetic word problem: a person starts with some items and
-`difficulty` events change the count (buys, gives away, doubles, ...). Its reference
-solution is one equation per event, `a op b = c`, each using the previous result, so a
-step is checked mechanically: the equation must hold and `c` must be the reference value.
+A problem is an arithmetic word problem: a person starts with some items and events change
+the count (buys, gives away, doubles, ...). Its reference solution is one equation per
+event, `a op b = c`, each using the previous result, so a step is checked mechanically: the
+equation must hold and `c` must be the reference value.
 
-    >>> p = make_problems(1, difficulty=2, seed=0)[0]
+Difficulty 1..5 (`LEVELS`), calibrated on SmolLM2-135M-Instruct (greedy, the chat prompt
+`prompt_text`) so that the middle level 3 is solved 20-40% of the time:
+
+    level  steps  operations       start  added/removed
+    1      1      +                2-9    1-5
+    2      1      +, -             3-12   1-9
+    3      1      +, -, x2, x3     3-20   2-12 / 1-12
+    4      2      +, -, x2, x3     3-20   2-12 / 1-12
+    5      3      +, -, x2, x3     3-20   2-12 / 1-12
+
+    >>> p = make_problems(1, difficulty=4, seed=0)[0]
     >>> p["steps"], p["answer"]
-    (['13 + 12 = 25', '25 * 3 = 75'], 75)
-    >>> step_labels(p, ["13 + 12 = 25", "25 * 3 = 74"])
+    (['17 + 5 = 22', '22 + 8 = 30'], 30)
+    >>> step_labels(p, ["17 + 5 = 22", "22 + 8 = 31"])
     [1, 0]
 
 Solutions are written `<think>` one step per line `</think>` then "The answer is N.";
@@ -20,28 +30,53 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from ember.core.io import atomic_write_text
 
 NAMES = ("Ava", "Ben", "Chloe", "Dan", "Ella", "Finn", "Grace", "Hugo", "Iris", "Jack")
 ITEMS = ("apples", "marbles", "stickers", "coins", "books", "shells", "cards", "pencils")
-MAX_DIFFICULTY = 8
+MAX_DIFFICULTY = 5
+
+
+@dataclass(frozen=True)
+class Level:
+    """One difficulty: what its problems look like."""
+
+    steps: int
+    """events (= equations in the solution)"""
+    ops: tuple[str, ...]
+    """the operators its events draw from (* doubles or triples)"""
+    start: tuple[int, int]
+    """the range of the starting count"""
+    operand: tuple[int, int]
+    """the range of an added or removed count (a removal leaves at least 1)"""
+
+
+LEVELS = {
+    1: Level(1, ("+",), (2, 9), (1, 5)),
+    2: Level(1, ("+", "-"), (3, 12), (1, 9)),
+    3: Level(1, ("+", "-", "*"), (3, 20), (2, 12)),
+    4: Level(2, ("+", "-", "*"), (3, 20), (2, 12)),
+    5: Level(3, ("+", "-", "*"), (3, 20), (2, 12)),
+}
+"""Difficulty → what its problems look like (see the module's table)."""
 _EQUATION = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?\s*$")
 _NUMBER = re.compile(r"-?\d+")
 PROMPT_SUFFIX = " Think step by step, one equation per line, then give the answer."
 
 
-def _event(rng: random.Random, x: int, name: str, item: str) -> tuple[str, str, int]:
+def _event(rng: random.Random, x: int, name: str, item: str, level: Level) -> tuple[str, str, int]:
     """One event on the count x: (sentence, operator, operand)."""
-    choices = ["+", "-"] + (["*"] if x <= 30 else [])
-    op = rng.choice(choices if x > 1 else ["+", "*"])
+    choices = [op for op in level.ops if op == "+" or (op == "-" and x > 1) or (op == "*" and x <= 30)]
+    op = rng.choice(choices)
     if op == "+":
-        k = rng.randint(2, 12)
+        k = rng.randint(*level.operand)
         text = rng.choice([f"{name} buys {k} more {item}.", f"A friend gives {name} {k} {item}.",
                            f"{name} finds {k} {item}."])
     elif op == "-":
-        k = rng.randint(1, min(x - 1, 12))
+        k = rng.randint(1, min(x - 1, level.operand[1]))
         text = rng.choice([f"{name} gives away {k} {item}.", f"{name} loses {k} {item}.",
                            f"{name} sells {k} {item}."])
     else:
@@ -55,12 +90,13 @@ def _apply(a: int, op: str, b: int) -> int:
 
 
 def make_problem(rng: random.Random, difficulty: int) -> dict:
-    """One problem of `difficulty` steps (1..MAX_DIFFICULTY)."""
+    """One problem at `difficulty` (1..MAX_DIFFICULTY, see LEVELS)."""
+    level = LEVELS[difficulty]
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    x = rng.randint(3, 20)
+    x = rng.randint(*level.start)
     sentences, steps = [f"{name} has {x} {item}."], []
-    for _ in range(difficulty):
-        text, op, k = _event(rng, x, name, item)
+    for _ in range(level.steps):
+        text, op, k = _event(rng, x, name, item, level)
         y = _apply(x, op, k)
         sentences.append(text)
         steps.append(f"{x} {op} {k} = {y}")
@@ -70,10 +106,10 @@ def make_problem(rng: random.Random, difficulty: int) -> dict:
 
 
 def make_problems(n: int, difficulty: int, seed: int) -> list[dict]:
-    """`n` problems of `difficulty` steps, a pure function of (difficulty, seed).
+    """`n` problems at `difficulty`, a pure function of (n, difficulty, seed).
 
     >>> [p["answer"] for p in make_problems(3, 1, seed=1)]
-    [28, 32, 13]
+    [10, 5, 12]
     """
     if not 1 <= difficulty <= MAX_DIFFICULTY:
         raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY}, got {difficulty}")
@@ -120,11 +156,11 @@ def corrupt(problem: dict, rng: random.Random) -> tuple[list[str], list[int]]:
     later step carries the wrong value on (each computed correctly from it). Returns (steps,
     labels), labels 1 before the slip and 0 from it.
 
-    >>> p = make_problems(1, 3, seed=0)[0]
+    >>> p = make_problems(1, 5, seed=0)[0]
     >>> p["steps"]
-    ['12 - 8 = 4', '4 - 2 = 2', '2 - 1 = 1']
+    ['14 * 3 = 42', '42 + 10 = 52', '52 + 5 = 57']
     >>> corrupt(p, random.Random(1))
-    (['12 - 8 = 6', '6 - 2 = 4', '4 - 1 = 3'], [0, 0, 0])
+    (['14 * 3 = 44', '44 + 10 = 54', '54 + 5 = 59'], [0, 0, 0])
     """
     steps = [parse_step(s) for s in problem["steps"]]
     k = rng.randrange(len(steps))

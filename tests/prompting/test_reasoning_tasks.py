@@ -1,4 +1,4 @@
-"""The generated word problems: right answers, checkable steps, difficulty = steps,
+"""The generated word problems: right answers, checkable steps, the difficulty levels,
 determinism, corrupted solutions' labels, and the eval-harness task they are written to."""
 
 import random
@@ -6,6 +6,7 @@ import random
 import pytest
 
 from ember.data.reasoning_tasks import (
+    LEVELS,
     check_step,
     corrupt,
     extract_answer,
@@ -25,14 +26,18 @@ def test_answers_are_the_chained_steps(difficulty):
         values = [parse_step(s) for s in p["steps"]]
         assert all(values[i + 1][0] == values[i][3] for i in range(len(values) - 1))  # each uses the last
         assert values[-1][3] == p["answer"] and str(values[0][0]) in p["question"]
-        assert step_labels(p, p["steps"]) == [1] * difficulty
+        assert step_labels(p, p["steps"]) == [1] * LEVELS[difficulty].steps
         assert is_correct(p, solution_text(p["steps"], p["answer"]))
 
 
-def test_difficulty_is_the_number_of_steps_and_grows_the_text():
-    lengths = [sum(len(p["question"]) for p in make_problems(30, d, seed=0)) for d in range(1, 6)]
-    assert [len(make_problems(1, d, seed=0)[0]["steps"]) for d in range(1, 6)] == [1, 2, 3, 4, 5]
-    assert lengths == sorted(lengths) and len(set(lengths)) == 5
+def test_levels_grow_the_steps_operators_and_numbers():
+    assert [len(make_problems(1, d, seed=0)[0]["steps"]) for d in range(1, 6)] == [1, 1, 1, 2, 3]
+    ops = {d: {parse_step(s)[1] for p in make_problems(60, d, seed=2) for s in p["steps"]} for d in range(1, 6)}
+    assert ops[1] == {"+"} and ops[2] == {"+", "-"} and ops[3] == ops[4] == ops[5] == {"+", "-", "*"}
+    biggest = [max(parse_step(p["steps"][0])[0] for p in make_problems(60, d, seed=2)) for d in (1, 2, 3)]
+    assert biggest[0] <= 9 and biggest[1] <= 12 < biggest[2] <= 20
+    lengths = [sum(len(p["question"]) for p in make_problems(30, d, seed=0)) for d in (3, 4, 5)]
+    assert lengths == sorted(lengths) and len(set(lengths)) == 3
 
 
 def test_deterministic_by_seed():
@@ -41,23 +46,25 @@ def test_deterministic_by_seed():
 
 
 def test_bad_difficulty_is_named():
-    with pytest.raises(ValueError, match="difficulty must be in 1..8, got 0"):
+    with pytest.raises(ValueError, match="difficulty must be in 1..5, got 0"):
         make_problems(1, 0, seed=0)
+    with pytest.raises(ValueError, match="got 6"):
+        make_problems(1, 6, seed=0)
 
 
 def test_corrupted_solutions_are_labelled_up_to_the_first_wrong_step():
     rng = random.Random(0)
     positions = set()
-    for p in make_problems(60, 4, seed=1):
+    for p in make_problems(60, 5, seed=1):
         steps, labels = corrupt(p, rng)
         k = labels.index(0)
         positions.add(k)
-        assert labels == [1] * k + [0] * (4 - k)
+        assert labels == [1] * k + [0] * (3 - k)
         assert step_labels(p, steps) == labels  # the mechanical check agrees with the corruption
         assert not check_step(steps[k]) and all(check_step(s) for s in steps[k + 1:])
-        assert parse_step(steps[-1])[3] != p["answer"] or k < 3
+        assert parse_step(steps[-1])[3] != p["answer"] or k < 2
         assert not is_correct(p, solution_text(steps)) or parse_step(steps[-1])[3] == p["answer"]
-    assert positions == {0, 1, 2, 3}  # the slip lands anywhere
+    assert positions == {0, 1, 2}  # the slip lands anywhere
 
 
 def test_extract_answer_prefers_the_text_after_think():

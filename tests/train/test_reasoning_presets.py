@@ -66,12 +66,12 @@ def test_reward_cli_trains_a_verifier(tiny_chat_model, tmp_path, capsys, objecti
 
 def test_verifier_rows_are_labelled_mechanically():
     from ember.data.reasoning import verifier_rows
-    from ember.data.reasoning_tasks import make_problems, step_labels
+    from ember.data.reasoning_tasks import LEVELS, make_problems, step_labels
 
     rows = verifier_rows(64, seed=0)
     assert sum(r["correct"] for r in rows) == 32
     for r in rows:
-        assert r["correct"] == int(all(r["labels"])) and len(r["labels"]) == len(r["steps"]) == r["difficulty"]
+        assert r["correct"] == int(all(r["labels"])) and len(r["labels"]) == len(r["steps"]) == LEVELS[r["difficulty"]].steps
     held = {r["question"] for r in verifier_rows(64, seed=0, split="heldout")}
     assert not held & {r["question"] for r in rows}
     assert make_problems(1, 2, seed=0)[0]["steps"] and step_labels(make_problems(1, 2, seed=0)[0], []) == []
