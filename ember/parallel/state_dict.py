@@ -60,8 +60,11 @@ def load_full_state_dict(
     if error:
         raise ValueError(error)
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0, strict=True)
-    # A shallow copy: torch's loader writes the model's own tensors into the dict it is given.
-    set_model_state_dict(model, dict(sd) if sd is not None else {}, options=opts)
+    # A copy (torch's loader writes the model's own tensors into the dict it is given), in the
+    # model's key order: DTensors load one collective per key, so every rank must walk the keys
+    # alike, and a dict from safetensors comes back in an order that differs between processes.
+    ordered = {k: sd[k] for k in unwrap(model).state_dict()} if sd is not None else {}
+    set_model_state_dict(model, ordered, options=opts)
 
 
 def full_optim_state_dict(
