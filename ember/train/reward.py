@@ -22,7 +22,12 @@ from ember.data.sft import RowLoader
 from ember.model.heads import RewardModel
 from ember.parallel import init_distributed
 from ember.train import kit
-from ember.train.kit.verifier import verifier_accuracy, verifier_loss, verifier_tensors
+from ember.train.kit.verifier import (
+    fit_verifier_head,
+    verifier_accuracy,
+    verifier_loss,
+    verifier_tensors,
+)
 from ember.train.loop import TrainConfig, Trainer
 from ember.train.losses import IGNORE, bradley_terry_loss
 from ember.train.optim import OptimConfig
@@ -32,8 +37,11 @@ from ember.train.optim import OptimConfig
 class RewardConfig(kit.PreferenceConfig):
     """Train a reward model on preference pairs."""
 
-    peft: Literal["lora", "none"] = "lora"
-    """lora: adapters on the body (the head always trains); none: every weight."""
+    peft: Literal["lora", "none", "head"] = "lora"
+    """lora: adapters on the body (the head always trains); none: every weight; head (verifiers
+    only): the body stays frozen and the head is fitted on its states by L-BFGS."""
+    head_l2: float = 1e-2
+    """--peft head: L2 penalty on the head's weights (over standardized features)."""
     margin: float = 0.0
     """Llama 2's margin in the Bradley-Terry loss, the same for every pair."""
     objective: Literal["pairs", "outcome", "steps"] = "pairs"
@@ -118,12 +126,15 @@ def main(cfg: RewardConfig) -> dict:
     """Train; write out/adapter (LoRA), out/head.safetensors and out/summary.json."""
     from safetensors.torch import save
 
+    if cfg.peft == "head":
+        return fit_verifier_head(cfg, lambda body: kit.run_config("reward", cfg, body))
     trainer = build_reward(cfg)
     before = trainer.evaluate()
     print(f"before: {before}", file=sys.stderr)
     summary = trainer.fit()
     summary["before"] = before
-    summary["after"] = {k: summary[k] for k in ("rm_accuracy", "rm_margin", "solution_accuracy") if k in summary}
+    keys = ("rm_accuracy", "rm_margin", "rm_auroc", "solution_accuracy", "solution_auroc")
+    summary["after"] = {k: summary[k] for k in keys if k in summary}
     out = Path(cfg.train.out)
     if trainer.info.is_main:
         rm = trainer.plain

@@ -58,10 +58,77 @@ def test_reward_cli_trains_a_verifier(tiny_chat_model, tmp_path, capsys, objecti
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = json.loads(captured.out.strip().splitlines()[-1])
-    assert set(summary["after"]) == {"rm_accuracy", "rm_margin", "solution_accuracy"}
+    assert set(summary["after"]) == {"rm_accuracy", "rm_margin", "rm_auroc", "solution_accuracy", "solution_auroc"}
     assert 0 <= summary["after"]["rm_accuracy"] <= 1
     assert json.loads((out / "config.json").read_text())["reward"]["objective"] == objective
     assert (out / "head.safetensors").is_file() and (out / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_head_fitted_on_frozen_states_separates_held_out_rows():
+    """--peft head: the body's states computed once, the head fitted by L-BFGS; held-out
+    positions of the synthetic rows separate, and the figures match a forward of the model."""
+    import torch
+
+    from ember.model import ModelConfig, Transformer
+    from ember.model.heads import RewardModel
+    from ember.train.kit.verifier import (
+        figures,
+        fit_head,
+        pad_verifier_rows,
+        position_features,
+        verifier_accuracy,
+    )
+
+    torch.manual_seed(0)
+    rm = RewardModel(Transformer(ModelConfig.tiny(vocab_size=32, max_seq_len=16))).eval()
+    train, held = pad_verifier_rows(_synthetic_rows(96, 0), 0), pad_verifier_rows(_synthetic_rows(32, 1), 0)
+    feats, targets, _ = position_features(rm.body, train)
+    assert feats.shape == (96 * 3, 64) and targets.shape == (96 * 3,)
+    before = verifier_accuracy(rm, held)
+    fit_head(rm.head, feats, targets, l2=1e-3)
+    after = verifier_accuracy(rm, held)
+    assert after["rm_accuracy"] > 0.9 and after["rm_auroc"] > 0.95 > before["rm_auroc"]
+    held_feats, held_targets, held_index = position_features(rm.body, held)
+    with torch.no_grad():
+        again = figures(rm.head(held_feats), held_targets, held_index)
+    assert again == pytest.approx(after, abs=1e-5)
+
+
+def test_auroc_and_solution_figures():
+    import torch
+
+    from ember.train.kit.verifier import auroc, figures
+
+    assert auroc(torch.tensor([3.0, 2.0, 1.0]), torch.tensor([1, 1, 0])) == 1.0
+    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([1, 0])) == 0.0
+    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1])) != auroc(torch.tensor([1.0]), torch.tensor([1]))  # NaN
+    # row 0: steps right then wrong (lowest score -2 < 0: judged wrong, is wrong); row 1: right, judged right
+    f = figures(torch.tensor([1.0, -2.0, 0.5]), torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1]))
+    assert f["solution_accuracy"] == 1.0 and f["solution_auroc"] == 1.0 and f["rm_margin"] == pytest.approx(2.75)
+
+
+def test_reward_cli_fits_a_head_on_the_frozen_body(tiny_chat_model, tmp_path, capsys):
+    from ember.train.verifiers import load_verifier
+
+    out = tmp_path / "prm"
+    code = main(["reward", "--model", str(tiny_chat_model), "--objective", "steps", "--peft", "head",
+                 "--n_train", "12", "--n_eval", "8", "--max_len", "256", "--train.out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_positions"] == 12 // 4 * (1 + 1 + 1 + 2) and summary["n_eval"] == 8  # steps of levels 1-4
+    assert 0 <= summary["after"]["solution_auroc"] <= 1
+    v = load_verifier(out)
+    assert v.objective == "steps" and len(v.score_steps("Ava has 3 apples.", ["3 + 4 = 7", "7 * 2 = 14"])) == 2
+
+
+def test_reward_head_refuses_preference_pairs(tiny_chat_model, tmp_path):
+    from ember.train.reward import RewardConfig
+    from ember.train.reward import main as reward_main
+
+    with pytest.raises(ValueError, match="give --objective outcome or steps, got 'pairs'"):
+        reward_main(RewardConfig(model=str(tiny_chat_model), peft="head", objective="pairs",
+                                 train=RewardConfig().train.__class__(out=str(tmp_path / "rm"))))
 
 
 def test_verifier_rows_are_labelled_mechanically():

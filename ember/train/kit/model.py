@@ -106,7 +106,7 @@ def load_reward_model(folder: str | Path, device: str | torch.device = "cpu"):
     if peft == "lora":
         body = load_adapter(body, folder / "adapter")
     rm = RewardModel(body)
-    if peft == "lora":
+    if peft in ("lora", "head"):  # head: a frozen body, only the head was fitted
         try:
             head = load((folder / "head.safetensors").read_bytes())
         except (OSError, SafetensorError) as e:
