@@ -1,6 +1,6 @@
 """Length generalisation: tiny models trained at context 256, evaluated at 256/512/1024/2048.
 
-Three decoders of one shape (2 layers, d_model 128, 4 heads, SwiGLU 384, the 4,096-token BPE
+Three decoders of one shape (2 layers, d_model 64, 4 heads, SwiGLU 192, the 4,096-token BPE
 of `ember pretrain`) are trained at ctx 256 on the bundled corpus by the `ember pretrain` loop
 (fp32, same seed, steps and batches), one per position method: rope, sinusoidal, learned.
 Each is then evaluated at length L ∈ {256, 512, 1024, 2048} as:
@@ -22,7 +22,7 @@ Two figures per cell:
   These models are far too small to learn retrieval from the corpus, so this mostly shows
   whether long inputs break the model (below chance) rather than retrieval skill.
 
-    python bench/long_context.py [--steps 150] [--batch 8] [--trials 8] [--windows 8] [--out runs/bench-long-context]
+    python bench/long_context.py [--steps 150] [--batch 8] [--trials 8] [--windows 8] [--procs 3]
 
 Trained models are kept under --out and reused by later runs (--retrain to train again).
 
@@ -39,6 +39,8 @@ import dataclasses
 import math
 import random
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -47,11 +49,14 @@ from ember.model import Transformer
 from ember.model.kv_cache import KVCache
 
 TRAIN_LEN, LENGTHS = 256, (256, 512, 1024, 2048)
-SHAPE = dict(n_layers=2, d_model=128, n_heads=4, n_kv_heads=4, d_ff=384, max_seq_len=TRAIN_LEN)
+SHAPE = dict(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=192, max_seq_len=TRAIN_LEN)
+METHODS = ["rope", "rope+linear", "rope+ntk", "rope+dynamic", "rope+yarn", "rope+window", "rope+window+sinks",
+           "sinusoidal", "learned"]
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
 
-def train(pos_emb: str, steps: int, batch: int, out: Path, retrain: bool):
+def train(pos_emb: str, steps: int, batch: int, out: Path, retrain: bool, threads: int = 1):
+    torch.set_num_threads(threads)
     from ember.train.kit.pretraining import (
         DataConfig,
         ModelOverrides,
@@ -165,14 +170,13 @@ def smollm2(lengths: list[int], trials: int) -> None:
 
 
 def main() -> None:
-    from ember.data.shards import open_split
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--windows", type=int, default=8, help="perplexity windows per length")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="threads per process")
+    p.add_argument("--procs", type=int, default=3, help="processes training and evaluating at once")
     p.add_argument("--out", default="runs/bench-long-context")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--smollm2", type=int, nargs="*", default=None, metavar="L",
@@ -183,26 +187,37 @@ def main() -> None:
     if args.smollm2 is not None:
         return smollm2(args.smollm2 or [1024], args.trials)
     out = Path(args.out)
-    models = {pe: train(pe, args.steps, args.batch, out, args.retrain) for pe in ("rope", "sinusoidal", "learned")}
-    tok = models["rope"][1]
+    kinds = ("rope", "sinusoidal", "learned")
+    with ProcessPoolExecutor(args.procs, mp_context=get_context("spawn")) as pool:
+        for f in [pool.submit(train, pe, args.steps, args.batch, out, args.retrain, args.threads) for pe in kinds]:
+            f.result()  # trained and saved under out/<kind>
+        rows = pool.map(evaluate, METHODS, [args] * len(METHODS))
+        print(f"trained at ctx {TRAIN_LEN}, {args.steps} steps × {args.batch} windows; {SHAPE}; ppl over ≤"
+              f"{args.windows} windows of the val split; passkey over {args.trials} trials (chance 0.10)")
+        print("| method | " + " | ".join(f"ppl@{L} | key@{L}" for L in LENGTHS) + " |")
+        print("|---|" + "---|---|" * len(LENGTHS))
+        for name, cells in zip(METHODS, rows):
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+def evaluate(name: str, args) -> list[str]:
+    """The row of one method: perplexity and passkey accuracy at each length."""
+    from ember.data.shards import open_split
+    from ember.train.kit.pretraining import load_run
+
+    torch.set_num_threads(args.threads)
+    base, tok = load_run(Path(args.out) / name.split("+")[0])
     split = open_split(Path("runs/data/bundled-bpe4096"), "val")
     val = torch.from_numpy(split.tokens(0, len(split)).astype("int64"))
-    names = ["rope", "rope+linear", "rope+ntk", "rope+dynamic", "rope+yarn", "rope+window", "rope+window+sinks",
-             "sinusoidal", "learned"]
-    print(f"trained at ctx {TRAIN_LEN}, {args.steps} steps × {args.batch} windows; {SHAPE}; val split {len(val)} tokens; "
-          f"ppl over ≤{args.windows} windows; passkey over {args.trials} trials (chance 0.10)")
-    print("| method | " + " | ".join(f"ppl@{L} | key@{L}" for L in LENGTHS) + " |")
-    print("|---|" + "---|---|" * len(LENGTHS))
-    for name in names:
-        base = models[name.split("+")[0]][0]
-        cells = []
-        for L in LENGTHS:
-            m = variant(base, name, L)
-            if m is None:
-                cells += ["-", "-"]
-                continue
-            cells += [f"{perplexity(m, val, L, args.windows):.1f}", f"{passkey(m, tok, L, args.trials):.2f}"]
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    cells = []
+    for L in LENGTHS:
+        m = variant(base, name, L)
+        if m is None:
+            cells += ["-", "-"]
+            continue
+        cells += [f"{perplexity(m, val, L, args.windows):.1f}", f"{passkey(m, tok, L, args.trials):.2f}"]
+    print(f"{name}: {cells}", file=sys.stderr, flush=True)
+    return cells
 
 
 if __name__ == "__main__":

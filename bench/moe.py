@@ -1,6 +1,6 @@
 """MoE against dense at equal active parameters and equal training compute, on the bundled corpus.
 
-Every variant is the same small Llama-style decoder (2 layers, d_model 128, 4 heads, ctx 128,
+Every variant is the same small Llama-style decoder (2 layers, d_model 64, 4 heads, ctx 128,
 the 4,096-token BPE of `ember pretrain`) trained by the same `ember pretrain` loop for the same
 steps on the same batches (fp32, seed 1337); only the feed-forward differs:
 
@@ -16,7 +16,7 @@ variant: validation loss (the same held-out windows), tokens/s in train steps, p
 (total, active), and the router's balance at the end (busiest expert's share × E: 1.0 is
 perfect) and dropped share (dropless here: 0). Ratios are against dense.
 
-    python bench/moe.py [--steps 300] [--batch 16] [--threads 2] [--variants dense moe-4x1 ...]
+    python bench/moe.py [--steps 300] [--batch 16] [--threads 1] [--parallel] [--variants dense moe-4x1 ...]
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import argparse
 import json
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
-F = 384
+F, D, CTX = 192, 64, 128
 VARIANTS = {
     "dense": dict(d_ff=F),
     "moe-4x1": dict(d_ff=F, moe={"n_experts": 4, "top_k": 1}),
@@ -38,17 +40,18 @@ VARIANTS = {
 }
 
 
-def run(name: str, steps: int, batch: int, out: Path) -> dict:
+def run(name: str, steps: int, batch: int, out: Path, threads: int = 1) -> dict:
+    torch.set_num_threads(threads)
     from ember.train.kit.pretraining import DataConfig, PretrainConfig, build_pretrain
     from ember.train.loop import TrainConfig
     from ember.train.optim import OptimConfig
 
     shape = VARIANTS[name]
-    overrides = dict(n_layers=2, d_model=128, n_heads=4, n_kv_heads=4, max_seq_len=128, **shape)
+    overrides = dict(n_layers=2, d_model=D, n_heads=4, n_kv_heads=4, max_seq_len=CTX, **shape)
     from ember.train.kit.pretraining import ModelOverrides
 
     cfg = PretrainConfig(
-        arch="tiny", model=ModelOverrides(**overrides), data=DataConfig(seq_len=128),
+        arch="tiny", model=ModelOverrides(**overrides), data=DataConfig(seq_len=CTX),
         train=TrainConfig(steps=steps, batch_size=batch, eval_every=steps, eval_windows=64, sample_every=0,
                           save_every=0, precision="fp32", out=str(out / name), progress=False, overwrite=True),
         optim=OptimConfig(warmup_steps=steps // 10), sample_tokens=0, export_hf=False,
@@ -77,17 +80,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="threads per variant")
+    p.add_argument("--parallel", action="store_true", help="train the variants at the same time, one process each")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.variants:
-            rows.append(run(name, args.steps, args.batch, Path(tmp)))
-            print(json.dumps(rows[-1]), file=sys.stderr)
+        if args.parallel:  # one process per variant, all at once: the same conditions for each
+            with ProcessPoolExecutor(len(args.variants), mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(run, n, args.steps, args.batch, Path(tmp), args.threads) for n in args.variants]
+                rows = [f.result() for f in futures]
+        else:
+            for name in args.variants:
+                rows.append(run(name, args.steps, args.batch, Path(tmp), args.threads))
+                print(json.dumps(rows[-1]), file=sys.stderr)
     base = next((r for r in rows if r["variant"] == "dense"), rows[0])
-    print(f"{args.steps} steps × {args.batch} × 128 tokens, {args.threads} threads, fp32")
+    mode = "in parallel processes" if args.parallel else "one after another"
+    print(f"d_model {D}, 2 layers, F {F}; {args.steps} steps × {args.batch} × {CTX} tokens, fp32, {args.threads} "
+          f"thread(s) per variant, {mode}")
     print("| variant | block params (active) | val loss | Δ vs dense | tok/s | × dense | max load×E | dropped |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
