@@ -175,3 +175,27 @@ def test_rope_scaling_from_the_cli_flags():
     mcfg = model_config("tiny", cfg.model, 256, 128)
     assert mcfg.rope_scaling == {"type": "yarn", "factor": 2} and mcfg.sliding_window == 64
     assert (mcfg.moe.n_experts, mcfg.moe.top_k) == (4, 1)
+
+
+@pytest.mark.parametrize("overrides", [{"sliding_window": 6, "n_sink_tokens": 2}, {"moe": {"n_experts": 4}}])
+def test_engine_decodes_windowed_and_moe_models_as_the_full_forward(overrides):
+    """The engine needs no switch of its own: its cached, batched greedy decode gives the
+    tokens of a plain greedy loop over full forwards (window masks and MoE included)."""
+    import sys
+    from pathlib import Path
+
+    from ember.infer import Engine
+    from ember.infer.sampling import SamplingParams
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infer"))
+    from infer_helpers import make_model, make_tokenizer
+
+    model, tok = make_model(seed=1, tie_embeddings=False, **overrides), make_tokenizer()
+    prompts = [[72, 101, 108, 108, 111, 32, 119, 111, 114], [65, 66, 67]]
+    results = Engine(model, tok, max_batch_size=2).generate(prompts, SamplingParams(temperature=0, max_tokens=10))
+    for prompt, result in zip(prompts, results):
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(len(result.token_ids)):
+                ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+        assert result.token_ids == ids[len(prompt):]
