@@ -65,15 +65,12 @@ from .request import (
     partial_stop_len,
 )
 from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprobs
+from .scheduler import KV_LEN_STEP, PREFILL_CHUNK, drop_prefill, plan_step, run_plan
 from .speculative import check_speculative, speculative_step
 
 # Request bookkeeping and stop strings live in request.py; their names stay importable from here.
 __all__ = ["Engine", "GenerationResult", "Request", "StopStringMatcher", "StreamChunk", "TokenLogprob",
            "find_stop", "partial_stop_len"]
-
-# Decode attends over a key length (kv_len) rounded up to this (and the cache is sized in
-# multiples of it), so kv_len, and with it the float rounding, never depends on the neighbours.
-KV_LEN_STEP = 64
 
 
 # ---- the engine ---------------------------------------------------------------------
@@ -113,7 +110,7 @@ class Engine(PrefillMixin):
     def __init__(
         self, model, tokenizer, max_batch_size: int = 8, max_seq_len: int | None = None,
         compile: bool = False, batch_invariant: bool = True, prefix_cache_mb: float = 0.0,
-        speculative: str = "off", speculative_k: int = 8,
+        speculative: str = "off", speculative_k: int = 8, prefill_chunk: int = PREFILL_CHUNK,
     ):
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -139,6 +136,10 @@ class Engine(PrefillMixin):
         if isinstance(speculative_k, bool) or not isinstance(speculative_k, int) or speculative_k < 1:
             raise ValueError(f"speculative_k must be >= 1 draft token, got {speculative_k!r}")
         self.speculative, self.speculative_k = speculative, speculative_k
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1 token, got {prefill_chunk!r}")
+        self.prefill_chunk = prefill_chunk  # prompt tokens per step beside decode (scheduler.py)
+        self.prefilling: list[Request] = []  # admitted, prompt not all in the cache yet
         self.waiting: deque[Request] = deque()
         self.slots: list[Request | None] = [None] * max_batch_size
         self.cache: KVCache | None = None
@@ -218,31 +219,19 @@ class Engine(PrefillMixin):
             return reqs  # drafted tokens verified in one forward (speculative.py)
         with self._eval_mode():
             logits = self._run(kind, reqs)  # [N, V], row j for reqs[j]
-        self._postprocess(reqs, logits)
+        if reqs:
+            self._postprocess(reqs, logits)
         return reqs
 
     def _schedule(self) -> tuple[str, list[Request]]:
-        free = [i for i, r in enumerate(self.slots) if r is None]
-        if self.waiting and free:
-            new = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
-            self._admit(new, free)
-            return "prefill", new
-        running = [r for r in self.slots if r is not None]
-        if not running:
+        """Admit, plan prefill chunks beside one decode (scheduler.py): "decode" when no chunk runs."""
+        if not self.has_unfinished():
             raise RuntimeError("step() called with nothing to do")
-        return "decode", running
+        self._plan = plan_step(self)
+        return ("prefill" if self._plan.chunks else "decode"), self._plan.reqs
 
     def _run(self, kind: str, reqs: list[Request]) -> Tensor:
-        if kind == "prefill":
-            return torch.cat([self._prefill_request(r) for r in reqs])  # [N, V]
-        kv_len = max(len(r.prompt_ids) + len(r.token_ids) for r in reqs)  # largest position fed + 1
-        if self.batch_invariant:
-            n, kv_len = self.max_batch_size, _round_up(kv_len)
-        else:  # rows past the highest busy slot sit out (admission fills the lowest slots)
-            n = max(r.slot for r in reqs) + 1
-        logits = self.decode(self._tokens[:n], self._positions[:n], kv_len=kv_len)  # [n, V]
-        self._positions += self._active  # free slots stay parked at position 0
-        return logits[[r.slot for r in reqs]]  # [N, V]
+        return run_plan(self, self._plan)
 
     def _postprocess(self, reqs: list[Request], logits: Tensor) -> None:
         rows = [r.slot for r in reqs]
@@ -280,7 +269,8 @@ class Engine(PrefillMixin):
         # batch_invariant), fed at position 0 so it neither lengthens kv_len nor
         # runs off the cache. The next prompt prefilled into it overwrites its stale K/V.
         req, self.slots[i] = self.slots[i], None
-        if self.prefix_cache is not None and req is not None:  # what its row holds, for a next turn
+        partial = req is not None and drop_prefill(self, req)  # its row holds part of a prompt
+        if self.prefix_cache is not None and req is not None and not partial:  # what its row holds, for a next turn
             self.prefix_cache.insert(req.prompt_ids + req.token_ids[:-1], lambda s, e: self.cache.read(i, s, e))
         self._active[i] = 0
         self._positions[i] = 0

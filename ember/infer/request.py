@@ -133,6 +133,7 @@ class Request:
     constraint: object = None  # a TokenConstraint (ember.infer.constrained) or None
     fork: object = None  # the ForkGroup (fork.py) whose prefill it shares, or None
     cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache
+    prefilled: int = -1  # prompt tokens in its cache row (-1: not started; scheduler.py)
     spec_drafted: int = 0  # speculative draft tokens proposed (speculative.py)
     spec_accepted: int = 0  # and accepted
 

@@ -76,15 +76,21 @@ def test_without_batch_invariance_decode_runs_only_the_busy_rows():
     ps, params = prompts(), mixed_params()
     alone = [Engine(model, tok, max_batch_size=1).generate([p], sp)[0] for p, sp in zip(ps, params)]
     engine = Engine(model, tok, max_batch_size=4, batch_invariant=False)
-    rows_fed = []
+    rows_fed, busy = [], []  # rows each decode ran; highest decoding slot + 1 then
     decode = engine.decode
-    engine.decode = lambda tokens, *a, **kw: rows_fed.append(len(tokens)) or decode(tokens, *a, **kw)
+
+    def counting(tokens, *a, **kw):
+        rows_fed.append(len(tokens))
+        busy.append(int(engine._active.nonzero().max()) + 1)
+        return decode(tokens, *a, **kw)
+
+    engine.decode = counting
     together = run_staggered(engine, {0: [0], 2: [1, 2], 4: [3], 5: [4], 9: [5]}, ps, params)
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
     for a, t in zip(alone, together):
         if a.logprobs:
             torch.testing.assert_close([e.logprob for e in t.logprobs], [e.logprob for e in a.logprobs])
-    assert rows_fed[0] == 1 and max(rows_fed) == 4 and rows_fed[-1] < 4
+    assert rows_fed[0] == 1 and max(rows_fed) == 4 and rows_fed == busy
 
 
 def test_greedy_equals_a_full_forward_argmax_loop():
@@ -112,8 +118,8 @@ def test_a_new_request_joins_between_decode_steps():
     assert engine.step() == [long_, short] and engine.step() == [long_, short]
     assert short.finished and (engine.num_running, engine.num_waiting) == (1, 1)  # freed at once
     n = len(long_.token_ids)
-    assert engine.step() == [waiting]  # joins while long_ runs; long_ waits one step
-    assert len(waiting.token_ids) == 1 and len(long_.token_ids) == n
+    assert engine.step() == [waiting, long_]  # joins while long_ runs, which decodes in the same step
+    assert len(waiting.token_ids) == 1 and len(long_.token_ids) == n + 1
     assert engine.step() == [long_, waiting]  # slot order: waiting took short's slot 1
     while engine.has_unfinished():
         engine.step()

@@ -1,0 +1,187 @@
+"""What one engine step runs: admission, chunked prefill beside decode, and the decode rows.
+
+A step of `Engine` (engine.py) is planned here:
+
+- admit: waiting requests take the free slots (cache rows). An admitted request is
+  *prefilling* until its whole prompt is in its row; its row is parked meanwhile (not
+  active, at the position its prompt is filled up to, so a decode step that computes the
+  row writes its scratch K/V where the next chunk, or its first token, overwrites it).
+- prefill: the prefilling requests, oldest first, get their next *chunks* of at most
+  `prefill_chunk` tokens until the step's budget (`prefill_chunk` tokens) is spent. Chunk
+  boundaries sit at multiples of `prefill_chunk` (from where the prefix cache left off), so
+  how a prompt is cut depends on the prompt alone, never on its neighbours. A request whose
+  prompt is complete gets its last token's logits: its first token is sampled this step.
+  Requests that ask for prompt log-probs or share a fork group's prefill (fork.py) are
+  prefilled whole, as one chunk (prefill.py).
+- decode: in the same step, every request past its prefill advances by one token.
+
+So a long prompt never stalls the running streams for more than one chunk per token, and a
+burst of new requests gets first tokens as soon as each prompt is in, not after all of them.
+
+Decode rows: when batch invariant, every decode step computes all `max_batch_size` rows
+(a float forward's rounding depends on the number of rows), unless the model computes each
+row alone whatever the batch (`ember.kernels`' native decode step), when it, like
+`batch_invariant=False`, runs only rows 0..(highest decoding slot).
+
+    >>> plan = plan_step(engine)                                      # doctest: +SKIP
+    >>> logits = run_plan(engine, plan)  # [len(plan.reqs), V]         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ember.kernels.build import load_kernels
+from ember.kernels.decode import NativeTransformer
+
+from .prefix_cache import write_blocks
+from .request import Request
+
+__all__ = ["KV_LEN_STEP", "PREFILL_CHUNK", "Plan", "decode_rows", "drop_prefill", "plan_step", "rows_independent", "run_plan"]
+
+PREFILL_CHUNK = 256  # prompt tokens per chunk, and per step, beside the running streams
+# Decode attends over a key length (kv_len) rounded up to this (and the cache is sized in
+# multiples of it), so kv_len, and with it the float rounding, never depends on the neighbours.
+KV_LEN_STEP = 64
+
+
+@dataclass
+class Plan:
+    """One step: prefill chunks (request, start, stop), then one decode of `decoding`."""
+
+    chunks: list[tuple[Request, int, int]] = field(default_factory=list)
+    done: list[Request] = field(default_factory=list)  # prompts complete after the chunks
+    decoding: list[Request] = field(default_factory=list)
+
+    @property
+    def reqs(self) -> list[Request]:
+        """The requests that get a token this step, in the order of run_plan's logits."""
+        return self.done + self.decoding
+
+
+def rows_independent(model) -> bool:
+    """Whether the model's decode step computes each row alone, whatever the batch (the
+    native kernels' decode step: its rows share weight loads, never sums)."""
+    return isinstance(model, NativeTransformer) and load_kernels() is not None
+
+
+def _admit(engine) -> None:
+    free = [i for i, r in enumerate(engine.slots) if r is None]
+    if not (engine.waiting and free):
+        return
+    new = [engine.waiting.popleft() for _ in range(min(len(free), len(engine.waiting)))]
+    engine._admit(new, free)
+    for r in new:
+        r.prefilled = -1  # not started: the prefix cache is looked up at its first chunk
+        engine._active[r.slot] = 0
+        engine._positions[r.slot] = 0
+        engine.prefilling.append(r)
+
+
+def _whole(r: Request) -> bool:
+    """Prefilled in one piece by prefill.py: prompt log-probs, or a fork group's shared prefill."""
+    return bool(r.params.prompt_logprobs) or r.fork is not None
+
+
+def plan_step(engine) -> Plan:
+    """Admit what fits, then plan this step's prefill chunks and decode."""
+    _admit(engine)
+    C = engine.prefill_chunk
+    plan, budget = Plan(), C
+    for r in list(engine.prefilling):
+        if budget <= 0:
+            break
+        T = len(r.prompt_ids)
+        if _whole(r):
+            plan.chunks.append((r, 0, T))
+            budget -= T
+        else:
+            s = max(r.prefilled, 0)
+            while budget > 0 and s < T:
+                e = min(T, (s // C + 1) * C)
+                plan.chunks.append((r, s, e))
+                budget -= e - s
+                s = e
+            if s < T:
+                continue
+        plan.done.append(r)
+    plan.decoding = [r for r in engine.slots if r is not None and r.prefilled == len(r.prompt_ids)]
+    return plan
+
+
+def run_plan(engine, plan: Plan) -> Tensor:
+    """Run the chunks, then one decode step: logits [len(plan.reqs), V]."""
+    last: dict[int, Tensor] = {}
+    for r, s, e in plan.chunks:
+        out = _run_chunk(engine, r, s, e)
+        if out is not None:
+            last[id(r)] = out
+    for r in engine.prefilling:  # parked where its next chunk (or its first token) writes
+        engine._positions[r.slot] = max(r.prefilled, 0)
+    for r in plan.done:
+        engine.prefilling.remove(r)
+    rows = [last[id(r)] for r in plan.done]
+    if plan.decoding:
+        rows.append(decode_rows(engine, plan.decoding))
+    for r in plan.done:  # its first token, sampled from these logits, is fed at position T
+        engine._positions[r.slot] = len(r.prompt_ids)
+        engine._active[r.slot] = 1
+    if not rows:
+        return torch.empty(0, engine.config.vocab_size, device=engine.device)
+    return torch.cat(rows)
+
+
+def _run_chunk(engine, r: Request, s: int, e: int) -> Tensor | None:
+    """Prefill prompt[s:e] of r into its row; the last token's logits [1, V] when e ends the prompt."""
+    T = len(r.prompt_ids)
+    if _whole(r):
+        out = engine._prefill_request(r)
+        r.prefilled = T
+        return out
+    pc = engine.prefix_cache
+    if r.prefilled < 0:  # first chunk: the cached blocks of the prompt (all but its last token)
+        r.prefilled = 0
+        if pc is not None:
+            r.cached_tokens, blocks = pc.match(r.prompt_ids[:-1])
+            write_blocks(engine.cache, r.slot, blocks)
+            r.prefilled = r.cached_tokens
+    s = max(s, r.prefilled)
+    if s >= e:  # the prefix cache covered this chunk
+        return None
+    out = engine._prefill_row(r.prompt_ids[:e], r.slot, start=s)  # positions s..e-1: [1, V]
+    r.prefilled = e
+    if e < T:
+        return None
+    if pc is not None:  # now, so that requests running beside this one can share it
+        pc.insert(r.prompt_ids, lambda a, b: engine.cache.read(r.slot, a, b))
+    return out
+
+
+def decode_rows(engine, reqs: list[Request]) -> Tensor:
+    """One decode step of the cache rows that reqs sit in: logits [len(reqs), V]."""
+    kv_len = max(len(r.prompt_ids) + len(r.token_ids) for r in reqs)  # largest position fed + 1
+    indep = engine.__dict__.get("_rows_independent")
+    if indep is None:
+        indep = engine._rows_independent = rows_independent(engine.model)
+    if engine.batch_invariant and not indep:
+        n, kv_len = engine.max_batch_size, -(-kv_len // KV_LEN_STEP) * KV_LEN_STEP
+    else:  # rows past the highest busy slot sit out (admission fills the lowest slots)
+        n = max(r.slot for r in reqs) + 1
+    logits = engine.decode(engine._tokens[:n], engine._positions[:n], kv_len=kv_len)  # [n, V]
+    engine._positions += engine._active  # parked and free slots stay where they are
+    return logits[[r.slot for r in reqs]]  # [N, V]
+
+
+def drop_prefill(engine, r: Request) -> bool:
+    """Forget a request leaving its slot before its prompt is all in (an abort): True if it
+    was prefilling (its row holds part of a prompt, nothing for the prefix cache)."""
+    if r not in engine.prefilling:
+        return False
+    engine.prefilling.remove(r)
+    if r.fork is not None:  # it never took its share of the group's prefill
+        r.fork.take()
+        r.fork.release()
+    return True
