@@ -20,7 +20,9 @@ class SpeculativeOptions:
     ties, sampled tokens from the same distribution (other draws for a seed)"""
     draft_model: str | None = None
     """the draft model of --speculative draft, with the model's tokenizer: a known name, GGUF file,
-    HF folder or ember checkpoint"""
+    HF folder or ember checkpoint; loaded with quant auto whatever --quant says (a 4-bit GGUF on
+    the native kernels: `--exact --speculative draft --draft-model smollm2` drafts with SmolLM2's
+    own Q4 file), since drafts need only be likely, the model's verification is exact"""
     draft_layers: int = 8
     """blocks of the model that draft for --speculative early-exit"""
     draft_k: int = 4
@@ -41,7 +43,7 @@ class SpeculativeOptions:
 
 def build_speculative(model, tok, opts):
     """The engine's `speculative` argument for these options: "off", "ngram", "auto" or a ModelDrafter
-    (a draft model loaded like the model, with its dtype and quantization; or early exit).
+    (a draft model in the model's float dtype with quant auto; or early exit).
     Options without speculative fields (ember chat) get "off"."""
     mode = getattr(opts, "speculative", "off")
     if mode in ("off", "ngram", "auto"):
@@ -57,9 +59,7 @@ def build_speculative(model, tok, opts):
 
         import ember
 
-        exact = getattr(opts, "exact", False)  # loaded as the model is (cli/infer.py: _load)
-        quant = None if exact or opts.quant == "none" else opts.quant
-        dtype = torch.float32 if exact else getattr(torch, opts.dtype)
-        draft, draft_tok = ember.load(opts.draft_model, dtype=dtype, quant=quant, fuse=True)
+        dtype = torch.float32 if getattr(opts, "exact", False) else getattr(torch, opts.dtype)
+        draft, draft_tok = ember.load(opts.draft_model, dtype=dtype, quant="auto", fuse=True)
         drafter = ModelDrafter(draft.eval(), draft_tok, name=opts.draft_model, k=opts.draft_k)
     return drafter.bind(model, tok, target_name=name)
