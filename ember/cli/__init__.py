@@ -37,6 +37,8 @@ COMMANDS: dict[str, Command] = {
     "scaling sweep": Command("ember.train.scaling:sweep", "train a grid of tiny models", "ScalingSweepConfig"),
     "scaling fit": Command("ember.train.scaling:fit", "fit L(N, D) and predict", "ScalingFitConfig"),
     "export": Command("ember.cli.train:export", "a run's checkpoint → HF folder or GGUF file", "ExportConfig"),
+    "merge": Command("ember.peft.merge:merge", "merge models or LoRA adapters of one base (linear, task arithmetic, "
+                     "TIES, SLERP)", "MergeConfig", many=("models", "weights"), positional="models"),
     "sft": Command("ember.train.sft", "supervised fine-tuning (LoRA, QLoRA, full)"),
     "dpo": Command("ember.train.dpo", "preference optimisation (DPO, cDPO, IPO, SimPO, ORPO, KTO)",
                    prints=("before", "after")),
