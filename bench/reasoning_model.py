@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from ember.core.io import atomic_write_json
-from ember.data.reasoning_tasks import is_correct, make_problems, prompt_text
+from ember.data.reasoning_tasks import MAX_DIFFICULTY, is_correct, make_problems, prompt_text
 from ember.prompting.budget import budget_force, engine_complete
 
 SEED = 12345
@@ -96,12 +96,23 @@ def verifier_figures() -> dict:
     return out
 
 
+def merge_report(path: Path, report: dict, done: dict) -> dict:
+    """The report on disk (another stage may have written it meanwhile) with `done` added."""
+    on_disk = json.loads(path.read_text()) if path.is_file() else {}
+    if on_disk.get("n") == report["n"] and on_disk.get("levels") == report["levels"]:
+        report = {**on_disk, "verifiers": report["verifiers"]}
+    report["accuracy"] = {**report.get("accuracy", {}), **done.pop("accuracy")}
+    report.update(done)
+    atomic_write_json(path, report)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10, help="problems per difficulty (and per budget)")
-    ap.add_argument("--difficulties", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--difficulties", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--budgets", type=int, nargs="+", default=[0, 8, 24, 64])
-    ap.add_argument("--budget_difficulty", type=int, default=2)
+    ap.add_argument("--budget_difficulty", type=int, default=3)
     ap.add_argument("--budget_stage", default="sft", help="the stage whose budget curve is measured")
     ap.add_argument("--budget_n", type=int, default=8, help="problems per budget")
     ap.add_argument("--stages", nargs="+", default=["base", "sft", "grpo"])
@@ -110,8 +121,8 @@ def main() -> None:
     adapters = {"base": None, "sft": "runs/sft-reasoning/adapter", "grpo": "runs/grpo-reasoning/adapter"}
     path = Path("runs/reasoning_bench.json")  # stages run separately add to one report
     report: dict = json.loads(path.read_text()) if path.is_file() else {}
-    if report.get("n") != args.n:
-        report = {"n": args.n, "seed": SEED, "accuracy": {}}
+    if report.get("n") != args.n or report.get("levels") != MAX_DIFFICULTY:
+        report = {"n": args.n, "seed": SEED, "levels": MAX_DIFFICULTY, "accuracy": {}}
     report["verifiers"] = verifier_figures()
     for stage in args.stages:
         if adapters[stage] and not Path(adapters[stage]).is_dir():
@@ -120,13 +131,14 @@ def main() -> None:
         t0 = time.time()
         print(f"{stage}:", file=sys.stderr)
         model, tok = load_policy(adapters[stage])
-        report["accuracy"][stage] = accuracy_by_difficulty(model, tok, args.difficulties, args.n)
+        done = {"accuracy": {stage: accuracy_by_difficulty(model, tok, args.difficulties, args.n)}}
         if stage == args.budget_stage:
-            report["budget_stage"] = stage
-            report["budget"] = budget_curve(model, tok, args.budgets, args.budget_n, args.budget_difficulty)
-            report["budget_wait"] = budget_curve(model, tok, [max(args.budgets)], args.budget_n,
-                                                 args.budget_difficulty, extend=1)
+            done["budget_stage"] = stage
+            done["budget"] = budget_curve(model, tok, args.budgets, args.budget_n, args.budget_difficulty)
+            done["budget_wait"] = budget_curve(model, tok, [max(args.budgets)], args.budget_n,
+                                               args.budget_difficulty, extend=1)
         print(f"  ({time.time() - t0:.0f} s)", file=sys.stderr)
+        report = merge_report(path, report, done)  # stages run in parallel processes share the file
     print("accuracy (pass@1, greedy) by difficulty:")
     print("stage  " + "  ".join(f"d{d:<4}" for d in args.difficulties))
     for stage, acc in report["accuracy"].items():
@@ -138,7 +150,6 @@ def main() -> None:
               + f"; B={max(args.budgets)}+Wait: {next(iter(report['budget_wait'].values()))['accuracy']:.2f}")
     for name, v in report["verifiers"].items():
         print(f"{name}: held-out before {v['before']} after {v['after']}")
-    atomic_write_json(path, report)
 
 
 if __name__ == "__main__":

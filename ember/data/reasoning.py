@@ -18,17 +18,17 @@ import re
 from pathlib import Path
 
 from ember.core.io import atomic_write_text
-from ember.data.reasoning_tasks import corrupt, make_problems, prompt_text, solution_text
+from ember.data.reasoning_tasks import LEVELS, corrupt, make_problems, prompt_text, solution_text
 
-DIFFICULTIES = (1, 2, 3, 4)
-"""The difficulties the built-in training data mixes (the evaluation also uses 5)."""
+DIFFICULTIES = tuple(LEVELS)
+"""The difficulties the built-in training data mixes: every level, 1..5."""
 
 
 def mixed_problems(n: int, seed: int, difficulties=DIFFICULTIES, split: str = "train") -> list[dict]:
     """`n` problems cycling over `difficulties`; train and heldout splits use distinct seeds.
 
-    >>> [p["difficulty"] for p in mixed_problems(5, 0)]
-    [1, 2, 3, 4, 1]
+    >>> [p["difficulty"] for p in mixed_problems(6, 0)]
+    [1, 2, 3, 4, 5, 1]
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be train or heldout, got {split!r}")
@@ -57,8 +57,8 @@ def verifier_rows(n: int, seed: int, split: str = "train") -> list[dict]:
     solution (all labels 1) or a corrupted one, alternating per round of difficulties so
     that each difficulty has as many of both.
 
-    >>> [(r["difficulty"], r["correct"], r["labels"]) for r in verifier_rows(8, 0)][::3]
-    [(1, 1, [1]), (4, 1, [1, 1]), (3, 0, [0])]
+    >>> [(r["difficulty"], r["correct"], r["labels"]) for r in verifier_rows(10, 0)][::3]
+    [(1, 1, [1]), (4, 1, [1, 1]), (2, 0, [0]), (5, 0, [1, 1, 0])]
     """
     rng = random.Random(f"verifier-{split}-{seed}")
     rows = []

@@ -108,6 +108,7 @@ def test_auroc_and_solution_figures():
 
 
 def test_reward_cli_fits_a_head_on_the_frozen_body(tiny_chat_model, tmp_path, capsys):
+    from ember.data.reasoning import verifier_rows
     from ember.train.verifiers import load_verifier
 
     out = tmp_path / "prm"
@@ -116,7 +117,8 @@ def test_reward_cli_fits_a_head_on_the_frozen_body(tiny_chat_model, tmp_path, ca
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["train_positions"] == 12 // 4 * (1 + 1 + 1 + 2) and summary["n_eval"] == 8  # steps of levels 1-4
+    assert summary["train_positions"] == sum(len(r["steps"]) for r in verifier_rows(12, 0))
+    assert summary["n_eval"] == 8
     assert 0 <= summary["after"]["solution_auroc"] <= 1
     v = load_verifier(out)
     assert v.objective == "steps" and len(v.score_steps("Ava has 3 apples.", ["3 + 4 = 7", "7 * 2 = 14"])) == 2
@@ -135,8 +137,8 @@ def test_verifier_rows_are_labelled_mechanically():
     from ember.data.reasoning import verifier_rows
     from ember.data.reasoning_tasks import LEVELS, make_problems, step_labels
 
-    rows = verifier_rows(64, seed=0)
-    assert sum(r["correct"] for r in rows) == 32
+    rows = verifier_rows(60, seed=0)
+    assert sum(r["correct"] for r in rows) == 30
     for r in rows:
         assert r["correct"] == int(all(r["labels"])) and len(r["labels"]) == len(r["steps"]) == LEVELS[r["difficulty"]].steps
     held = {r["question"] for r in verifier_rows(64, seed=0, split="heldout")}
