@@ -101,14 +101,19 @@ def early_exit(model: nn.Module, n_layers: int) -> nn.Module:
     return short
 
 
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers, each tensor once (a tied head, shared blocks): what a
+    memory-bound decode step reads, so a 4-bit draft of a float32 model costs about 1/6."""
+    seen = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
 
 
 class ModelDrafter:
     """A draft model proposing k tokens per step from its own one-row KV cache.
 
-    cost: a draft token's compute as a share of a target forward (parameter ratio); the
+    cost: a draft token's cost as a share of a target forward (the ratio of weight bytes); the
     request stops drafting when its acceptance rate falls below `min_acceptance`, cost + 0.1
     (each accepted token saves about one target forward, each drafted one costs `cost`).
     k: draft tokens per step (None: the engine's speculative_k).
@@ -131,7 +136,7 @@ class ModelDrafter:
             raise ValueError(f"the draft model {self.name} has vocab_size {self.model.config.vocab_size}, "
                              f"{target_name} {target.config.vocab_size}: a draft model must share the tokenizer")
         check_same_tokenizer(tokenizer, self.tokenizer, target_name, self.name)
-        self.cost = min(1.0, _n_params(self.model) / max(1, _n_params(target)))
+        self.cost = min(1.0, _weight_bytes(self.model) / max(1, _weight_bytes(target)))
         self.min_acceptance = min(0.9, self.cost + 0.1)
         return self
 

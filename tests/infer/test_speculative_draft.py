@@ -97,3 +97,14 @@ def test_no_drafts_past_the_draft_models_context():
     engine = Engine(model, tok, max_batch_size=1, speculative=ModelDrafter(make_model(max_seq_len=32)))
     req = run_alone(engine, prompt(n=24), SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
     assert req.spec_drafted == 0 and len(req.token_ids) == 16
+
+
+def test_a_drafts_cost_is_its_share_of_the_weight_bytes():
+    model, tok = make_model(), make_tokenizer()  # float32
+    half = ModelDrafter(make_model(dtype=torch.bfloat16))
+    Engine(model, tok, speculative=half)
+    assert half.cost == pytest.approx(0.5, abs=0.01) and half.min_acceptance == pytest.approx(0.6, abs=0.01)
+    deep = make_model(n_layers=4)
+    shallow = ModelDrafter(early_exit(deep, 2))
+    Engine(deep, tok, speculative=shallow)
+    assert 0.5 < shallow.cost < 0.9  # half the blocks, the whole embedding and head
