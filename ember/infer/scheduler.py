@@ -114,11 +114,7 @@ def plan_step(engine) -> Plan:
 
 def run_plan(engine, plan: Plan) -> Tensor:
     """Run the chunks, then one decode step: logits [len(plan.reqs), V]."""
-    last: dict[int, Tensor] = {}
-    for r, s, e in plan.chunks:
-        out = _run_chunk(engine, r, s, e)
-        if out is not None:
-            last[id(r)] = out
+    last = _run_chunks(engine, plan.chunks)
     for r in engine.prefilling:  # parked where its next chunk (or its first token) writes
         engine._positions[r.slot] = max(r.prefilled, 0)
     for r in plan.done:
@@ -134,30 +130,89 @@ def run_plan(engine, plan: Plan) -> Tensor:
     return torch.cat(rows)
 
 
-def _run_chunk(engine, r: Request, s: int, e: int) -> Tensor | None:
-    """Prefill prompt[s:e] of r into its row; the last token's logits [1, V] when e ends the prompt."""
-    T = len(r.prompt_ids)
-    if _whole(r):
-        out = engine._prefill_request(r)
-        r.prefilled = T
-        return out
-    pc = engine.prefix_cache
-    if r.prefilled < 0:  # first chunk: the cached blocks of the prompt (all but its last token)
-        r.prefilled = 0
-        if pc is not None:
-            r.cached_tokens, blocks = pc.match(r.prompt_ids[:-1])
-            write_blocks(engine.cache, r.slot, blocks)
-            r.prefilled = r.cached_tokens
-    s = max(s, r.prefilled)
-    if s >= e:  # the prefix cache covered this chunk
-        return None
-    out = engine._prefill_row(r.prompt_ids[:e], r.slot, start=s)  # positions s..e-1: [1, V]
+def _start(engine, r: Request) -> None:
+    """Before r's first chunk: copy the cached blocks of its prompt (all but its last token)."""
+    if r.prefilled >= 0:
+        return
+    r.prefilled, pc = 0, engine.prefix_cache
+    if pc is not None:
+        r.cached_tokens, blocks = pc.match(r.prompt_ids[:-1])
+        write_blocks(engine.cache, r.slot, blocks)
+        r.prefilled = r.cached_tokens
+
+
+def _filled(engine, r: Request, e: int, out: Tensor) -> Tensor | None:
+    """r's prompt is in up to e: its last token's logits [1, V] if that ends the prompt."""
     r.prefilled = e
-    if e < T:
+    if e < len(r.prompt_ids):
         return None
-    if pc is not None:  # now, so that requests running beside this one can share it
-        pc.insert(r.prompt_ids, lambda a, b: engine.cache.read(r.slot, a, b))
+    if engine.prefix_cache is not None:  # now, so that requests running beside this one can share it
+        engine.prefix_cache.insert(r.prompt_ids, lambda a, b: engine.cache.read(r.slot, a, b))
     return out
+
+
+def _run_chunks(engine, chunks: list[tuple[Request, int, int]]) -> dict[int, Tensor]:
+    """Run the planned chunks; the logits [1, V] of each prompt completed, by id(request)."""
+    last, i = {}, 0
+    while i < len(chunks):
+        r, s, e = chunks[i]
+        if _whole(r):
+            last[id(r)], r.prefilled = engine._prefill_request(r), len(r.prompt_ids)
+            i += 1
+            continue
+        group = _batchable(engine, chunks, i)
+        if len(group) > 1:
+            outs = _prefill_batch(engine, group)
+        else:
+            _start(engine, r)
+            s = max(s, r.prefilled)
+            outs = [engine._prefill_row(r.prompt_ids[:e], r.slot, start=s)] if s < e else [None]  # [1, V]
+            group = [(r, s, e)]
+        for (r, _, e), out in zip(group, outs):
+            if out is not None and _filled(engine, r, e, out) is not None:
+                last[id(r)] = out
+        i += len(group)
+    return last
+
+
+def _batchable(engine, chunks, i: int) -> list[tuple[Request, int, int]]:
+    """The chunks from i on that one padded forward can prefill together: only when not
+    batch invariant (a row's numbers then depend on the rows beside it), each the first
+    chunk of a prompt in the next slot up, the prefix cache already asked (a prompt that
+    found nothing runs alone first, so the others find its blocks)."""
+    if engine.batch_invariant:
+        return chunks[i : i + 1]
+    group = []
+    for r, s, e in chunks[i:]:
+        if _whole(r) or (group and (r.slot != group[-1][0].slot + 1 or any(g[0] is r for g in group))):
+            break
+        fresh = r.prefilled < 0
+        _start(engine, r)
+        s = max(s, r.prefilled)
+        width = max([e - s] + [ge - gs for _, gs, ge in group])
+        if s >= e or max(gs for _, gs, _ in [*group, (r, s, e)]) + width > engine.cache.max_seq_len:
+            break
+        group.append((r, s, e))
+        if fresh and not r.cached_tokens and len(group) == 1:
+            break
+    return group or chunks[i : i + 1]
+
+
+def _prefill_batch(engine, group: list[tuple[Request, int, int]]) -> list[Tensor]:
+    """Prompt chunks [s, e) of consecutive slots in one forward, right-padded to the longest
+    (the padding writes K/V past each chunk, where a later chunk or token overwrites it
+    before anything reads it): each chunk's last-token logits [1, V]."""
+    width = max(e - s for _, s, e in group)
+    ids = torch.zeros(len(group), width, dtype=torch.long)
+    for j, (r, s, e) in enumerate(group):
+        ids[j, : e - s] = torch.tensor(r.prompt_ids[s:e])
+    starts = torch.tensor([s for _, s, _ in group])[:, None]
+    pos = starts + torch.arange(width)[None]  # [k, width]
+    last = torch.tensor([e - s - 1 for _, s, e in group])
+    first = group[0][0].slot
+    cache = engine.cache.rows(first, first + len(group))
+    out = engine.model(ids.to(engine.device), cache, pos.to(engine.device), logits_index=last.to(engine.device))
+    return [out[j] for j in range(len(group))]  # each [1, V]
 
 
 def decode_rows(engine, reqs: list[Request]) -> Tensor:

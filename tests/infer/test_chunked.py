@@ -114,3 +114,24 @@ def test_native_decode_runs_only_the_busy_rows_and_stays_batch_invariant():
     got = engine.generate([long_prompt(20), long_prompt(9, seed=2)], [GREEDY, SamplingParams(max_tokens=4, seed=1)])
     assert max(rows) == 2 and rows[-1] == 1  # never the 4 rows; the lone tail decodes one
     assert got[0].token_ids == alone.token_ids and got[0].logprobs == alone.logprobs
+
+
+def test_without_batch_invariance_a_burst_of_prompts_prefills_in_one_padded_forward():
+    model, tok = make_model(dtype=torch.float64), make_tokenizer()  # fp64: no float ties
+    system = long_prompt(40, seed=9)  # a shared system prompt: one 32-token prefix-cache block
+    ps = [system + long_prompt(n, seed=n) for n in (3, 11, 6, 30)]
+    params = [GREEDY, SamplingParams(seed=5, max_tokens=6, logprobs=1), GREEDY, SamplingParams(seed=6, max_tokens=9)]
+    alone = [Engine(model, tok, max_batch_size=1).generate([p], sp)[0] for p, sp in zip(ps, params)]
+    engine = Engine(model, tok, max_batch_size=4, batch_invariant=False, prefix_cache_mb=4)
+    shapes = []
+    forward = engine.model.forward
+    engine.model.forward = lambda ids, *a, **kw: shapes.append(tuple(ids.shape)) or forward(ids, *a, **kw)
+    got = engine.generate(ps, params)
+    # The first prompt alone (its blocks go into the prefix cache), then the other three
+    # together from the cached 32 tokens on, padded to the longest (70 - 32 = 38).
+    assert shapes[:2] == [(1, 43), (3, 38)] and all(s[1] == 1 for s in shapes[2:])
+    assert [r.cached_tokens for r in got] == [0, 32, 32, 32]
+    for a, b in zip(got, alone):
+        assert a.token_ids == b.token_ids
+        for x, y in zip(a.logprobs or [], b.logprobs or []):
+            assert abs(x.logprob - y.logprob) < 1e-9
