@@ -9,7 +9,7 @@ transformers fp32 15.389). Three paths over the same windows:
            (Q4 weights × int8 block activations, one native call per token)
 Top-1 agreement: how often a path's argmax equals the exact path's, over every scored token.
 
-    python -P bench/native_faithfulness.py [--chars 20000] [--ctx 512]
+    python -P bench/native_faithfulness.py [--chars 20000] [--ctx 512] [--threads 2]
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--chars", type=int, default=20_000)
     ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2, help="results do not depend on it; 1 is kinder to a busy machine")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     exact, tok = ember.load("smollm2")
     fast, _ = ember.load("smollm2", quant="auto")
     ids = torch.tensor(tok.encode(pydoc_topics_text()[: args.chars]))

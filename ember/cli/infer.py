@@ -23,7 +23,7 @@ class ModelOptions:
     quant: Literal["auto", "none", "int8", "int4", "native"] = "auto"
     """auto: a 4-bit GGUF runs on its own Q4 blocks through the native kernels (else torch's int4),
     any other model exactly in float; native: the native kernels (a float model is rounded to Q4_1);
-    int4/int8: torch's weight-only kernels; none: float weights in --dtype"""
+    int4/int8: torch's weight-only quantized matmuls; none: float weights in --dtype"""
     exact: bool = False
     """the float32 reference path (same as --quant none --dtype float32)"""
     max_seq_len: int | None = None
