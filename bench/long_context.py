@@ -165,7 +165,10 @@ def smollm2(lengths: list[int], trials: int) -> None:
     print("| model | " + " | ".join(f"key@{L}" for L in lengths) + " |")
     print("|---|" + "---|" * len(lengths))
     for name, model in (("smollm2", base), ("smollm2+yarn×2", yarned)):
-        cells = [f"{passkey(model, tok, L, trials):.2f}" for L in lengths]
+        cells = []
+        for L in lengths:
+            cells.append(f"{passkey(model, tok, L, trials):.2f}")
+            print(f"{name} key@{L}: {cells[-1]}", file=sys.stderr, flush=True)
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
