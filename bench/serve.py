@@ -11,7 +11,10 @@ together, each with its own prompt, 128 tokens, temperature 0, and the round is 
 
 Percentiles pool every stream of every round (--rounds, after an untimed warm-up round).
 
-    python bench/serve.py [--clients 1,4,8] [--llama-server PATH] [--ember-args "--quant int4"]
+    python bench/serve.py [--clients 1,4,8] [--llama-server PATH] [--ember-args "--quant int4"]...
+
+Each --ember-args runs one more ember server (the default: `ember serve`'s defaults), each
+in its own row, and every ember row gets its ratio to llama-server.
 
 llama-server comes from --llama-server or $LLAMA_SERVER and runs as the reference does:
 `-t 2 -c 8192 --parallel 8` (continuous batching over 8 slots). Without it, ember's
@@ -97,9 +100,9 @@ class Server:
         return self.log.read().decode(errors="replace")[-n:]
 
 
-def ember_server(args, port: int) -> Server:
+def ember_server(args, extra: str, port: int) -> Server:
     argv = [sys.executable, "-m", "ember", "serve", "--model", args.model, "--max-batch", "8",
-            "--host", "127.0.0.1", "--port", str(port), "--threads", str(THREADS), *shlex.split(args.ember_args)]
+            "--host", "127.0.0.1", "--port", str(port), "--threads", str(THREADS), *shlex.split(extra)]
     return Server("ember", argv, port, startup_s=300)  # --compile warms up for a while
 
 
@@ -195,16 +198,17 @@ COLUMNS = [("aggregate_tok_s", "agg tok/s", "{:9.1f}"), ("ttft_ms_p50", "TTFT p5
 
 def print_table(results: dict[str, dict], clients: list[int]) -> None:
     names = list(results)
+    width = max(12, *(len(n) for n in names))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nSmolLM2-135M Q4_1 GGUF, {THREADS} threads, streaming chat, temperature 0 (ms for TTFT/latency); "
           f"load average now {load} (other work on the machine skews both servers)")
-    print(f"{'server':12s} {'N':>2s} " + " ".join(f"{h:>{len(f.format(0))}s}" for _, h, f in COLUMNS) + "  errors")
+    print(f"{'server':{width}s} {'N':>2s} " + " ".join(f"{h:>{len(f.format(0))}s}" for _, h, f in COLUMNS) + "  errors")
     for n in clients:
         for name in names:
             r = results[name][n]
-            print(f"{name:12s} {n:2d} " + " ".join(f.format(r[k]) for k, _, f in COLUMNS) + f"  {r['n_errors']}")
-    if len(names) == 2:
-        a, b = names
+            print(f"{name:{width}s} {n:2d} " + " ".join(f.format(r[k]) for k, _, f in COLUMNS) + f"  {r['n_errors']}")
+    b = "llama-server"
+    for a in [x for x in names if x != b] if b in results else []:
         print(f"\nratio {a}/{b} (aggregate and per-stream tok/s: higher is better for {a}; TTFT: lower is)")
         print(f"{'N':>2s} {'agg tok/s':>9s} {'stream tok/s':>12s} {'TTFT p50':>8s}")
         for n in clients:
@@ -220,7 +224,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3, help="rounds per N (percentiles pool them)")
     ap.add_argument("--model", default="smollm2", help="what ember serve loads (a GGUF for llama-server too)")
-    ap.add_argument("--ember-args", default="", help="extra flags for `ember serve`, e.g. '--quant int4'")
+    ap.add_argument("--ember-args", action="append",
+                    help="extra flags for `ember serve`, e.g. '--quant int4'; repeat for more ember rows (default: none)")
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"),
                     help="llama-server binary (default: $LLAMA_SERVER, then PATH)")
     ap.add_argument("--out", default="runs/bench_serve.json")
@@ -232,9 +237,12 @@ def main() -> None:
     gguf = resolve_model(args.model)
     binary = args.llama_server or shutil.which("llama-server")
     results: dict[str, dict] = {}
-    with ember_server(args, free_port()) as srv:
-        print(f"ember: {' '.join(srv.argv[1:])}", file=sys.stderr)
-        results["ember"] = asyncio.run(bench_server(srv.url, clients, args.max_tokens, args.rounds))
+    variants = args.ember_args or [""]
+    for extra in variants:
+        name = f"ember {extra}".strip() if len(variants) > 1 else "ember"
+        with ember_server(args, extra, free_port()) as srv:
+            print(f"{name}: {' '.join(srv.argv[1:])}", file=sys.stderr)
+            results[name] = asyncio.run(bench_server(srv.url, clients, args.max_tokens, args.rounds))
     if binary and gguf.suffix == ".gguf":
         with llama_server(binary, gguf, free_port()) as srv:
             print(f"llama-server: {' '.join(srv.argv)}", file=sys.stderr)
@@ -247,7 +255,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"max_tokens": args.max_tokens, "rounds": args.rounds, "threads": THREADS,
-                               "model": str(gguf), "ember_args": args.ember_args,
+                               "model": str(gguf), "ember_args": variants,
                                "llama_server": binary, "loadavg": os.getloadavg(), "results": results}, indent=2))
     os.replace(tmp, out)
     print(f"wrote {out}", file=sys.stderr)

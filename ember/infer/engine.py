@@ -3,14 +3,15 @@
 The cache has `max_batch_size` rows; each row is a *slot* holding one running request at
 its own position. A step is `schedule → run → postprocess`:
 
-- schedule: if a slot is free and requests wait, admit them into the free slots (a
-  *prefill* step); otherwise advance every running request by one token (a *decode* step).
-  So requests join between decode steps, and a finished or aborted one frees its slot at
-  once for the next waiting request.
-- run: prefill runs each new prompt alone, into its own cache row, at positions 0..len-1
-  (the running rows keep their K/V), and asks only for the last token's logits, or for
-  every token's when the request wants prompt log-probs. Decode feeds one token per slot
-  at that slot's position; free slots are parked at position 0.
+- schedule (scheduler.py): waiting requests take the free slots; their prompts go in by
+  chunks of at most `prefill_chunk` tokens per step, and in the same step every running
+  request advances by one token (a decode), so a long prompt never stalls the others for
+  more than a chunk, and a finished or aborted request frees its slot at once.
+- run: a chunk runs alone, into its prompt's cache row, at its positions (the running rows
+  keep their K/V), and asks only for the last token's logits, or for every token's when the
+  request wants prompt log-probs (then the prompt goes in whole). Decode feeds one token
+  per slot at that slot's position; free slots are parked at position 0, prefilling ones
+  where their next chunk writes.
 - postprocess: sample one token per request (a prefill step returns the new requests'
   first tokens), record its log-probs if asked, stream-decode it to text (never half a
   UTF-8 character), cut at stop strings / stop tokens / EOS / max_tokens, free the slot.

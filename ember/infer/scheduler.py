@@ -15,6 +15,9 @@ A step of `Engine` (engine.py) is planned here:
   prefilled whole, as one chunk (prefill.py).
 - decode: in the same step, every request past its prefill advances by one token.
 
+Without batch invariance, the first chunks of prompts in consecutive slots (a burst of new
+requests) go in one right-padded forward: one pass over the weights instead of one each.
+
 So a long prompt never stalls the running streams for more than one chunk per token, and a
 burst of new requests gets first tokens as soon as each prompt is in, not after all of them.
 
