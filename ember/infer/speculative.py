@@ -116,7 +116,7 @@ def verify_sampled(probs: torch.Tensor, draft: list[int], q: torch.Tensor | None
 
 
 def _eligible(engine, reqs) -> bool:
-    if len(reqs) != 1 or engine.waiting:
+    if len(reqs) != 1 or engine.waiting or engine.num_running != 1:  # others running, waiting or prefilling
         return False
     r, p = reqs[0], reqs[0].params
     if p.uses_penalties or p.logprobs is not None or r.constraint is not None:
