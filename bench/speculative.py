@@ -14,6 +14,52 @@ task, so a change in load hits them alike.
 
     python -P bench/speculative.py [--threads 1] [--tokens 64] [--quant none|auto] [--draft-layers 25]
                                    [--draft-k 4] [--draft-model smollm2] [--draft-quant auto]
+
+Measured (`--threads 1 --tokens 64`, then `--quant auto`, on a 2-core machine shared with other
+jobs, load average 21-28: absolute tok/s are far below an idle machine's; read the ratios):
+
+    SmolLM2-135M (Transformer, quant none), 1 thread(s), 64 tokens, draft k 4 (ngram: up to 8)
+    task      decoding mode            tok/s  x off  accept drafted  same  load
+    grounded  greedy   off              2.49   1.00      0%       0  True  21.1
+    grounded  greedy   ngram            4.00   1.61     51%      89  True  21.8
+    grounded  greedy   early-exit 25    1.28   0.51     28%      32  True  23.5
+    grounded  greedy   draft Native     6.10   2.45     98%      51  True  24.0
+    grounded  T=0.7    off              2.87   1.00      0%       0     -  24.0
+    grounded  T=0.7    ngram            7.26   2.53     48%      83     -  23.8
+    grounded  T=0.7    early-exit 25    2.35   0.82     28%      32     -  22.4
+    grounded  T=0.7    draft Native     5.38   1.87    100%      50     -  21.9
+    chat      greedy   off              2.79   1.00      0%       0  True  22.4
+    chat      greedy   ngram            2.90   1.04      0%      36  True  22.9
+    chat      greedy   early-exit 25    2.09   0.75     19%      32  True  23.7
+    chat      greedy   draft Native     5.03   1.80     83%      58  True  23.9
+    chat      T=0.7    off              2.64   1.00      0%       0     -  24.7
+    chat      T=0.7    ngram            3.05   1.15      0%      36     -  24.3
+    chat      T=0.7    early-exit 25    2.29   0.87     22%      32     -  23.7
+    chat      T=0.7    draft Native     6.10   2.31     98%      51     -  23.6
+
+    SmolLM2-135M (NativeTransformer, quant auto), 1 thread(s), 64 tokens, draft k 4 (ngram: up to 8)
+    grounded  greedy   off             30.09   1.00      0%       0  True  24.3
+    grounded  greedy   ngram           18.09   0.60     53%      90 False  24.6
+    grounded  greedy   early-exit 25   11.56   0.38     28%      32 False  25.3
+    grounded  greedy   draft Native     8.73   0.29    100%      50 False  25.5
+    grounded  T=0.7    off             23.38   1.00      0%       0     -  25.9
+    grounded  T=0.7    ngram           12.52   0.54     40%     102     -  26.1
+    grounded  T=0.7    early-exit 25   11.10   0.47     28%      32     -  26.6
+    grounded  T=0.7    draft Native    10.56   0.45     88%      32     -  26.8
+    chat      greedy   off             26.25   1.00      0%       0  True  26.9
+    chat      greedy   ngram           19.49   0.74     16%      32 False  27.0
+    chat      greedy   early-exit 25   13.85   0.53      9%      32 False  27.2
+    chat      greedy   draft Native     9.78   0.37     98%      51 False  27.8
+    chat      T=0.7    off             26.33   1.00      0%       0     -  28.2
+    chat      T=0.7    ngram           16.13   0.61      0%      36     -  28.5
+    chat      T=0.7    early-exit 25   12.38   0.47     22%      32     -  28.4
+    chat      T=0.7    draft Native    10.27   0.39    100%      50     -  28.3
+
+On the native decode step every drafter loses (a verify forward of k + 1 tokens runs PyTorch's
+Q4 path, 6-8 native steps), so `--speculative auto` is off there; greedy tokens differ from off
+there because the native step and the PyTorch forward round differently. Early exit drafts
+poorly (SmolLM2's blocks before the last are not trained to feed its head) and stops after its
+32-token probation; a draft with acceptance under its cost + 0.1 stops likewise.
 """
 
 from __future__ import annotations
