@@ -240,7 +240,11 @@ class ServeConfig(SpeculativeOptions, ModelOptions):
     """request bodies above this get a 413 before they are read"""
     batch_invariant: bool = True
     """true: a seeded request gives the same tokens alone or beside others (every decode step
-    runs all max_batch rows); false: decode only the busy rows, faster with few clients"""
+    runs all max_batch rows, except on the native kernels, whose rows never mix); false: decode
+    only the busy rows and prefill a burst of new prompts in one forward (tokens up to float ties)"""
+    prefill_chunk: int = 256
+    """prompt tokens prefilled per engine step, beside one decode of the running requests (a long
+    prompt goes in by chunks and never stalls the other streams for more than one)"""
     prefix_cache_mb: float = 256.0
     """MiB of K/V of earlier prompts (a shared system prompt, earlier chat turns) reused by later
     ones, which prefill only what follows (0: off; tokens match up to float ties)"""
@@ -258,6 +262,7 @@ class ServeConfig(SpeculativeOptions, ModelOptions):
         at_least("--max-batch", self.max_batch, 1)
         at_least("--ctx", self.ctx, 1)
         at_least("--max-queue", self.max_queue, 1)
+        at_least("--prefill-chunk", self.prefill_chunk, 1)
         at_least("--max-body-bytes", self.max_body_bytes, 1)
         if self.embedding_model is not None and self.embedding_model == self.model:
             raise ValueError(f"--embedding-model must name another model than --model, both are {self.model!r}")
@@ -289,7 +294,7 @@ def serve(cfg: ServeConfig) -> None:
     ctx = min(cfg.max_seq_len or cfg.ctx, model.config.max_seq_len)  # --max-seq-len is an alias
     engine = Engine(model, tok, max_batch_size=cfg.max_batch, max_seq_len=ctx, compile=_compile(model, cfg),
                     batch_invariant=cfg.batch_invariant, prefix_cache_mb=cfg.prefix_cache_mb,
-                    speculative=build_speculative(model, tok, cfg))
+                    prefill_chunk=cfg.prefill_chunk, speculative=build_speculative(model, tok, cfg))
     embedder = _load_embedder(cfg.embedding_model) if cfg.embedding_model else None
     app = create_app(engine, cfg.model, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes,
                      embedder=embedder, embedding_model=cfg.embedding_model, rag=_retriever(cfg.rag, tok, ctx))
