@@ -115,8 +115,10 @@ class ModelDrafter:
 
     cost: a draft token's cost as a share of a target forward (the ratio of weight bytes); the
     request stops drafting when its acceptance rate falls below `min_acceptance`, cost + 0.1
-    (each accepted token saves about one target forward, each drafted one costs `cost`).
-    k: draft tokens per step (None: the engine's speculative_k).
+    and at most 0.9 (each accepted token saves about one target forward, each drafted one
+    costs `cost`). k: draft tokens per step (None: the engine's speculative_k).
+
+    >>> engine = Engine(model, tok, speculative=ModelDrafter(student, student_tok, k=4))  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, name: str = "the draft model", k: int | None = None):
@@ -177,7 +179,3 @@ class ModelDrafter:
     def accepted(self, n_seq: int, n_ok: int) -> None:
         """Verification kept n_ok draft tokens after a sequence of n_seq: roll back the rest."""
         self.pos = min(self.pos, n_seq + n_ok)
-
-    def release(self) -> None:
-        """Drop the cache (and the request it belongs to)."""
-        self.cache, self.owner, self.pos = None, None, 0
