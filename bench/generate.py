@@ -187,7 +187,12 @@ def llama_cpp(args, env) -> dict | None:
            "-n", str(args.tokens), "-r", str(args.repeats), "-o", "json"]
     p, rss = _run(cmd, env)
     if p.returncode != 0:
-        print(f"llama-bench failed ({p.returncode}): {p.stderr[-1500:]}", file=sys.stderr)
+        why = p.stderr[-1500:]
+        if p.returncode == -4:  # SIGILL
+            flags = set(Path("/proc/cpuinfo").read_text().split())
+            why = ("illegal instruction: this llama.cpp was built for instructions this CPU lacks "
+                   f"(avx_vnni listed: {'avx_vnni' in flags}; a build with -DGGML_AVX_VNNI=ON needs it)")
+        print(f"llama-bench failed ({p.returncode}): {why}", file=sys.stderr)
         return None
     rows = json.loads(p.stdout)
     tg = next(r["avg_ts"] for r in rows if r["n_gen"] == args.tokens and r["n_prompt"] == 0)

@@ -147,12 +147,10 @@ inline void dot_q8(const Q8& w, int n, const Act& a, int m0, float* out) {
   for (int t = 0; t < MT; t++) out[t] += _mm512_reduce_add_ps(acc[t]);
 }
 
-// y (M, N) (+)= a (M, K) @ W^T; an orphaned `omp for` over output rows: call it inside a
-// parallel region (every thread), or from one thread alone.
+// Rows n0..n1-1 of y (M, N) (+)= a (M, K) @ W^T.
 template <typename W, typename F>
-void matmul_rows(const W& w, const Act& a, int M, float* y, bool accumulate, F dot4) {
-#pragma omp for schedule(static)
-  for (int n = 0; n < w.N; n++) {
+inline void rows_range(const W& w, const Act& a, int M, float* y, bool accumulate, F dot4, int n0, int n1) {
+  for (int n = n0; n < n1; n++) {
     for (int m0 = 0; m0 < M; m0 += 4) {
       float out[4] = {0, 0, 0, 0};
       dot4(w, n, a, m0, M - m0 < 4 ? M - m0 : 4, out);
@@ -162,6 +160,16 @@ void matmul_rows(const W& w, const Act& a, int M, float* y, bool accumulate, F d
       }
     }
   }
+}
+
+// y (M, N) (+)= a (M, K) @ W^T; an orphaned `omp for` over output rows (implicit barrier):
+// call it inside a parallel region (every thread), or from one thread alone.
+template <typename W, typename F>
+void matmul_rows(const W& w, const Act& a, int M, float* y, bool accumulate, F dot4) {
+  const int chunk = 16;  // rows per scheduling unit
+#pragma omp for schedule(static)
+  for (int c = 0; c < (w.N + chunk - 1) / chunk; c++)
+    rows_range(w, a, M, y, accumulate, dot4, c * chunk, (c + 1) * chunk < w.N ? (c + 1) * chunk : w.N);
 }
 
 inline void q4_dot4(const Q4& w, int n, const Act& a, int m0, int mt, float* out) {
