@@ -33,15 +33,62 @@ def run(out: Path, steps: int, **kw) -> dict:
     return main(cfg)
 
 
+def acceptance(students: dict[str, str], cache: str, n_prompts: int, tokens: int, k: int) -> None:
+    """Greedy speculative decoding of SmolLM2 with each student as the draft model: the share
+    of drafted tokens the teacher accepts, on held-out pydoc prompts and one chat prompt."""
+    from safetensors.torch import load_file
+
+    import ember
+    from ember.infer.draft import ModelDrafter
+    from ember.infer.engine import Engine
+    from ember.infer.sampling import SamplingParams
+
+    teacher, tok = ember.load("smollm2")
+    teacher.eval()
+    windows = load_file(cache)["windows"]
+    prompts = [w[:32].tolist() for w in windows[-n_prompts:]]  # held-out windows' first 32 tokens
+    chat, _ = tok.render_chat([{"role": "user", "content": "What is a Python list comprehension?"}],
+                              add_generation_prompt=True)
+    print(f"\ndraft model (greedy, k={k}, {tokens} tokens)   accept (pydoc x{n_prompts})   accept (chat)")
+    for name, folder in students.items():
+        draft, _ = ember.load(folder)
+        engine = Engine(teacher, tok, max_batch_size=1, speculative=ModelDrafter(draft.eval(), tok, name=folder, k=k))
+        rates = []
+        for group in (prompts, [chat]):
+            acc = drafted = 0
+            for ids in group:
+                req = engine.add_request(ids, SamplingParams(temperature=0.0, max_tokens=tokens))
+                while engine.has_unfinished():
+                    engine.step()
+                acc, drafted = acc + req.spec_accepted, drafted + req.spec_drafted
+            rates.append(acc / max(drafted, 1))
+        print(f"{name:<36} {rates[0]:>18.3f} {rates[1]:>15.3f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--max_chars", type=int, default=40_000)
     p.add_argument("--out", default="runs/bench-distill")
+    p.add_argument("--accept_only", action="store_true", help="only the draft acceptance of the students in --out")
+    p.add_argument("--prompts", type=int, default=4, help="held-out pydoc prompts for the acceptance rate")
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--reuse_cache", action="store_true", help="the kd run reuses --out/kd's teacher cache")
     a = p.parse_args()
     out = Path(a.out)
-    kd = run(out / "kd", a.steps, max_chars=a.max_chars, loss="fkl")
-    cache = str(out / "kd" / "teacher_topk.safetensors")
+    students = {"kd (fkl)": str(out / "kd" / "model"), "ce only": str(out / "ce" / "model")}
+    moved, cache = out / "teacher_topk.safetensors", out / "kd" / "teacher_topk.safetensors"
+    if a.reuse_cache and cache.exists():  # keep it out of the kd folder the new run overwrites
+        cache.rename(moved)
+    if moved.exists():
+        cache = moved
+    if a.accept_only:
+        acceptance(students, str(cache), a.prompts, a.tokens, a.k)
+        return
+    reuse = {"teacher_cache": str(cache)} if a.reuse_cache else {}
+    kd = run(out / "kd", a.steps, max_chars=a.max_chars, loss="fkl", **reuse)
+    cache = str(cache)
     ce = run(out / "ce", a.steps, max_chars=a.max_chars, ce_weight=1.0, teacher_cache=cache)
     rows = {"kd (fkl)": kd["after"], "ce only": ce["after"], "init": kd["before"]}
     print(f"\n{'student':<10} {'val ppl':>10} {'val KL→T':>9} {'top-1 agree':>12}")
@@ -51,6 +98,7 @@ def main() -> None:
           f"top-1 agreement {kd['after']['val_top1'] / max(ce['after']['val_top1'], 1e-9):.3f}")
     (out / "bench.json").write_text(json.dumps({"steps": a.steps, **rows}, indent=1))
     print(f"student for speculative drafting: {kd['model']}")
+    acceptance(students, cache, a.prompts, a.tokens, a.k)
 
 
 if __name__ == "__main__":
