@@ -58,6 +58,12 @@ def main() -> None:
     ap.add_argument("--cot-tokens", type=int, default=96)
     ap.add_argument("--out", default="runs/reason/bench")
     ap.add_argument("--skip-sensitivity", action="store_true")
+    ap.add_argument("--batch", type=int, default=8, help="engine slots (requests decoded together)")
+    ap.add_argument("--fast", action="store_true", help="batch_invariant=False (about 2x on CPU; greedy replies "
+                    "may then depend on which requests share a batch)")
+    ap.add_argument("--runs", nargs="+", default=[r[0] for r in RUNS], help="which rows of RUNS")
+    ap.add_argument("--prefix-timing", action="store_true", help="only time N=8 samples with and without the "
+                    "engine's shared prefill")
     args = ap.parse_args()
 
     import torch
@@ -72,20 +78,25 @@ def main() -> None:
 
     torch.set_num_threads(1)
     net, tok = ember.load("smollm2")
-    gen = EngineGenerator(Engine(net, tok, max_batch_size=8))
+    engine = Engine(net, tok, max_batch_size=args.batch, batch_invariant=not args.fast)
+    gen = EngineGenerator(engine)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.prefix_timing:
+        problems, pool, *_ = load_problems(args.tasks[0])
+        prefix_timing(engine, tok, problems[:args.limit], pool)
+        return
     rows = []
     for task in args.tasks:
         problems, pool, extract, extraction, task_tokens = load_problems(task)
         problems = problems[:args.limit]
         results = []
-        for label, strategy, shots, n in RUNS:
+        for label, strategy, shots, n in [r for r in RUNS if r[0] in args.runs]:
             cfg = StrategyConfig(n=n, temperature=0.7, max_tokens=task_tokens if strategy == "greedy" else
                                  args.cot_tokens, seed=0)
             t0 = time.perf_counter()
             r = evaluate_strategy(gen, problems, pool, extract, strategy, cfg, shots=shots, extraction=extraction,
-                                  chunk=max(1, 8 // n))
+                                  chunk=max(1, args.batch // n))
             r.update(task=task, shots=shots, label=label, seconds=time.perf_counter() - t0,
                      shared_prefill=gen.shared_prefill)
             (out / f"{task}-{strategy}-{shots}.json").write_text(json.dumps(r))
@@ -97,8 +108,8 @@ def main() -> None:
             c["label"] = r["label"]
         (out / f"curve-{task}.json").write_text(json.dumps(curves, indent=1))
         plot_curves(curves, out / f"curve-{task}.png", f"SmolLM2-135M-Instruct, {task}, n={len(problems)}")
-        sc = next(c for c in curves if c["strategy"] == "sc")
-        print(f"{task} SC curve: " + ", ".join(f"maj@{p['k']} {p['accuracy']:.3f} pass@{p['k']} {p['pass']:.3f}"
+        sc = next((c for c in curves if c["strategy"] == "sc"), None)
+        print("" if sc is None else f"{task} SC curve: " + ", ".join(f"maj@{p['k']} {p['accuracy']:.3f} pass@{p['k']} {p['pass']:.3f}"
                                                 for p in sc["points"]), flush=True)
         if not args.skip_sensitivity:
             s = sensitivity(gen, problems, pool, extract, StrategyConfig(max_tokens=task_tokens), shots=3)
@@ -108,6 +119,30 @@ def main() -> None:
     print("\ntask         run            accuracy  95% CI          n   samples/q  tokens  unparseable  seconds")
     for r in rows:
         print(_row(r))
+
+
+def prefix_timing(engine, tok, problems, pool, n: int = 8, max_tokens: int = 16) -> None:
+    """N samples of each 5-shot prompt: one request with generate(n=N) (one prefill, forked)
+    against N independent requests (N prefills); wall and CPU seconds of each, best of 2."""
+    from ember.infer.sampling import SamplingParams
+    from ember.prompting.run import build_prompts
+
+    ids = [tok.encode(p, add_bos=None) for p in build_prompts(problems, pool, 5, 0, False, False)]
+    sp = SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=0, ignore_eos=True)
+    independent = [SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=i, ignore_eos=True) for i in range(n)]
+    ways = {"shared prefill (generate n=8)": lambda: engine.generate(ids, sp, n=n),
+            "8 independent requests": lambda: engine.generate([p for p in ids for _ in range(n)],
+                                                              [q for _ in ids for q in independent])}
+    print(f"prefix sharing: {len(ids)} prompts of {sum(map(len, ids)) / len(ids):.0f} tokens (5-shot), "
+          f"{n} samples each, {max_tokens} new tokens, {engine.max_batch_size} slots")
+    for name, run in ways.items():
+        best = (float("inf"), float("inf"))
+        for _ in range(2):
+            w, c = time.perf_counter(), time.process_time()
+            outs = run()
+            best = min(best, (time.perf_counter() - w, time.process_time() - c))
+        print(f"  {name:<32} wall {best[0]:6.1f} s  cpu {best[1]:6.1f} s  ({sum(o.completion_tokens for o in outs)} "
+              "tokens)", flush=True)
 
 
 def _row(r: dict) -> str:

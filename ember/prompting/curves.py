@@ -53,7 +53,7 @@ def default_ks(n: int) -> list[int]:
 def run_curve(run: dict) -> dict:
     """{"strategy", "label", "points": [{"k", "accuracy", "tokens", ["pass"]}]} of one saved run."""
     items, strategy = run["items"], run["strategy"]
-    label = f"{strategy} {run.get('shots', 0)}-shot" if strategy in ("greedy",) else strategy
+    label = run.get("label") or (f"{strategy} {run.get('shots', 0)}-shot" if strategy == "greedy" else strategy)
     per_q_tokens = sum(it["tokens"] for it in items) / len(items)
     if strategy not in SAMPLED:
         return {"strategy": strategy, "label": label,

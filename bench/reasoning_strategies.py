@@ -1,0 +1,179 @@
+"""The generated word problems (ember.data.reasoning_tasks) on SmolLM2-135M-Instruct: greedy
+chain-of-thought accuracy by difficulty (the calibration), then test-time-compute strategies
+at equal generated tokens on the middle difficulty: self-consistency (maj@k), best-of-k and
+weighted best-of-k with an outcome (ORM) and a process (PRM) verifier, PRM-guided step beam
+search, against greedy CoT.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning_strategies.py levels --n 40
+    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning_strategies.py strategies --n 40 \\
+        --orm runs/orm --prm runs/prm
+
+Every question is the chat prompt `prompt_text` (the family's own: "Think step by step, one
+equation per line, then give the answer."); a reply's answer is `extract_answer` (the last
+number after `</think>`, else the last number). `strategies` samples k replies per question
+once (temperature 0.7), scores each with both verifiers, and writes one `ember reason --out`
+style file per strategy under --out; the curves (exact maj@k and best-of-k over all
+k-subsets of the samples, weighted best-of-k over 200 random subsets) come from
+`ember.prompting.curves.run_curve`, as in `ember reason curve --runs OUT/*.json`.
+The engine runs with batch_invariant=False (about twice as fast on CPU; greedy replies may
+then depend on which requests share a batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+SEED = 12345
+
+
+def setup(batch: int):
+    from ember.agents.tool_eval import load_for_eval
+    from ember.infer.engine import Engine
+    from ember.prompting.generate import EngineGenerator
+
+    torch.set_num_threads(1)
+    net, tok = load_for_eval("smollm2", None)
+    return EngineGenerator(Engine(net, tok, max_batch_size=batch, batch_invariant=False), chat=True), tok
+
+
+def problems_at(difficulty: int, n: int):
+    from ember.data.reasoning_tasks import make_problems, prompt_text
+    from ember.prompting.prompts import Problem
+
+    ps = make_problems(n, difficulty, SEED)
+    return [Problem(p["question"], str(p["answer"])) for p in ps], [[{"role": "user", "content": prompt_text(p)}]
+                                                                     for p in ps]
+
+
+def extract(text: str) -> str | None:
+    from ember.data.reasoning_tasks import extract_answer
+
+    a = extract_answer(text)
+    return None if a is None else str(a)
+
+
+def levels(args) -> dict:
+    from ember.prompting.outcome import StrategyConfig
+    from ember.prompting.run import evaluate_strategy
+
+    gen, _ = setup(args.batch)
+    out = {}
+    for d in args.difficulties:
+        problems, prompts = problems_at(d, args.n)
+        t = time.time()
+        r = evaluate_strategy(gen, problems, problems, extract, "cot", StrategyConfig(max_tokens=args.max_tokens,
+                              chat=True), prompts=prompts, chunk=args.batch, extraction="extract_answer")
+        out[d] = {k: r[k] for k in ("accuracy", "ci", "n", "tokens", "unparseable")} | {"seconds": time.time() - t}
+        lo, hi = r["ci"]
+        print(f"difficulty {d}: {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] n={r['n']} tokens/q={r['tokens'] / r['n']:.0f}"
+              f"  {out[d]['seconds']:.0f}s", flush=True)
+    return out
+
+
+def sample_runs(args, gen, problems, prompts) -> dict[str, dict]:
+    """One sampling pass; the sc / bon / wbon runs (per verifier) share its samples."""
+    from ember.prompting.estimators import majority, wilson
+    from ember.prompting.run import same_answer
+    from ember.prompting.strategies import best_of, weighted_best_of
+    from ember.train.verifiers import load_verifier
+
+    verifiers = {name: load_verifier(path, policy_tokenizer=gen.tokenizer) for name, path in
+                 (("orm", args.orm), ("prm", args.prm)) if path}
+    items = []
+    for s in range(0, len(problems), max(1, args.batch // args.k)):
+        part = slice(s, s + max(1, args.batch // args.k))
+        for p, samples in zip(problems[part], gen.generate(prompts[part], args.k, args.temperature,
+                                                           args.max_tokens, (), args.seed)):
+            texts = [x.text for x in samples]
+            items.append({"question": p.question, "gold": p.answer, "texts": texts,
+                          "answers": [extract(t) for t in texts], "tokens": sum(x.tokens for x in samples),
+                          "scores": {v: [ver.score(p.question, t) for t in texts] for v, ver in verifiers.items()}})
+        print(f"  sampled {len(items)}/{len(problems)}", flush=True)
+    runs = {}
+    picks = {"sc": lambda it, v: majority(it["answers"]),
+             "bon": lambda it, v: best_of(it["answers"], it["scores"][v]),
+             "wbon": lambda it, v: weighted_best_of(it["answers"], it["scores"][v])}
+    for strategy, pick in picks.items():
+        for v in ([None] if strategy == "sc" else list(verifiers)):
+            its = [{**it, "answer": pick(it, v), "scores": it["scores"][v] if v else None} for it in items]
+            for it in its:
+                it["correct"] = same_answer(it["answer"], it["gold"])
+            right = sum(it["correct"] for it in its)
+            label = strategy if v is None else f"{strategy}-{v}"
+            runs[label] = {"strategy": strategy, "label": label, "accuracy": right / len(its),
+                           "ci": list(wilson(right, len(its))), "n": len(its), "samples": args.k,
+                           "tokens": sum(it["tokens"] for it in its), "temperature": args.temperature, "items": its}
+    return runs
+
+
+def strategies(args) -> dict:
+    from ember.prompting.curves import run_curve
+    from ember.prompting.outcome import StrategyConfig
+    from ember.prompting.run import evaluate_strategy
+    from ember.train.verifiers import load_verifier
+
+    gen, _ = setup(args.batch)
+    problems, prompts = problems_at(args.difficulty, args.n)
+    cfg = StrategyConfig(max_tokens=args.max_tokens, chat=True, temperature=args.temperature, seed=args.seed)
+    t, runs = time.time(), {}
+    if "cot" in args.parts:
+        runs["cot"] = evaluate_strategy(gen, problems, problems, extract, "cot", cfg, prompts=prompts,
+                                        chunk=args.batch, extraction="extract_answer")
+    if "samples" in args.parts:
+        runs.update(sample_runs(args, gen, problems, prompts))
+    if "beam" in args.parts and args.prm and args.beam_n:
+        prm = load_verifier(args.prm, policy_tokenizer=gen.tokenizer)
+        bcfg = StrategyConfig(n=args.beam_n, beam=2, max_steps=args.beam_steps, max_tokens=args.step_tokens, chat=True,
+                              temperature=args.temperature, seed=args.seed)
+        runs["prm-beam"] = evaluate_strategy(gen, problems, problems, extract, "prm-beam", bcfg, verifier=prm,
+                                             prompts=prompts, chunk=max(1, args.batch // args.beam_n),
+                                             extraction="extract_answer")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for label, run in runs.items():
+        run.setdefault("label", label)
+        (out / f"{label}.json").write_text(json.dumps(run))
+        curve = run_curve(run)
+        table[label] = {"accuracy": run["accuracy"], "ci": run["ci"], "n": run["n"],
+                        "tokens_per_q": run["tokens"] / run["n"], "curve": curve["points"]}
+        lo, hi = run["ci"]
+        pts = "  ".join(f"k={p['k']}: {p['accuracy']:.3f} ({p['tokens']:.0f} tok)" for p in curve["points"])
+        print(f"{label:10s} {run['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] n={run['n']} "
+              f"tok/q={run['tokens'] / run['n']:.0f} | {pts}", flush=True)
+    print(f"{time.time() - t:.0f}s", flush=True)
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["levels", "strategies"])
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--difficulties", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--difficulty", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=80)
+    ap.add_argument("--k", type=int, default=8, help="samples per question")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--orm", default=None)
+    ap.add_argument("--prm", default=None)
+    ap.add_argument("--beam-n", type=int, default=4, help="prm-beam candidates per step (0: skip)")
+    ap.add_argument("--beam-steps", type=int, default=4)
+    ap.add_argument("--step-tokens", type=int, default=24, help="prm-beam: tokens per step at most")
+    ap.add_argument("--parts", nargs="+", default=["cot", "samples", "beam"], choices=["cot", "samples", "beam"])
+    ap.add_argument("--batch", type=int, default=40)
+    ap.add_argument("--out", default="runs/reason/strategies")
+    args = ap.parse_args()
+    result = levels(args) if args.what == "levels" else strategies(args)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    Path(args.out, f"{args.what}-{'-'.join(getattr(args, 'parts', []))}.json".replace("-.", ".")).write_text(
+        json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
