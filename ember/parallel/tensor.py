@@ -57,30 +57,47 @@ def apply_tp(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
 
     The model must be a plain Transformer on the mesh's device type, built from the same seed on
     every rank (a distributed parameter keeps the value each rank built: rank r's slice of its
-    own tensor). Fused projections (ember.quant.fuse) are refused.
+    own tensor). Fused (ember.quant.fuse), quantized or adapter-wrapped projections are refused.
     """
-    if not isinstance(getattr(model, "layers", None), nn.ModuleList) or not hasattr(model, "config"):
-        raise ValueError(f"tensor parallelism splits a Transformer's blocks; {type(model).__name__} has no .layers")
+    _check_splittable(model)
     tp = mesh.size()
     check_tp(model.config, tp)
-    if getattr(model.config, "moe", None) is not None:
-        raise ValueError("tensor parallelism splits dense FFNs; a mixture-of-experts model (moe set) is not supported")
-    for i, block in enumerate(model.layers):
-        att, ffn = block.attention, block.feed_forward
-        if not all(hasattr(att, n) for n in ("wq", "wk", "wv", "wo")) or not hasattr(ffn, "w2"):
-            raise ValueError(f"layers.{i}: tensor parallelism needs unfused wq/wk/wv/wo and w1/w2(/w3) projections")
+    for block in model.layers:
+        att = block.attention
         plan = {
             "attention.wq": ColwiseParallel(), "attention.wk": ColwiseParallel(),
             "attention.wv": ColwiseParallel(), "attention.wo": RowwiseParallel(),
             "feed_forward.w1": ColwiseParallel(), "feed_forward.w2": RowwiseParallel(),
         }
-        if hasattr(ffn, "w3"):
+        if hasattr(block.feed_forward, "w3"):
             plan["feed_forward.w3"] = ColwiseParallel()
         parallelize_module(block, mesh, plan)
         # the projections now give this rank's heads only: reshape by the local head counts
         att.n_heads, att.n_kv_heads = att.n_heads // tp, att.n_kv_heads // tp
     _replicate_rest(model, mesh)
     return model
+
+
+def _check_splittable(model: nn.Module) -> None:
+    """A Transformer whose blocks hold plain nn.Linear projections (not fused, quantized,
+    adapter-wrapped or mixture-of-experts ones)."""
+    if not isinstance(getattr(model, "layers", None), nn.ModuleList) or not hasattr(model, "config"):
+        raise ValueError(f"tensor parallelism splits a Transformer's blocks; {type(model).__name__} has no .layers")
+    if getattr(model.config, "moe", None) is not None:
+        raise ValueError("tensor parallelism splits dense FFNs; a mixture-of-experts model (moe set) is not supported")
+    names = [f"attention.{n}" for n in ("wq", "wk", "wv", "wo")] + [f"feed_forward.{n}" for n in ("w1", "w2")]
+    for i, block in enumerate(model.layers):
+        bad = [n for n in names if type(block.get_submodule(n) if _has(block, n) else None) is not nn.Linear]
+        if bad:
+            raise ValueError(f"layers.{i}: tensor parallelism splits plain nn.Linear projections; {bad} are not")
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _replicate_rest(model: nn.Module, mesh: DeviceMesh) -> None:

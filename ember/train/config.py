@@ -71,6 +71,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"train.micro_batch_size must be >= 1, got {self.micro_batch_size!r}")
+        if self.tp_size is not None and self.parallel != "fsdp+tp":
+            raise ValueError(f"train.tp_size is for --train.parallel fsdp+tp (tp splits over every process); "
+                             f"got parallel {self.parallel!r}")
         if self.overwrite and self.resume:
             raise ValueError("train.resume and train.overwrite contradict each other: pass one of them")
 

@@ -381,3 +381,19 @@ def test_pretrain_cli_fsdp_tp_without_tp_size_fails_clearly(shards, tmp_path, ca
             "--train.out", str(tmp_path / "run"), "--train.progress", "false", "--train.parallel", "fsdp+tp"]
     assert main(args) == 2
     assert "parallel mode fsdp+tp needs tp_size, a positive int; got None" in capsys.readouterr().err
+
+
+def test_tp_refuses_projections_that_are_not_plain_linears():
+    from ember.parallel.tensor import apply_tp
+
+    model = Transformer(ModelConfig.tiny())
+    model.layers[1].feed_forward.w2 = nn.Sequential(nn.Linear(128, 64))
+    with pytest.raises(ValueError, match=r"layers.1: .*\['feed_forward.w2'\] are not"):
+        apply_tp(model, None)
+
+
+def test_tp_size_belongs_to_fsdp_tp():
+    from ember.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="train.tp_size is for --train.parallel fsdp\\+tp"):
+        TrainConfig(parallel="tp", tp_size=2)
