@@ -1,8 +1,9 @@
 """Serving throughput: `ember serve` beside llama.cpp's `llama-server`, in one run.
 
-Both serve the same SmolLM2-135M GGUF over the OpenAI API, one after the other (never
-both at once: each gets the whole machine). For each N, N streaming chat clients start
-together, each with its own prompt, 128 tokens, temperature 0, and the round is timed:
+Both serve the same SmolLM2-135M GGUF over the OpenAI API. Both are up at once, but only
+one gets requests at a time (the other idles): for each N and round, each server in turn,
+so a change in the machine's load hits both alike. In a round, N streaming chat clients
+start together, each with its own prompt, 128 tokens, temperature 0, and it is timed:
 
   aggregate tok/s   completion tokens of the round / wall time of the round
   TTFT              request sent -> first content chunk (queue wait included)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -148,30 +150,46 @@ async def stream_chat(client: httpx.AsyncClient, model: str, messages: list[dict
             "stream_tok_s": (n - 1) / span if n > 1 and span > 0 else float("nan")}
 
 
-async def bench_server(url: str, clients: list[int], max_tokens: int, rounds: int) -> dict:
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0)) as client:
-        model = (await client.get("/v1/models")).json()["data"][0]["id"]
-        # Warm-up, untimed: one short request, then one full round at the largest N, so
-        # that one-off costs (cache allocation, a --compile server's graphs for a new
-        # batch size or cache length) fall outside the timed rounds.
-        warm = [await stream_chat(client, model, prompt(0), 16)]
-        n = max(clients)
-        warm += await asyncio.gather(*[stream_chat(client, model, prompt(10_000 + i), max_tokens) for i in range(n)])
-        errors = [w["error"] for w in warm if "error" in w]
-        if errors:
-            raise RuntimeError(f"warm-up request failed: {errors[0]}")
-        out = {}
+async def warm_up(client: httpx.AsyncClient, clients: list[int], max_tokens: int) -> str:
+    """Untimed: one short request, then one full round at the largest N, so that one-off
+    costs (cache allocation, a --compile server's graphs) fall outside the timed rounds."""
+    model = (await client.get("/v1/models")).json()["data"][0]["id"]
+    warm = [await stream_chat(client, model, prompt(0), 16)]
+    n = max(clients)
+    warm += await asyncio.gather(*[stream_chat(client, model, prompt(10_000 + i), max_tokens) for i in range(n)])
+    errors = [w["error"] for w in warm if "error" in w]
+    if errors:
+        raise RuntimeError(f"warm-up request failed: {errors[0]}")
+    return model
+
+
+async def bench_servers(urls: dict[str, str], clients: list[int], max_tokens: int, rounds: int) -> dict:
+    """Every server's rounds, interleaved: for each N and round, each server in turn (the
+    others idle), so a change in the machine's load hits every server alike."""
+    timeout = httpx.Timeout(600.0)
+    conns = {name: httpx.AsyncClient(base_url=url, timeout=timeout) for name, url in urls.items()}
+    try:
+        models = {name: await warm_up(c, clients, max_tokens) for name, c in conns.items()}
+        out: dict[str, dict] = {name: {} for name in urls}
         for n in clients:
-            streams, walls, errors = [], [], []
+            runs = {name: ([], [], []) for name in urls}  # streams, walls, errors
             for r in range(rounds):
-                t0 = time.perf_counter()
-                res = await asyncio.gather(*[stream_chat(client, model, prompt(r * n + i), max_tokens) for i in range(n)])
-                walls.append(time.perf_counter() - t0)
-                errors += [x["error"] for x in res if "error" in x]
-                streams += [x for x in res if "error" not in x]
-                tokens = sum(x["tokens"] for x in res if "error" not in x)
-                print(f"    N={n} round {r + 1}: {tokens} tokens in {walls[-1]:.2f} s", file=sys.stderr)
-            out[n] = summarize(streams, walls, errors, n)
+                for name, client in conns.items():
+                    streams, walls, errors = runs[name]
+                    t0 = time.perf_counter()
+                    res = await asyncio.gather(*[stream_chat(client, models[name], prompt(r * n + i), max_tokens)
+                                                 for i in range(n)])
+                    walls.append(time.perf_counter() - t0)
+                    errors += [x["error"] for x in res if "error" in x]
+                    streams += [x for x in res if "error" not in x]
+                    tokens = sum(x["tokens"] for x in res if "error" not in x)
+                    print(f"    {name} N={n} round {r + 1}: {tokens} tokens in {walls[-1]:.2f} s, "
+                          f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+            for name in urls:
+                out[name][n] = summarize(*runs[name], n)
+    finally:
+        for c in conns.values():
+            await c.aclose()
     return out
 
 
@@ -236,17 +254,17 @@ def main() -> None:
 
     gguf = resolve_model(args.model)
     binary = args.llama_server or shutil.which("llama-server")
-    results: dict[str, dict] = {}
     variants = args.ember_args or [""]
-    for extra in variants:
-        name = f"ember {extra}".strip() if len(variants) > 1 else "ember"
-        with ember_server(args, extra, free_port()) as srv:
-            print(f"{name}: {' '.join(srv.argv[1:])}", file=sys.stderr)
-            results[name] = asyncio.run(bench_server(srv.url, clients, args.max_tokens, args.rounds))
+    servers = {(f"ember {extra}".strip() if len(variants) > 1 else "ember"): ember_server(args, extra, free_port())
+               for extra in variants}
     if binary and gguf.suffix == ".gguf":
-        with llama_server(binary, gguf, free_port()) as srv:
-            print(f"llama-server: {' '.join(srv.argv)}", file=sys.stderr)
-            results["llama-server"] = asyncio.run(bench_server(srv.url, clients, args.max_tokens, args.rounds))
+        servers["llama-server"] = llama_server(binary, gguf, free_port())
+    with contextlib.ExitStack() as stack:
+        for name, srv in servers.items():  # up one after another, then idle until their rounds
+            stack.enter_context(srv)
+            print(f"{name}: {' '.join(srv.argv)}", file=sys.stderr)
+        results = asyncio.run(bench_servers({name: srv.url for name, srv in servers.items()}, clients,
+                                            args.max_tokens, args.rounds))
     print_table(results, clients)
     if "llama-server" not in results:
         print("\nllama-server not found (--llama-server PATH or $LLAMA_SERVER): ember's figures only")
