@@ -1,4 +1,5 @@
-"""Batch-1 matvec speed: fp32/bf16 F.linear vs Int8Linear vs Int4Linear, µs per call and GB/s.
+"""Batch-1 matvec speed: fp32/bf16 F.linear vs Int8Linear vs Int4Linear vs the native Q4/Q8
+block kernels (ember.kernels), µs per call and GB/s.
 
 GB/s counts the weight bytes (plus scales) read per call. "hot" repeats one weight (it can
 sit in cache); "cold" cycles through enough copies to exceed ~1 GB, as a decode step
@@ -23,6 +24,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ember.kernels.build import load_kernels
+from ember.kernels.linear import Q4Linear, Q8Linear
 from ember.quant import Int4Linear, Int8Linear
 
 
@@ -76,6 +79,13 @@ def variants(K: int, N: int, copies: int):
         ],
         nbytes4,
     )
+    del q4
+    if load_kernels() is not None:  # GGUF-layout blocks × int8 block activations (AVX-512 VNNI)
+        nq4 = [Q4Linear.from_float(W) for W in Ws]
+        rows["native Q4_1 Q4Linear (fp32 io)"] = ([lambda m=m: m(x) for m in nq4], N * K // 2 + (K // 32) * N * 4)
+        del nq4
+        nq8 = [Q8Linear.from_float(W) for W in Ws]
+        rows["native Q8_0 Q8Linear (fp32 io)"] = ([lambda m=m: m(x) for m in nq8], N * K + (K // 32) * N * 2)
     return rows
 
 

@@ -90,6 +90,9 @@ def build(cxx: str, out: Path) -> None:
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-800:]}")
         os.replace(tmp, out)
+        for stale in out.parent.glob("ember_q4_*.so"):  # builds of older sources (safe to unlink while loaded)
+            if stale != out:
+                stale.unlink(missing_ok=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
