@@ -16,26 +16,26 @@ task, so a change in load hits them alike.
                                    [--draft-k 4] [--draft-model smollm2] [--draft-quant auto]
 
 Measured (`--threads 1 --tokens 64`, then `--quant auto`, on a 2-core machine shared with other
-jobs, load average 21-28: absolute tok/s are far below an idle machine's; read the ratios):
+jobs, load average 21-31: absolute tok/s are far below an idle machine's; read the ratios):
 
     SmolLM2-135M (Transformer, quant none), 1 thread(s), 64 tokens, draft k 4 (ngram: up to 8)
     task      decoding mode            tok/s  x off  accept drafted  same  load
-    grounded  greedy   off              2.49   1.00      0%       0  True  21.1
-    grounded  greedy   ngram            4.00   1.61     51%      89  True  21.8
-    grounded  greedy   early-exit 25    1.28   0.51     28%      32  True  23.5
-    grounded  greedy   draft Native     6.10   2.45     98%      51  True  24.0
-    grounded  T=0.7    off              2.87   1.00      0%       0     -  24.0
-    grounded  T=0.7    ngram            7.26   2.53     48%      83     -  23.8
-    grounded  T=0.7    early-exit 25    2.35   0.82     28%      32     -  22.4
-    grounded  T=0.7    draft Native     5.38   1.87    100%      50     -  21.9
-    chat      greedy   off              2.79   1.00      0%       0  True  22.4
-    chat      greedy   ngram            2.90   1.04      0%      36  True  22.9
-    chat      greedy   early-exit 25    2.09   0.75     19%      32  True  23.7
-    chat      greedy   draft Native     5.03   1.80     83%      58  True  23.9
-    chat      T=0.7    off              2.64   1.00      0%       0     -  24.7
-    chat      T=0.7    ngram            3.05   1.15      0%      36     -  24.3
-    chat      T=0.7    early-exit 25    2.29   0.87     22%      32     -  23.7
-    chat      T=0.7    draft Native     6.10   2.31     98%      51     -  23.6
+    grounded  greedy   off              1.73   1.00      0%       0  True  30.7
+    grounded  greedy   ngram            3.36   1.94     51%      89  True  30.9
+    grounded  greedy   early-exit 25    1.30   0.75     28%      32  True  30.6
+    grounded  greedy   draft Native     5.15   2.98     98%      51  True  30.7
+    grounded  T=0.7    off              2.63   1.00      0%       0     -  30.6
+    grounded  T=0.7    ngram            6.14   2.34     48%      83     -  30.5
+    grounded  T=0.7    early-exit 25    2.26   0.86     28%      32     -  30.1
+    grounded  T=0.7    draft Native     6.70   2.55    100%      50     -  29.3
+    chat      greedy   off              3.71   1.00      0%       0  True  28.8
+    chat      greedy   ngram            3.75   1.01      0%      36  True  28.4
+    chat      greedy   early-exit 25    2.77   0.75     19%      32  True  27.8
+    chat      greedy   draft Native     6.08   1.64     83%      58  True  27.1
+    chat      T=0.7    off              4.06   1.00      0%       0     -  26.4
+    chat      T=0.7    ngram            3.82   0.94      0%      36     -  26.1
+    chat      T=0.7    early-exit 25    2.74   0.67     22%      32     -  25.2
+    chat      T=0.7    draft Native     8.16   2.01     98%      51     -  25.2
 
     SmolLM2-135M (NativeTransformer, quant auto), 1 thread(s), 64 tokens, draft k 4 (ngram: up to 8)
     grounded  greedy   off             30.09   1.00      0%       0  True  24.3
