@@ -158,8 +158,9 @@ def fit_head(head: torch.nn.Module, feats: torch.Tensor, targets: torch.Tensor, 
         loss.backward()
         return loss
 
-    loss = opt.step(closure)
+    opt.step(closure)
     with torch.no_grad():
+        loss = F.binary_cross_entropy_with_logits(x @ w + b, targets, weight=weight)
         head.linear.weight.copy_((w / sd)[None])
         head.linear.bias.fill_(float(b - (w * mu / sd).sum()))
     return loss.item()
