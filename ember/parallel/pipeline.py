@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
 from ember.model.layers import rope_cos_sin
 
@@ -102,6 +101,10 @@ class Pipeline:
         lo, hi = stage_bounds(model.config.n_layers, self.pp)[self.rank]
         self.first, self.last = self.rank == 0, self.rank == self.pp - 1
         self.stage_module = StageModule(model, lo, hi, self.first, self.last)
+        # imported here: torch.distributed.pipelining costs seconds at import, and every
+        # training command imports this module
+        from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+
         self.stage = PipelineStage(self.stage_module, self.rank, self.pp, device, group=group)
 
         def stage_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
