@@ -91,15 +91,15 @@ def test_the_acceptance_rule_preserves_the_target_distribution():
     p = torch.tensor([0.5, 0.2, 0.2, 0.1], dtype=torch.float64)  # target
     for q in (torch.tensor([0.1, 0.6, 0.1, 0.2], dtype=torch.float64),  # a draft model's
               torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64)):  # a deterministic (n-gram) draft
-        n, counts, accepted = 20000, torch.zeros(4), 0
+        n, counts, accepted = 8000, torch.zeros(4), 0
         for _ in range(n):
             x = int(torch.multinomial(q, 1, generator=g))
             ok, t = accept_or_resample(p, q, x, g)
             counts[t] += 1
             accepted += ok
         freq = counts / n
-        assert torch.allclose(freq, p.float(), atol=0.012), freq  # 4 sigma at n = 20000 is ~0.014
-        assert accepted / n == pytest.approx(float(torch.minimum(p, q).sum()), abs=0.015)  # sum min(p, q)
+        assert torch.allclose(freq, p.float(), atol=0.022), freq  # 4 sigma at n = 8000 is ~0.022
+        assert accepted / n == pytest.approx(float(torch.minimum(p, q).sum()), abs=0.022)  # sum min(p, q)
 
 
 def test_auto_drafts_by_prompt_lookup_except_on_the_native_decode_step():
