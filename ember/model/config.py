@@ -53,14 +53,18 @@ class MoEConfig:
     """weight of the load-balancing loss n_experts * sum_e f_e * P_e added to the training loss"""
     z_loss_coef: float = 0.001
     """weight of the router z-loss mean(logsumexp(router logits)^2) (ST-MoE, Zoph et al. 2022)"""
-    renormalize: bool = True
-    """renormalize the top_k probabilities to sum to 1 (Mixtral); false keeps the softmax values"""
+    renormalize: bool | None = None
+    """renormalize the top_k probabilities to sum to 1 (Mixtral); false keeps the softmax values
+    (Switch). None: true when top_k > 1; with top_k 1 renormalizing would make every weight 1
+    and leave the router no gradient from the task loss"""
 
     def __post_init__(self):
         for name in ("n_experts", "top_k"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIZE:
                 raise ValueError(f"MoEConfig.{name} must be a positive int, got {v!r}")
+        if self.renormalize is None:
+            self.renormalize = self.top_k > 1
         if self.top_k > self.n_experts:
             raise ValueError(f"MoEConfig.top_k {self.top_k} exceeds n_experts {self.n_experts}")
         if self.capacity_factor is not None and not _positive_number(self.capacity_factor):

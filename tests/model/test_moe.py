@@ -171,3 +171,18 @@ def test_mixtral_checkpoint_matches_transformers(tmp_path):
         back = transformers.MixtralForCausalLM.from_pretrained(save_hf(model, tmp_path / "ember")).eval()
         torch.testing.assert_close(back(ids).logits, want, atol=1e-6, rtol=1e-6)
     assert math.isfinite(float(want.sum()))
+
+
+def test_top1_router_learns_from_the_task_loss():
+    """Top-1 keeps the softmax weight (Switch): renormalized it would be 1 and the router
+    would get no gradient from the task loss, only from the auxiliary losses."""
+    torch.manual_seed(0)
+    switch = MoEFeedForward(_moe(top_k=1, aux_loss_coef=0.0, z_loss_coef=0.0))
+    assert switch.moe.renormalize is False and MoEConfig(top_k=2).renormalize is True
+    renormalized = MoEFeedForward(_moe(top_k=1, renormalize=True, aux_loss_coef=0.0, z_loss_coef=0.0))
+    renormalized.load_state_dict(switch.state_dict())
+    x = torch.randn(2, 6, 64)
+    switch(x).pow(2).sum().backward()
+    renormalized(x).pow(2).sum().backward()
+    g_switch, g_renorm = switch.router.weight.grad.abs().sum(), renormalized.router.weight.grad.abs().sum()
+    assert g_renorm < 1e-3 * g_switch  # p / p = 1: only rounding reaches the router

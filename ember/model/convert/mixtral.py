@@ -6,7 +6,7 @@ table. On disk (save_pretrained) each expert is stored apart, in Meta's names:
     model.layers.{L}.block_sparse_moe.experts.{E}.w{1,2,3}.weight
                                                           → layers.{L}.feed_forward.experts.{E}.w{1,2,3}.weight
 
-Mixtral routes by softmax → top-k → renormalize, dropless: ember's MoEConfig defaults.
+Mixtral routes by softmax → top-k → renormalize (also at top_k 1), dropless.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def mixtral_config(llama: ModelConfig, get) -> ModelConfig:
     `get(key, kind, default)` reads config.json checked (see hf._get)."""
     moe = MoEConfig(
         n_experts=get("num_local_experts", "positive int"), top_k=get("num_experts_per_tok", "positive int", 2),
-        aux_loss_coef=float(get("router_aux_loss_coef", "positive number", 0.001)), z_loss_coef=0.0,
+        aux_loss_coef=float(get("router_aux_loss_coef", "positive number", 0.001)), z_loss_coef=0.0, renormalize=True,
     )
     return dataclasses.replace(llama, moe=moe, sliding_window=get("sliding_window", "positive int", None))
 
