@@ -14,6 +14,7 @@ task, so a change in load hits them alike.
 
     python -P bench/speculative.py [--threads 1] [--tokens 64] [--quant none|auto] [--draft-layers 25]
                                    [--draft-k 4] [--draft-model smollm2] [--draft-quant auto]
+                                   [--modes off,ngram,early-exit,draft]
 
 Measured (`--threads 1 --tokens 64`, then `--quant auto`, on a 2-core machine shared with other
 jobs, load average 21-31: absolute tok/s are far below an idle machine's; read the ratios):
@@ -98,14 +99,16 @@ def engines(model, tok, args):
 
     out = {"off": "off", "ngram": "ngram",
            f"early-exit {args.draft_layers}": ModelDrafter(early_exit(model, args.draft_layers), k=args.draft_k)}
-    if args.draft_model:
+    if args.draft_model and "draft" in args.modes.split(","):
         import ember
 
         quant = None if args.draft_quant == "none" else args.draft_quant
         draft, draft_tok = ember.load(args.draft_model, quant=quant)
         out[f"draft {type(draft).__name__[:6]}"] = ModelDrafter(draft.eval(), draft_tok, name=args.draft_model,
                                                                  k=args.draft_k)
-    return {name: Engine(model, tok, max_batch_size=1, speculative=s) for name, s in out.items()}
+    keep = args.modes.split(",")
+    return {name: Engine(model, tok, max_batch_size=1, speculative=s) for name, s in out.items()
+            if name.split()[0] in keep}
 
 
 def main() -> None:
@@ -117,6 +120,7 @@ def main() -> None:
     ap.add_argument("--draft-k", type=int, default=4)
     ap.add_argument("--draft-model", default="smollm2", help="'' for none")
     ap.add_argument("--draft-quant", default="auto")
+    ap.add_argument("--modes", default="off,ngram,early-exit,draft", help="which rows, comma-separated")
     args = ap.parse_args()
     import torch
 
