@@ -1,7 +1,7 @@
 """Tensor and pipeline parallelism on two gloo processes give the losses and gradients of one
 process, step after step of AdamW; their compositions (activation checkpointing, FSDP2 on a
 2-D mesh) too; full state dicts round-trip under TP whatever order each rank's dict has;
-bad sizes are clear errors; `ember pretrain` runs them under torchrun.
+bad sizes are clear errors. The command line under torchrun: test_tp_pp_cli.py.
 
 The steps are SGD's: its update is linear in the gradient, so the ranks' float rounding
 (they sum the row-split matmuls and the stages' gradients in another order than one process,
@@ -10,7 +10,8 @@ rounding on a near-zero gradient into a visible change of the trajectory (the CL
 AdamW). Tolerances: losses within 1e-5, gradients within atol 1e-6 / rtol 1e-4.
 
 The default suite runs one TP and one PP case (with tied embeddings, and checkpointing on the
-PP one); the rest (untied, TP with checkpointing, FSDP2 + TP on a 1 x 2 mesh) are marked slow.
+PP one); the rest (untied, TP with checkpointing, FSDP2 + TP on a 1 x 2 mesh, FSDP2 with checkpointing)
+are marked slow.
 """
 
 import json
@@ -18,15 +19,12 @@ import multiprocessing
 import os
 import random
 import socket
-import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
@@ -41,7 +39,14 @@ from ember.parallel import (
     load_full_state_dict,
 )
 from ember.parallel.pipeline import Pipeline, stage_bounds
-from ember.parallel.tensor import check_same_batch, check_tp, data_parallel, parallelize, tp_degree
+from ember.parallel.tensor import (
+    apply_tp,
+    check_same_batch,
+    check_tp,
+    data_parallel,
+    parallelize,
+    tp_degree,
+)
 from ember.train.losses import lm_loss
 
 WORLD, STEPS, LR = 2, 3, 0.2
@@ -54,6 +59,7 @@ SLOW = [
     ("tp", "tp", False, 2, False),
     ("tp_ac", "tp", True, 2, True),
     ("fsdp_tp", "fsdp+tp", True, 2, False),
+    ("fsdp_ac", "fsdp", True, 2, True),  # FSDP2 over checkpointed blocks (both ranks read every row)
     ("pp", "pp", False, 3, False),
 ]
 
@@ -291,101 +297,10 @@ def test_one_process_is_the_plain_model():
     assert parallelize(model, one, "tp") is model
     assert all(not isinstance(p, DTensor) for p in model.parameters())
     with pytest.raises(ValueError, match="Linear has no .layers"):
-        from ember.parallel.tensor import apply_tp
-
         apply_tp(nn.Linear(2, 2), None)
-    assert not dist.is_initialized()
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line: `ember pretrain` in one process and under torchrun
-
-TINY = ["--arch", "mini-llama", "--model.n_layers", "2", "--model.d_model", "64", "--model.n_heads", "4",
-        "--model.n_kv_heads", "2", "--model.d_ff", "128", "--data.seq_len", "32"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from ember.data.corpus import pydoc_topics_text
-    from ember.data.shards import prepare_shards
-    from ember.tokenizer import train_bpe
-
-    text = pydoc_topics_text()[:60_000]
-    docs = [text[i : i + 3000] for i in range(0, len(text), 3000)]
-    tok = train_bpe(docs, 300, special_tokens=["<|endoftext|>"], eos_tokens=["<|endoftext|>"], progress=False)
-    out = tmp_path_factory.mktemp("shards")
-    prepare_shards(out, tok, texts=docs, progress=False, workers=1)
-    return out
-
-
-def _pretrain(shards: Path, out: Path, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess:
-    args = ["pretrain", *TINY, "--data.dir", str(shards), "--train.steps", "3", "--train.batch_size", "4",
-            "--train.eval_every", "3", "--train.eval_windows", "2", "--train.sample_every", "0",
-            "--train.log_every", "1", "--train.out", str(out), "--train.progress", "false",
-            "--train.precision", "fp32", "--train.device", "cpu", "--sample_tokens", "0", "--export_hf", "false",
-            *extra]
-    launch = [sys.executable, "-m", "ember"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-port", str(_free_port()), "-m", "ember"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launch, *args], cwd=out.parent, env=env, capture_output=True, text=True, timeout=400)
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.slow
-def test_pretrain_cli_tp_pp_under_torchrun_equal_one_process(shards, tmp_path):
-    """The same command, AdamW and all: one process; torchrun tp; torchrun pp (2 micro-batches);
-    one process with activation checkpointing. Same losses, grad norms, final weights (in
-    warmup, as test_pretrain's DDP/FSDP comparison: at full lr AdamW's sign-like first step turns
-    rounding on near-zero gradients into 1e-5 weight differences)."""
-    from ember.train.checkpoint import latest_checkpoint, load_checkpoint
-
-    runs = {
-        "one": (1, []),
-        "tp": (2, ["--train.parallel", "tp"]),
-        "pp": (2, ["--train.parallel", "pp", "--train.micro_batch_size", "2"]),
-        "ac": (1, ["--train.activation_checkpointing", "true"]),
-    }
-    for name, (nproc, extra) in runs.items():
-        r = _pretrain(shards, tmp_path / name, *extra, nproc=nproc)
-        assert r.returncode == 0, f"{name}: {r.stderr[-3000:]}"
-    want = _metrics(tmp_path / "one")
-    w_one = load_checkpoint(latest_checkpoint(tmp_path / "one"))["model"]
-    for name in ("tp", "pp", "ac"):
-        got = _metrics(tmp_path / name)
-        assert [r["step"] for r in got] == [1, 2, 3]  # rank 0 alone logs
-        for a, b in zip(want, got):
-            assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), name
-            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), name
-        assert got[-1]["val_loss"] == pytest.approx(want[-1]["val_loss"], rel=1e-5), name
-        w = load_checkpoint(latest_checkpoint(tmp_path / name))["model"]
-        assert w.keys() == w_one.keys()
-        for k in w_one:
-            torch.testing.assert_close(w[k], w_one[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
-
-
-@pytest.mark.slow
-def test_pretrain_cli_tp_that_cannot_split_the_kv_heads_fails_clearly(shards, tmp_path):
-    r = _pretrain(shards, tmp_path / "bad", "--train.parallel", "tp", "--model.n_kv_heads", "1", nproc=2)
-    assert r.returncode != 0
-    assert "tensor parallel degree 2 must divide n_kv_heads 1 (and n_heads 4)" in r.stderr
-
-
-def test_pretrain_cli_fsdp_tp_without_tp_size_fails_clearly(shards, tmp_path, capsys):
-    from ember.cli import main
-
-    args = ["pretrain", *TINY, "--data.dir", str(shards), "--train.steps", "1", "--train.batch_size", "2",
-            "--train.out", str(tmp_path / "run"), "--train.progress", "false", "--train.parallel", "fsdp+tp"]
-    assert main(args) == 2
-    assert "parallel mode fsdp+tp needs tp_size, a positive int; got None" in capsys.readouterr().err
 
 
 def test_tp_refuses_projections_that_are_not_plain_linears():
-    from ember.parallel.tensor import apply_tp
-
     model = Transformer(ModelConfig.tiny())
     model.layers[1].feed_forward.w2 = nn.Sequential(nn.Linear(128, 64))
     with pytest.raises(ValueError, match=r"layers.1: .*\['feed_forward.w2'\] are not"):
