@@ -69,6 +69,8 @@ def levels(args) -> dict:
         r = evaluate_strategy(gen, problems, problems, extract, "cot", StrategyConfig(max_tokens=args.max_tokens,
                               chat=True), prompts=prompts, chunk=args.batch, extraction="extract_answer")
         out[d] = {k: r[k] for k in ("accuracy", "ci", "n", "tokens", "unparseable")} | {"seconds": time.time() - t}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, f"cot-d{d}.json").write_text(json.dumps({**r, "difficulty": d}))
         lo, hi = r["ci"]
         print(f"difficulty {d}: {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] n={r['n']} tokens/q={r['tokens'] / r['n']:.0f}"
               f"  {out[d]['seconds']:.0f}s", flush=True)

@@ -22,7 +22,8 @@ Difficulty 1..5 (`LEVELS`), calibrated on SmolLM2-135M-Instruct (greedy, the cha
     [1, 0]
 
 Solutions are written `<think>` one step per line `</think>` then "The answer is N.";
-`extract_answer` reads N back (the last number after `</think>`, else the last number).
+`extract_answer` reads N back (the last "answer is N", else the last number after
+`</think>`, else the last number).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ LEVELS = {
 """Difficulty → what its problems look like (see the module's table)."""
 _EQUATION = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?\s*$")
 _NUMBER = re.compile(r"-?\d+")
+_ANSWER_IS = re.compile(r"answer is:?\s*\**\s*(-?\d+)", re.IGNORECASE)
 PROMPT_SUFFIX = " Think step by step, one equation per line, then give the answer."
 
 
@@ -188,11 +190,17 @@ def solution_text(steps: list[str], answer: int | str | None = None) -> str:
 
 
 def extract_answer(text: str) -> int | None:
-    """The final answer of a reply: the last number after `</think>` (else in the whole text).
+    """The final answer of a reply: the last "answer is N" (a reply may go on after stating
+    it), else the last number after `</think>`, else the last number of the whole text.
 
     >>> extract_answer("<think>\\n2 + 3 = 5\\n</think>\\nThe answer is 5."), extract_answer("no")
     (5, None)
+    >>> extract_answer("3 * 2 = 6. The answer is 6. Step 2: 6 + 1 = 7")
+    6
     """
+    stated = _ANSWER_IS.findall(text)
+    if stated:
+        return int(stated[-1])
     tail = text.rsplit("</think>", 1)[-1]
     numbers = _NUMBER.findall(tail) or _NUMBER.findall(text)
     return int(numbers[-1]) if numbers else None

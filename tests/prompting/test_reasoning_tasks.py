@@ -73,6 +73,12 @@ def test_extract_answer_prefers_the_text_after_think():
     assert extract_answer("12 then 13") == 13 and extract_answer("") is None
 
 
+def test_a_stated_answer_wins_over_numbers_after_it():
+    assert extract_answer("6 * 3 = 18\nThe answer is 18.\nStep 2: 18 + 1 = 19") == 18
+    assert extract_answer("<think>\n2 + 2 = 4\n</think>\nThe answer is: 4, not 5") == 4
+    assert extract_answer("the answer is 3. Wait, the answer is 7 then 9") == 7  # the last statement
+
+
 def test_written_task_loads_in_the_eval_harness(tmp_path):
     from ember.eval.harness.tasks import load_task
 
