@@ -43,3 +43,26 @@ def test_early_exit_drafts_with_the_models_first_blocks():
     with pytest.raises(ValueError, match=r"draft layers must be in 1..2 \(the model has 3 blocks\), got 3"):
         build_speculative(model, tok, GenerateConfig(prompt="hi", speculative="early-exit", draft_layers=3))
     assert build_speculative(model, tok, GenerateConfig(prompt="hi", speculative="off")) == "off"
+
+
+def test_a_draft_model_folder_loads_and_one_with_another_tokenizer_is_refused_naming_both(tmp_path, smollm2_tokenizer):
+    from ember.model.config import ModelConfig
+    from ember.model.convert.hf import save_hf
+    from ember.model.transformer import Transformer
+    from ember.tokenizer.hf_export import save_hf_tokenizer
+
+    def folder(name, tok, vocab_size):
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.tiny(vocab_size=vocab_size, max_seq_len=128)).eval()
+        save_hf(model, tmp_path / name)
+        save_hf_tokenizer(tok, tmp_path / name)
+        return model, str(tmp_path / name)
+
+    target, same = folder("same", smollm2_tokenizer, smollm2_tokenizer.vocab_size)
+    cfg = GenerateConfig(prompt="hi", model="target", speculative="draft", draft_model=same, draft_k=2)
+    drafter = build_speculative(target, smollm2_tokenizer, cfg)
+    assert isinstance(drafter, ModelDrafter) and drafter.name == same and drafter.k == 2
+    _, other = folder("other", make_tokenizer(), 260)
+    cfg = GenerateConfig(prompt="hi", model="target", speculative="draft", draft_model=other)
+    with pytest.raises(ValueError, match=f"the draft model {other} has vocab_size 260, target 49152"):
+        build_speculative(target, smollm2_tokenizer, cfg)
