@@ -152,9 +152,61 @@ def strategies(args) -> dict:
     return table
 
 
+def rescore(run: dict) -> dict:
+    """A saved run's answers extracted again from its texts (the current `extract_answer`),
+    its picks and accuracy recomputed."""
+    from ember.prompting.estimators import majority, wilson
+    from ember.prompting.run import same_answer
+    from ember.prompting.strategies import best_of, weighted_best_of
+
+    items = []
+    for it in run["items"]:
+        answers = [extract(t) for t in it["texts"]]
+        if run["strategy"] == "sc":
+            pick = majority(answers)
+        elif run["strategy"] == "bon":
+            pick = best_of(answers, it["scores"])
+        elif run["strategy"] == "wbon":
+            pick = weighted_best_of(answers, it["scores"])
+        else:  # greedy, cot: the one reply; prm-beam: the best-scored kept solution
+            pick = answers[0]
+        items.append({**it, "answers": answers, "answer": pick, "correct": same_answer(pick, it["gold"])})
+    right = sum(it["correct"] for it in items)
+    return {**run, "items": items, "accuracy": right / len(items), "ci": list(wilson(right, len(items))),
+            "unparseable": sum(a is None for it in items for a in it["answers"])}
+
+
+def table(args) -> dict:
+    """Every saved run of --out (and the levels' CoT at --difficulty) rescored; one row each
+    and its curve; the rescored runs go to OUT/final/ for `ember reason curve`."""
+    from ember.prompting.curves import run_curve
+
+    files = sorted(Path(args.out).glob("*.json"))
+    files += [f for f in [Path(args.levels, f"cot-d{args.difficulty}.json")] if f.is_file()]
+    final = Path(args.out, "final")
+    final.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for f in files:
+        run = json.loads(f.read_text())
+        if not isinstance(run, dict) or "items" not in run:
+            continue
+        run = rescore(run)
+        label = run.get("label") or run["strategy"]
+        run["label"] = label
+        (final / f"{label}.json").write_text(json.dumps(run))
+        points = run_curve(run)["points"]
+        lo, hi = run["ci"]
+        out[label] = {"accuracy": run["accuracy"], "ci": run["ci"], "n": run["n"],
+                      "tokens_per_q": run["tokens"] / run["n"], "curve": points}
+        pts = "  ".join(f"k={p['k']:g}: {p['accuracy']:.3f} ({p['tokens']:.0f} tok)" for p in points)
+        print(f"{label:10s} {run['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] n={run['n']} "
+              f"tok/q={run['tokens'] / run['n']:.0f} | {pts}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["levels", "strategies"])
+    ap.add_argument("what", choices=["levels", "strategies", "table"])
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--difficulties", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--difficulty", type=int, default=3)
@@ -170,8 +222,9 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["cot", "samples", "beam"], choices=["cot", "samples", "beam"])
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--out", default="runs/reason/strategies")
+    ap.add_argument("--levels", default="runs/reason/levels", help="table: where the levels' CoT runs are")
     args = ap.parse_args()
-    result = levels(args) if args.what == "levels" else strategies(args)
+    result = {"levels": levels, "strategies": strategies, "table": table}[args.what](args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, f"{args.what}-{'-'.join(getattr(args, 'parts', []))}.json".replace("-.", ".")).write_text(
         json.dumps(result, indent=1))
