@@ -85,6 +85,8 @@ def _check_splittable(model: nn.Module) -> None:
         raise ValueError(f"tensor parallelism splits a Transformer's blocks; {type(model).__name__} has no .layers")
     if getattr(model.config, "moe", None) is not None:
         raise ValueError("tensor parallelism splits dense FFNs; a mixture-of-experts model (moe set) is not supported")
+    if getattr(model.config, "n_token_types", 0):  # the model reads type_embeddings.weight[0] directly
+        raise ValueError("tensor parallelism does not support token-type embeddings (n_token_types > 0, BERT)")
     names = [f"attention.{n}" for n in ("wq", "wk", "wv", "wo")] + [f"feed_forward.{n}" for n in ("w1", "w2")]
     for i, block in enumerate(model.layers):
         bad = [n for n in names if type(block.get_submodule(n) if _has(block, n) else None) is not nn.Linear]

@@ -305,6 +305,8 @@ def test_tp_refuses_projections_that_are_not_plain_linears():
     model.layers[1].feed_forward.w2 = nn.Sequential(nn.Linear(128, 64))
     with pytest.raises(ValueError, match=r"layers.1: .*\['feed_forward.w2'\] are not"):
         apply_tp(model, None)
+    with pytest.raises(ValueError, match="token-type embeddings"):
+        apply_tp(Transformer(ModelConfig.tiny(n_token_types=2)), None)
 
 
 def test_tp_size_belongs_to_fsdp_tp():
