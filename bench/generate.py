@@ -255,7 +255,8 @@ def main() -> None:
         r = llama_cpp(args, env) if v == "llama.cpp" else ember_variant(v, args, env)
         if r is not None:
             results[v] = r
-            print(f"  {v}: done", file=sys.stderr)
+            print(f"  {v}: {json.dumps({k: round(x, 2) if isinstance(x, float) else x for k, x in r.items()})}",
+                  file=sys.stderr, flush=True)
     report(results, args)
 
 
