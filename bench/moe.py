@@ -81,11 +81,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="threads per variant")
+    p.add_argument("--out", default=None, help="keep the runs (metrics.jsonl per variant) in this folder")
     p.add_argument("--parallel", action="store_true", help="train the variants at the same time, one process each")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.out or tmp
         if args.parallel:  # one process per variant, all at once: the same conditions for each
             with ProcessPoolExecutor(len(args.variants), mp_context=get_context("spawn")) as pool:
                 futures = [pool.submit(run, n, args.steps, args.batch, Path(tmp), args.threads) for n in args.variants]
