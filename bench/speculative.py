@@ -56,6 +56,11 @@ jobs, load average 21-31: absolute tok/s are far below an idle machine's; read t
     chat      T=0.7    early-exit 25   12.38   0.47     22%      32     -  28.4
     chat      T=0.7    draft Native    10.27   0.39    100%      50     -  28.3
 
+The distilled student of `ember distill` as the draft (runs/bench-distill/kd/model: 4 blocks,
+d_model 192, 30 steps, held-out top-1 agreement with SmolLM2 7.9%; `--modes off,draft
+--draft-model runs/bench-distill/kd/model --draft-quant none`, load average 19-21): no draft
+accepted (0% of 32 on each task and decoding), so it stopped after its probation at 0.87-0.95x.
+
 On the native decode step every drafter loses (a verify forward of k + 1 tokens runs PyTorch's
 Q4 path, 6-8 native steps), so `--speculative auto` is off there; greedy tokens differ from off
 there because the native step and the PyTorch forward round differently. Early exit drafts
