@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-THREADS = 2
+THREADS = 2  # as the reference figures ran; --threads changes it for both servers
 SUBJECTS = [
     "a lighthouse keeper", "a clockmaker", "a lost robot", "a mountain village", "a night train",
     "a beekeeper", "an old library", "a desert caravan", "a river ferry", "a street musician",
@@ -237,6 +237,7 @@ def print_table(results: dict[str, dict], clients: list[int]) -> None:
 
 
 def main() -> None:
+    global THREADS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", default="1,4,8", help="comma-separated numbers of concurrent clients")
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -246,8 +247,10 @@ def main() -> None:
                     help="extra flags for `ember serve`, e.g. '--quant int4'; repeat for more ember rows (default: none)")
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"),
                     help="llama-server binary (default: $LLAMA_SERVER, then PATH)")
+    ap.add_argument("--threads", type=int, default=THREADS, help="threads of each server (-t, --threads)")
     ap.add_argument("--out", default="runs/bench_serve.json")
     args = ap.parse_args()
+    THREADS = args.threads
     clients = [int(c) for c in args.clients.split(",")]
 
     from ember.core.registry import resolve_model
