@@ -37,7 +37,7 @@ _LINEARS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
 def native_unsupported(cfg: ModelConfig) -> str | None:
     """Why the native decode step cannot run a model of this config, or None.
 
-    >>> native_unsupported(ModelConfig.tiny())
+    >>> native_unsupported(ModelConfig.tiny(d_ff=256))
     >>> native_unsupported(ModelConfig.tiny(mlp="gelu", norm="layernorm", pos_emb="learned"))
     'needs norm=rmsnorm (got layernorm)'
     """
@@ -159,7 +159,7 @@ def apply_native(model: Transformer) -> NativeTransformer:
     round-to-nearest Q4_1, the embedding/head Q8_0 (lossy: prefer build_native_gguf on a
     Q4 GGUF, whose codes are kept exactly).
 
-    >>> m = apply_native(Transformer(ModelConfig.tiny(vocab_size=256, d_model=64)))
+    >>> m = apply_native(Transformer(ModelConfig.tiny(d_ff=256)))
     >>> type(m).__name__, type(m.output).__name__
     ('NativeTransformer', 'Q8Linear')
     """
