@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 
 import numpy as np
 import torch
@@ -90,10 +91,43 @@ class NativeTransformer(Transformer):
         logits = torch.empty(B, cfg.vocab_size)
         t = torch.tensor(toks, dtype=torch.int64)
         p = torch.tensor(where, dtype=torch.int64)
-        settings[10] = torch.get_num_threads()
+        settings[10] = threads = self._choose_threads()
+        start = time.perf_counter()
         lib.ember_decode_step(settings, ctypes.c_float(cfg.norm_eps), ptrs, t.data_ptr(), p.data_ptr(), B,
                               logits.data_ptr())
+        self._record_threads(threads, time.perf_counter() - start)
         return logits
+
+    # A step syncs its threads ~5 times per layer. On a machine with more runnable processes
+    # than cores, each sync can wait a scheduler slice for a descheduled partner (measured:
+    # 2 threads 0.4 tok/s where 1 thread ran 11.6 on a 2-core box at load 25), so the step
+    # times both counts and keeps the faster, re-trying the other every PROBE_EVERY steps.
+    # Results do not depend on the thread count.
+    PROBE_EVERY = 32
+
+    def _choose_threads(self) -> int:
+        n = torch.get_num_threads()
+        st = self.__dict__.setdefault("_thread_times", {"ema": {}, "steps": 0, "n": n})
+        if n <= 1:
+            return 1
+        if st["n"] != n:  # torch.set_num_threads changed: start over
+            st.update(ema={}, n=n)
+        st["steps"] += 1
+        ema = st["ema"]
+        for c in (n, 1):
+            if c not in ema:
+                return c
+        best = min(ema, key=ema.get)
+        st["probe"] = st["steps"] % self.PROBE_EVERY == 0
+        if st["probe"]:
+            return 1 if best == n else n
+        return best
+
+    def _record_threads(self, threads: int, seconds: float) -> None:
+        st = self.__dict__["_thread_times"]
+        ema = st["ema"]
+        fresh = threads not in ema or st.get("probe")  # a probe replaces its count's stale figure
+        ema[threads] = seconds if fresh else 0.7 * ema[threads] + 0.3 * seconds
 
     def _pointers(self, cache):
         """(void* array, int64 settings) for this cache; rebuilt only when its buffers change."""

@@ -95,3 +95,22 @@ def _toy_tokenizer():
     from ember.tokenizer import Tokenizer
 
     return Tokenizer(merges=[], pattern="gpt2", special_tokens={"<|endoftext|>": 256}, eos_tokens=["<|endoftext|>"])
+
+
+def test_thread_count_follows_the_faster_measured_one(monkeypatch):
+    model = tiny_native()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    seconds = {2: 0.5, 1: 0.01}  # a busy machine: syncing two threads is slow
+    picks = []
+    for _ in range(70):
+        n = model._choose_threads()
+        picks.append(n)
+        model._record_threads(n, seconds[n])
+    assert picks[:2] == [2, 1]  # each count measured once
+    assert picks.count(2) == 1 + 2  # then only the probes every PROBE_EVERY steps
+    seconds = {2: 0.001, 1: 0.01}  # the machine went quiet: the probes find 2 faster
+    for _ in range(70):
+        n = model._choose_threads()
+        picks.append(n)
+        model._record_threads(n, seconds[n])
+    assert picks[-20:].count(2) >= 19  # 2 again, but for a probe of 1
