@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=[r[0] for r in RUNS], help="which rows of RUNS")
     ap.add_argument("--prefix-timing", action="store_true", help="only time N=8 samples with and without the "
                     "engine's shared prefill")
+    ap.add_argument("--prefix-new-tokens", type=int, default=16, help="--prefix-timing: tokens per sample")
     args = ap.parse_args()
 
     import torch
@@ -84,7 +85,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.prefix_timing:
         problems, pool, *_ = load_problems(args.tasks[0])
-        prefix_timing(engine, tok, problems[:args.limit], pool)
+        prefix_timing(engine, tok, problems[:args.limit], pool, max_tokens=args.prefix_new_tokens)
         return
     rows = []
     for task in args.tasks:

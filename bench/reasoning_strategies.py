@@ -77,79 +77,67 @@ def levels(args) -> dict:
     return out
 
 
-def sample_runs(args, gen, problems, prompts) -> dict[str, dict]:
-    """One sampling pass; the sc / bon / wbon runs (per verifier) share its samples."""
-    from ember.prompting.estimators import majority, wilson
-    from ember.prompting.run import same_answer
-    from ember.prompting.strategies import best_of, weighted_best_of
-    from ember.train.verifiers import load_verifier
-
-    verifiers = {name: load_verifier(path, policy_tokenizer=gen.tokenizer) for name, path in
-                 (("orm", args.orm), ("prm", args.prm)) if path}
+def sample_items(args, gen, verifiers, problems, prompts) -> list[dict]:
+    """k sampled replies per question, each scored by every verifier."""
     items = []
     for s in range(0, len(problems), max(1, args.batch // args.k)):
         part = slice(s, s + max(1, args.batch // args.k))
         for p, samples in zip(problems[part], gen.generate(prompts[part], args.k, args.temperature,
                                                            args.max_tokens, (), args.seed)):
             texts = [x.text for x in samples]
-            items.append({"question": p.question, "gold": p.answer, "texts": texts,
-                          "answers": [extract(t) for t in texts], "tokens": sum(x.tokens for x in samples),
-                          "scores": {v: [ver.score(p.question, t) for t in texts] for v, ver in verifiers.items()}})
-        print(f"  sampled {len(items)}/{len(problems)}", flush=True)
+            items.append({"question": p.question, "gold": p.answer, "texts": texts, "scores": {
+                v: [ver.score(p.question, t) for t in texts] for v, ver in verifiers.items()},
+                "tokens": sum(x.tokens for x in samples)})
+    return items
+
+
+def sample_runs(items: list[dict], k: int, verifiers) -> dict[str, dict]:
+    """The sc / bon / wbon runs (bon and wbon per verifier) over the same samples."""
     runs = {}
-    picks = {"sc": lambda it, v: majority(it["answers"]),
-             "bon": lambda it, v: best_of(it["answers"], it["scores"][v]),
-             "wbon": lambda it, v: weighted_best_of(it["answers"], it["scores"][v])}
-    for strategy, pick in picks.items():
+    for strategy in ("sc", "bon", "wbon"):
         for v in ([None] if strategy == "sc" else list(verifiers)):
-            its = [{**it, "answer": pick(it, v), "scores": it["scores"][v] if v else None} for it in items]
-            for it in its:
-                it["correct"] = same_answer(it["answer"], it["gold"])
-            right = sum(it["correct"] for it in its)
             label = strategy if v is None else f"{strategy}-{v}"
-            runs[label] = {"strategy": strategy, "label": label, "accuracy": right / len(its),
-                           "ci": list(wilson(right, len(its))), "n": len(its), "samples": args.k,
-                           "tokens": sum(it["tokens"] for it in its), "temperature": args.temperature, "items": its}
+            its = [{**it, "scores": it["scores"][v] if v else None} for it in items]
+            runs[label] = rescore({"strategy": strategy, "label": label, "n": len(its), "samples": k,
+                                   "tokens": sum(it["tokens"] for it in its), "items": its})
     return runs
 
 
 def strategies(args) -> dict:
-    from ember.prompting.curves import run_curve
+    """Sampled strategies and PRM beam on --n problems at --difficulty, --save-every
+    questions at a time; every run file is rewritten after each chunk (a cut run keeps
+    what it finished)."""
     from ember.prompting.outcome import StrategyConfig
-    from ember.prompting.run import evaluate_strategy
+    from ember.prompting.strategies import run_strategy
     from ember.train.verifiers import load_verifier
 
     gen, _ = setup(args.batch)
     problems, prompts = problems_at(args.difficulty, args.n)
-    cfg = StrategyConfig(max_tokens=args.max_tokens, chat=True, temperature=args.temperature, seed=args.seed)
-    t, runs = time.time(), {}
-    if "cot" in args.parts:
-        runs["cot"] = evaluate_strategy(gen, problems, problems, extract, "cot", cfg, prompts=prompts,
-                                        chunk=args.batch, extraction="extract_answer")
-    if "samples" in args.parts:
-        runs.update(sample_runs(args, gen, problems, prompts))
-    if "beam" in args.parts and args.prm and args.beam_n:
-        prm = load_verifier(args.prm, policy_tokenizer=gen.tokenizer)
-        bcfg = StrategyConfig(n=args.beam_n, beam=2, max_steps=args.beam_steps, max_tokens=args.step_tokens, chat=True,
-                              temperature=args.temperature, seed=args.seed)
-        runs["prm-beam"] = evaluate_strategy(gen, problems, problems, extract, "prm-beam", bcfg, verifier=prm,
-                                             prompts=prompts, chunk=max(1, args.batch // args.beam_n),
-                                             extraction="extract_answer")
+    verifiers = {name: load_verifier(path, policy_tokenizer=gen.tokenizer) for name, path in
+                 (("orm", args.orm), ("prm", args.prm)) if path}
+    bcfg = StrategyConfig(n=args.beam_n, beam=2, max_steps=args.beam_steps, max_tokens=args.step_tokens, chat=True,
+                          temperature=args.temperature, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = {}
-    for label, run in runs.items():
-        run.setdefault("label", label)
-        (out / f"{label}.json").write_text(json.dumps(run))
-        curve = run_curve(run)
-        table[label] = {"accuracy": run["accuracy"], "ci": run["ci"], "n": run["n"],
-                        "tokens_per_q": run["tokens"] / run["n"], "curve": curve["points"]}
-        lo, hi = run["ci"]
-        pts = "  ".join(f"k={p['k']}: {p['accuracy']:.3f} ({p['tokens']:.0f} tok)" for p in curve["points"])
-        print(f"{label:10s} {run['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] n={run['n']} "
-              f"tok/q={run['tokens'] / run['n']:.0f} | {pts}", flush=True)
-    print(f"{time.time() - t:.0f}s", flush=True)
-    return table
+    t, items, beam_items, runs = time.time(), [], [], {}
+    for s in range(0, len(problems), args.save_every):
+        part, part_prompts = problems[s:s + args.save_every], prompts[s:s + args.save_every]
+        if "samples" in args.parts:
+            items += sample_items(args, gen, verifiers, part, part_prompts)
+            runs.update(sample_runs(items, args.k, verifiers))
+        if "beam" in args.parts and "prm" in verifiers and args.beam_n:
+            outs = run_strategy("prm-beam", gen, part_prompts, [p.question for p in part], extract, bcfg,
+                                verifiers["prm"])
+            beam_items += [{"question": p.question, "gold": p.answer, "texts": o.texts, "scores": o.scores,
+                            "tokens": o.tokens} for p, o in zip(part, outs)]
+            runs["prm-beam"] = rescore({"strategy": "prm-beam", "label": "prm-beam", "n": len(beam_items),
+                                        "samples": 1, "tokens": sum(it["tokens"] for it in beam_items),
+                                        "items": beam_items, "beam": 2, "beam_n": args.beam_n})
+        for label, run in runs.items():
+            (out / f"{label}.json").write_text(json.dumps(run))
+        print(f"  {s + len(part)}/{len(problems)} questions, {time.time() - t:.0f}s: " + ", ".join(
+            f"{k} {r['accuracy']:.3f}" for k, r in runs.items()), flush=True)
+    return {k: {x: r[x] for x in ("accuracy", "ci", "n", "tokens")} for k, r in runs.items()}
 
 
 def rescore(run: dict) -> dict:
@@ -219,7 +207,8 @@ def main() -> None:
     ap.add_argument("--beam-n", type=int, default=4, help="prm-beam candidates per step (0: skip)")
     ap.add_argument("--beam-steps", type=int, default=4)
     ap.add_argument("--step-tokens", type=int, default=24, help="prm-beam: tokens per step at most")
-    ap.add_argument("--parts", nargs="+", default=["cot", "samples", "beam"], choices=["cot", "samples", "beam"])
+    ap.add_argument("--parts", nargs="+", default=["samples", "beam"], choices=["samples", "beam"])
+    ap.add_argument("--save-every", type=int, default=5, help="strategies: questions per saved chunk")
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--out", default="runs/reason/strategies")
     ap.add_argument("--levels", default="runs/reason/levels", help="table: where the levels' CoT runs are")
