@@ -182,7 +182,8 @@ def _batchable(engine, chunks, i: int) -> list[tuple[Request, int, int]]:
     """The chunks from i on that one padded forward can prefill together: only when not
     batch invariant (a row's numbers then depend on the rows beside it), each the first
     chunk of a prompt in the next slot up, the prefix cache already asked (a prompt that
-    found nothing runs alone first, so the others find its blocks)."""
+    found nothing runs alone first when a later one starts with its first block, so that
+    one finds it)."""
     if engine.batch_invariant:
         return chunks[i : i + 1]
     group = []
@@ -196,9 +197,18 @@ def _batchable(engine, chunks, i: int) -> list[tuple[Request, int, int]]:
         if s >= e or max(gs for _, gs, _ in [*group, (r, s, e)]) + width > engine.cache.max_seq_len:
             break
         group.append((r, s, e))
-        if fresh and not r.cached_tokens and len(group) == 1:
+        if fresh and not r.cached_tokens and len(group) == 1 and _shares_block(engine, r, chunks[i + 1 :]):
             break
     return group or chunks[i : i + 1]
+
+
+def _shares_block(engine, r: Request, later) -> bool:
+    """Whether a later prompt starts with r's first prefix-cache block (then r goes first)."""
+    pc = engine.prefix_cache
+    if pc is None or len(r.prompt_ids) <= pc.block_size:
+        return False
+    head = r.prompt_ids[: pc.block_size]
+    return any(q.prefilled < 0 and q.prompt_ids[: pc.block_size] == head for q, _, _ in later)
 
 
 def _prefill_batch(engine, group: list[tuple[Request, int, int]]) -> list[Tensor]:

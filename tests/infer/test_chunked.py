@@ -135,3 +135,16 @@ def test_without_batch_invariance_a_burst_of_prompts_prefills_in_one_padded_forw
         assert a.token_ids == b.token_ids
         for x, y in zip(a.logprobs or [], b.logprobs or []):
             assert abs(x.logprob - y.logprob) < 1e-9
+
+
+def test_without_batch_invariance_prompts_sharing_no_block_all_go_in_one_forward():
+    model, tok = make_model(dtype=torch.float64), make_tokenizer()
+    ps = [long_prompt(n, seed=n) for n in (40, 12, 35)]  # no two share a 32-token block
+    engine = Engine(model, tok, max_batch_size=3, batch_invariant=False, prefix_cache_mb=4)
+    shapes = []
+    forward = engine.model.forward
+    engine.model.forward = lambda ids, *a, **kw: shapes.append(tuple(ids.shape)) or forward(ids, *a, **kw)
+    got = engine.generate(ps, GREEDY)
+    assert shapes[0] == (3, 40) and all(s[1] == 1 for s in shapes[1:])
+    for p, r in zip(ps, got):
+        assert r.token_ids == Engine(model, tok, max_batch_size=1).generate([p], GREEDY)[0].token_ids
