@@ -1,35 +1,77 @@
 """The small reasoning model: accuracy by difficulty before → SFT → GRPO, the thinking-token
 budget curve, and the ORM / PRM verifiers' held-out figures.
 
-Runs it reads (train them first; each fits a few minutes of a shared CPU):
+Runs it reads (train them first):
 
     ember sft --preset reasoning          # runs/sft-reasoning/adapter
     ember grpo --preset reasoning         # runs/grpo-reasoning/adapter (starts from the SFT adapter)
-    ember reward --preset orm             # runs/orm
+    ember reward --preset orm             # runs/orm (head fitted on the frozen body, --peft head)
     ember reward --preset prm             # runs/prm
 
 Then `.venv/bin/python -P bench/reasoning_model.py --n 10` prints the tables and writes
-runs/reasoning_bench.json. Every model answers the same generated held-out problems
-(ember.data.reasoning_tasks, seed 12345), greedily, with the chat prompt that asks for a
-step-by-step solution; a reply is right when its final answer (the last number after
-`</think>`, else the last number) is the problem's.
+runs/reasoning_bench.json (stages may run as parallel processes: `--stages base`, `--stages
+sft`, ...; each merges its rows into the file). Every model answers the same generated
+held-out problems (ember.data.reasoning_tasks levels 1-5, seed 12345), greedily, with the chat
+prompt that asks for a step-by-step solution, max 32 + 16·level new tokens; a reply is right
+when its final answer (the last number after `</think>`, else the last number) is the
+problem's. bench/verifiers.py sweeps what makes the verifiers learn.
 
-Measured (2026-12-06, the shared 2-core CPU under load 12-20, n = 10 per difficulty, so each
-figure is ±0.15 or so; SFT: the preset's 16 steps, 8 k tokens, final val_loss 0.16; GRPO:
-2 steps of the preset from the SFT adapter, its own 8 held-out problems 0.375 → 0.125):
+Measured 2026-12-06 21:11-22:30 UTC on the shared 2-core CPU under load 12-27 (n = 10 per
+level, so each figure is ±0.15 or so). SFT: the preset's 16 steps (8 k tokens, val_loss 0.16),
+trained before the levels were calibrated, on 1-4-event problems. GRPO: `--group_size 4
+--prompts_per_step 2 --max_new_tokens 56 --optim.lr 3e-4` on two-event problems (level 4's
+distribution) from the SFT adapter; the run was killed by the out-of-memory killer at step 17
+(steps took 130-315 s), so the policy measured is its step-10 checkpoint. Its training groups'
+accuracy (sampled, T = 1): steps 1-6 0.08, 7-12 0.04, 12-17 0.13; half the groups had no
+reward spread (zero_std 0.5-0.58), so half the rollouts taught nothing.
 
-    stage  d1    d2    d3    d4
-    base   0.30  0.10  0.00  0.00
-    sft    0.50  0.50  0.10  0.10
-    grpo   0.20  0.10  0.20  0.00   (2 steps: noise, not a gain)
+    stage  L1    L2    L3    L4    L5
+    base   0.10  0.10  0.10  0.10  0.20   (the base model answers in numbered lists and runs out of tokens)
+    sft    0.70  0.70  0.80  0.10  0.10
+    grpo   0.30  0.00  0.10  0.20  0.00   (step-10 checkpoint)
 
-    budget forcing (sft, difficulty 2, n = 8): B=0: 0.00, B=8: 0.00, B=24: 0.50, B=64: 0.50
-    (mean thought 21.9 tokens, none forced); B=64 with one "Wait": 0.125 (thought 34.8 tokens).
+What GRPO bought, honestly: nothing measurable. After 10 steps on two-event problems the
+policy writes two or three equations whatever the problem (a one-event level-3 problem gets an
+invented second step: '17 - 3 = 15\n15 + 3 = 19'), so level 3 falls 0.80 → 0.10 while level 4
+moves 0.10 → 0.20, within the noise of n = 10. Eighty sampled answers, half of them in groups
+with no reward spread, are far too little signal; the earlier 2-step run (0.375 → 0.125 on
+its own 8 problems) said the same.
 
-Verifiers on SmolLM2 (LoRA, held-out: 32 generated solutions, half corrupted), before → after:
-`ember reward --preset orm` (12 steps) solution accuracy 0.53 → 0.53, margin 0.00 → 0.05
-(chance: it has not learnt to check arithmetic); `--preset prm` (12 steps) step accuracy
-0.36 → 0.55, margin 0.16 → 0.25; 60 steps on 512 rows: 0.36 → 0.52, margin 0.16 → 0.17.
+    budget forcing (sft, level 3, n = 8): B=0: 0.25, B=8: 0.62, B=24: 0.88, B=64: 0.88
+    (mean thought 0 / 8 / 12 / 12 tokens; forced 1.0 / 1.0 / 0 / 0); B=64 with one "Wait":
+    0.25 (thought 22.5 tokens: the extension talks it out of right answers).
+
+Verifiers on SmolLM2-135M, held-out: 64 generated solutions, half corrupted (one slipped
+step, the rest carried on consistently). Before (the presets' 12 LoRA steps on 256 rows,
+n_eval 32, the 1-4-event generator): ORM solution accuracy 0.53 → 0.53 (chance), PRM step
+accuracy 0.36 → 0.55. Now the head is fitted by L-BFGS on the frozen body's final states
+(`--peft head`, balanced classes, L2 0.01), the states computed once:
+
+    run (held-out seed 1337)                    ORM solution AUROC   PRM step AUROC   PRM solution AUROC
+    --preset, 320 solutions of levels 1-5       0.42 → 0.54          0.53 → 0.59      0.45 → 0.58
+    runs/orm, runs/prm: 192 of levels 1-4       0.47 → 0.53          0.48 → 0.62      0.52 → 0.61
+    (accuracy at the 0 threshold: ORM 0.52-0.53, PRM steps 0.57-0.58; before = the head's random
+    init; each fit took ~17-30 min of a loaded CPU, nearly all of it the body's forward passes)
+
+Two draws of 64 held-out solutions (seed 0 in the sweep below, 1337 here) differ by up to 0.15
+in PRM AUROC, so read these as: the PRM ranks steps clearly above chance (0.59-0.74), the ORM
+at the final layer barely (0.53-0.59).
+
+What made them learn (bench/verifiers.py --n_train 256 --n_eval 64, 1055 s, held-out AUROC;
+the same 64 solutions for every cell, levels 1-5):
+
+    training solutions        64     128    256
+    ORM, final layer          0.33   0.43   0.56      (L2 0.01; 0.59 at L2 0.001)
+    ORM, layer 15             0.38   0.51   0.73
+    PRM steps, final layer    0.48   0.60   0.74      (solution AUROC by lowest step: 0.68 at 256)
+    PRM steps, layer 15       0.44   0.56   0.71
+
+The number of solutions is what matters: below ~128 the head overfits (AUROC under 0.5), and
+the curve is still rising at 256; L2 from 0.001 to 0.1 moves AUROC by ≤ 0.08 (1.0 hurts). The
+ORM reads the outcome better at the middle layer (0.73 vs 0.56 at 256) but `load_verifier`
+reads the final layer. The PRM beats the ORM as a selector at equal data (solution AUROC 0.68
+vs 0.56): it is told where the slip is. Twelve LoRA steps saw 48 solutions, under the
+threshold where any of these heads generalizes.
 """
 
 from __future__ import annotations
@@ -101,7 +143,9 @@ def merge_report(path: Path, report: dict, done: dict) -> dict:
     on_disk = json.loads(path.read_text()) if path.is_file() else {}
     if on_disk.get("n") == report["n"] and on_disk.get("levels") == report["levels"]:
         report = {**on_disk, "verifiers": report["verifiers"]}
-    report["accuracy"] = {**report.get("accuracy", {}), **done.pop("accuracy")}
+    accuracy = report.setdefault("accuracy", {})
+    for stage, by_level in done.pop("accuracy").items():  # a stage's levels may come in several runs
+        accuracy[stage] = {**accuracy.get(stage, {}), **{str(k): v for k, v in by_level.items()}}
     report.update(done)
     atomic_write_json(path, report)
     return report

@@ -56,7 +56,7 @@ class RewardConfig(kit.PreferenceConfig):
 # orm / prm: verifiers on generated solutions (ember.data.reasoning), half of them corrupted. The
 # head is fitted on the frozen body's states (--peft head): 12 LoRA steps left the ORM at chance
 # (held-out 0.53); bench/reasoning_model.py has the measured figures.
-_VERIFIER = {"peft": "head", "n_train": 192, "n_eval": 64, "max_len": 160, "head_l2": 1e-2}
+_VERIFIER = {"peft": "head", "n_train": 320, "n_eval": 64, "max_len": 160, "head_l2": 1e-2}
 PRESETS: dict[str, dict[str, Any]] = {
     "orm": {"objective": "outcome", "train.out": "runs/orm", **_VERIFIER},
     "prm": {"objective": "steps", "train.out": "runs/prm", **_VERIFIER},
