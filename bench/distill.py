@@ -20,6 +20,7 @@ Measured (`--steps 30 --max_chars 16000 --reuse_cache`; 2-core CPU under heavy s
 
     draft model (greedy, k=4, 32 tokens)   accept (pydoc x4)   accept (chat)
     kd (fkl)                                          0.039           0.000
+    ce only                                           0.039           0.000
 
 30 steps (~7.7 k tokens) is far too short for a useful draft model: the acceptance is that
 of a student that has barely started; more steps and text are what it needs.
