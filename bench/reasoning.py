@@ -5,11 +5,46 @@ self-consistency curve (exact maj@k and pass@k for k = 1..8 from the same sample
 prompt sensitivity of 3-shot greedy (3 templates x 2 demonstration orders).
 
     OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning.py --limit 20
+    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning.py --prefix-timing --tasks commonsense --limit 8 \
+        --batch 64 --fast
 
 Writes runs/reason/bench/<task>-<run>.json (every sample) and curve-<task>.png/.json.
 
-Measured 2026-12-06, SmolLM2-135M-Instruct fp32, one thread on a heavily shared 2-core CPU,
-plain prompts, the first 20 questions of each task, CoT and SC replies cut at 64 tokens, SC at
+Measured 2026-12-06 at n = 50 (the first 50 questions), one thread of the 2-core CPU under
+load 25, engine batch 50 with batch_invariant off (--fast), CoT cut at 64 tokens:
+
+    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning.py --limit 50 --runs zero-shot "few-shot (5)" CoT \
+        --skip-sensitivity --cot-tokens 64 --batch 50 --fast
+
+    task         run            accuracy  95% CI (Wilson)   n  samples/q  tokens  unparseable
+    arithmetic   zero-shot      0.160     [0.083, 0.285]   50       1        467       0
+    arithmetic   few-shot (5)   0.180     [0.098, 0.308]   50       1        205       0
+    arithmetic   CoT            0.160     [0.083, 0.285]   50       1       1294       0
+    commonsense  zero-shot      0.040     [0.011, 0.135]   50       1         58      47
+    commonsense  few-shot (5)   0.200     [0.112, 0.330]   50       1        100       0
+    commonsense  CoT            0.200     [0.112, 0.330]   50       1       2790       9
+
+Every interval overlaps every other on each task. Commonsense zero-shot is low because 47
+of its 50 replies name the option's text, not a letter.
+SC@8 was not rerun at n = 50 (400 replies per task did not fit the shared CPU's time);
+its n = 20 figures are below. Multiple-choice replies are now read by `choice_answer` (the
+last explicit "answer is X" / "Answer: X", else the last letter standing alone outside a
+restated option line), not the first letter standing alone.
+
+Prefix sharing (--prefix-timing: 8 five-shot commonsense prompts of 218 tokens on average,
+8 samples each at temperature 0.7, 64 engine slots; CPU seconds of the process, best of 2,
+since wall time on the shared CPU was 10-20x the CPU time). The independent requests are
+queued round-robin over the prompts: the engine forks any request whose prompt repeats the
+one queued just before, so 8 copies queued back to back share one prefill as well.
+
+    new tokens  generate(ids, n=8)   64 independent requests   CPU ratio
+    1           6.2 s                46.2 s                    7.5x
+    16          19.1 s               51.5 s                    2.7x
+
+With one new token nearly all the work is prefill (64 x 218 prompt tokens, or 8 x 218 when
+shared); with 16 the shared decode steps dilute the saving.
+Measured earlier on 2026-12-06 (n = 20), SmolLM2-135M-Instruct fp32, one thread on a heavily
+shared 2-core CPU, plain prompts, the first 20 questions of each task, CoT and SC replies cut at 64 tokens, SC at
 temperature 0.7 (this run did not record whether the 8 samples of a question shared one
 prefill through the engine's generate(n=8), which landed during it, or ran as 8 requests);
 seconds are wall time (two bench processes ran side by side):
@@ -124,7 +159,9 @@ def main() -> None:
 
 def prefix_timing(engine, tok, problems, pool, n: int = 8, max_tokens: int = 16) -> None:
     """N samples of each 5-shot prompt: one request with generate(n=N) (one prefill, forked)
-    against N independent requests (N prefills); wall and CPU seconds of each, best of 2."""
+    against N independent requests (N prefills: queued round-robin over the prompts, since
+    the engine forks a request whose prompt repeats the one queued just before); wall and
+    CPU seconds of each, best of 2."""
     from ember.infer.sampling import SamplingParams
     from ember.prompting.run import build_prompts
 
@@ -132,8 +169,8 @@ def prefix_timing(engine, tok, problems, pool, n: int = 8, max_tokens: int = 16)
     sp = SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=0, ignore_eos=True)
     independent = [SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=i, ignore_eos=True) for i in range(n)]
     ways = {"shared prefill (generate n=8)": lambda: engine.generate(ids, sp, n=n),
-            "8 independent requests": lambda: engine.generate([p for p in ids for _ in range(n)],
-                                                              [q for _ in ids for q in independent])}
+            "8 independent requests": lambda: engine.generate([p for _ in range(n) for p in ids],
+                                                              [q for q in independent for _ in ids])}
     print(f"prefix sharing: {len(ids)} prompts of {sum(map(len, ids)) / len(ids):.0f} tokens (5-shot), "
           f"{n} samples each, {max_tokens} new tokens, {engine.max_batch_size} slots")
     for name, run in ways.items():
