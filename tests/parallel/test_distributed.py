@@ -7,11 +7,8 @@ computed in-process. A child's exception is written beside its results and shown
 """
 
 import json
-import multiprocessing
 import os
-import socket
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from gloo_ranks import run_ranks
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
@@ -208,23 +206,7 @@ def _child(rank: int, port: int, out: str, scenario: str):
 
 
 def _spawn(scenario: str, out: Path):
-    with socket.socket() as s:  # a free port for rank 0's store
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(r, port, str(out), scenario)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join()
-    errors = [f.read_text() for f in sorted(out.glob("error_*.txt"))]
-    assert not errors, "a rank failed:\n" + "\n".join(errors)
-    assert not hung, f"{len(hung)} rank(s) still running after {JOIN_TIMEOUT_S}s"
+    procs = run_ranks(_child, WORLD, out, scenario, timeout_s=JOIN_TIMEOUT_S)
     assert [p.exitcode for p in procs] == [0] * WORLD
 
 

@@ -15,17 +15,15 @@ are marked slow.
 """
 
 import json
-import multiprocessing
 import os
 import random
-import socket
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from gloo_ranks import run_ranks
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
@@ -176,21 +174,7 @@ def _child(rank: int, port: int, out: str, slow: bool):
 
 
 def _spawn(out: Path, slow: bool) -> Path:
-    port = _free_port()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(r, port, str(out), slow)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join()
-    errors = [f.read_text() for f in sorted(out.glob("error_*.txt"))]
-    assert not errors, "a rank failed:\n" + "\n".join(errors)
-    assert not hung, f"{len(hung)} rank(s) still running after {JOIN_TIMEOUT_S}s"
+    run_ranks(_child, WORLD, out, slow, timeout_s=JOIN_TIMEOUT_S)
     return out
 
 
@@ -202,12 +186,6 @@ def spawned(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def spawned_slow(tmp_path_factory) -> Path:
     return _spawn(tmp_path_factory.mktemp("tp_pp_slow"), slow=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
