@@ -17,6 +17,37 @@ k-subsets of the samples, weighted best-of-k over 200 random subsets) come from
 `ember.prompting.curves.run_curve`, as in `ember reason curve --runs OUT/*.json`.
 The engine runs with batch_invariant=False (about twice as fast on CPU; greedy replies may
 then depend on which requests share a batch).
+
+Measured 2026-12-06, one thread of the 2-core CPU under load 15-25; the calibration table is
+in ember/data/reasoning_tasks.py. Strategies at difficulty 3 (n = 40, seed 12345), k = 4
+samples at temperature 0.7 cut at 80 tokens, the verifiers `ember reward --preset orm|prm`
+trained on the earlier task scale (runs/orm, runs/prm of 19:5x: held-out solution accuracy
+0.53 and 0.38); prm-beam: 4 candidates per step, beam 2, 3 steps of at most 24 tokens:
+
+    strategies --n 40 --k 4 --max-tokens 80 --orm runs/orm --prm runs/prm (--parts samples / beam);
+    table; ember reason curve --runs runs/reason/strategies/final/*.json
+
+    strategy        k=1 (77 tok)  k=2 (153 tok)  k=4 (306 tok)   n
+    greedy CoT      0.150 (73 tok), 95% CI [0.071, 0.291]           40
+    sc (maj@k)      0.144         0.144          0.181           40
+    bon, ORM        0.144         0.175          0.250           40
+    bon, PRM        0.144         0.175          0.250           40
+    wbon, ORM       0.150         0.156          0.165           40
+    wbon, PRM       0.150         0.156          0.165           40
+    prm-beam        0.125 (130 tok), 95% CI [0.055, 0.261]           40
+(maj@k and bon@k exact over all k-subsets, ties split evenly for maj and to the earlier
+sample for bon; wbon@k over 200 random subsets. The run's own pick at k = 4 is 0.250 for
+every sampled strategy, 95% CI [0.142, 0.402].)
+
+What holds: none of the three claims is shown at this n. Self-consistency against greedy
+CoT: 0.181 at 4x the tokens against 0.150, +0.03, far inside the intervals; PRM beam search
+(which does use the PRM: it scores raw lines) 0.125 at 1.8x the tokens. PRM against ORM
+and weighted against plain best-of-k are not tested at all: both verifiers read only lines
+that start with an equation (`split_steps`), and 158 of the 160 sampled replies have none,
+so they score 0; best-of-k then keeps the earliest sample (its 0.250 at k = 4 is the first
+sample's accuracy, not a verifier's choice) and weighted best-of-k becomes a plain vote.
+The ORM/PRM comparison needs replies in the trained format (the SFT reasoning adapter) or
+a verifier that reads free-form steps.
 """
 
 from __future__ import annotations
@@ -178,7 +209,14 @@ def table(args) -> dict:
         run = json.loads(f.read_text())
         if not isinstance(run, dict) or "items" not in run:
             continue
+        if args.first:  # compare every run on the same first questions
+            run["items"] = run["items"][:args.first]
+            run.update(n=len(run["items"]), tokens=sum(it["tokens"] for it in run["items"]))
         run = rescore(run)
+        scored = [x for it in run["items"] for x in (it.get("scores") or [])]
+        if run["strategy"] in ("bon", "wbon") and scored:
+            print(f"  {run.get('label')}: {sum(x == 0 for x in scored)} of {len(scored)} replies scored 0 "
+                  "(no equation line the verifier reads)")
         label = run.get("label") or run["strategy"]
         run["label"] = label
         (final / f"{label}.json").write_text(json.dumps(run))
@@ -212,6 +250,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--out", default="runs/reason/strategies")
     ap.add_argument("--levels", default="runs/reason/levels", help="table: where the levels' CoT runs are")
+    ap.add_argument("--first", type=int, default=0, help="table: only the first N questions of every run")
     args = ap.parse_args()
     result = {"levels": levels, "strategies": strategies, "table": table}[args.what](args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
