@@ -10,7 +10,7 @@ search, against greedy CoT.
 
 Every question is the chat prompt `prompt_text` (the family's own: "Think step by step, one
 equation per line, then give the answer."); a reply's answer is `extract_answer` (the last
-number after `</think>`, else the last number). `strategies` samples k replies per question
+"answer is N", else the last number after `</think>`, else the last number). `strategies` samples k replies per question
 once (temperature 0.7), scores each with both verifiers, and writes one `ember reason --out`
 style file per strategy under --out; the curves (exact maj@k and best-of-k over all
 k-subsets of the samples, weighted best-of-k over 200 random subsets) come from
@@ -45,7 +45,8 @@ CoT: 0.181 at 4x the tokens against 0.150, +0.03, far inside the intervals; PRM 
 and weighted against plain best-of-k are not tested at all: both verifiers read only lines
 that start with an equation (`split_steps`), and 158 of the 160 sampled replies have none,
 so they score 0; best-of-k then keeps the earliest sample (its 0.250 at k = 4 is the first
-sample's accuracy, not a verifier's choice) and weighted best-of-k becomes a plain vote.
+sample's accuracy, not a verifier's choice) and weighted best-of-k, every weight 0, keeps
+the earliest parseable answer.
 The ORM/PRM comparison needs replies in the trained format (the SFT reasoning adapter) or
 a verifier that reads free-form steps.
 """
