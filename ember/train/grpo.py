@@ -32,6 +32,7 @@ import torch
 from ember.core.io import atomic_write_json
 from ember.data.arithmetic import exact_match_reward, format_reward, heldout_rows, step_rows
 from ember.data.reasoning import problem_rows, think_format_reward
+from ember.data.reasoning_tasks import MAX_DIFFICULTY
 from ember.eval.rl_curve import rl_curve_report
 from ember.parallel import init_distributed
 from ember.peft import adapters_disabled
@@ -105,7 +106,7 @@ class GRPOConfig(PostTrainConfig):
     """The prompts: "What is 23 + 58? Answer with just the number." (arithmetic) or generated
     multi-step word problems (reasoning, ember.data.reasoning_tasks)."""
     difficulty: int = 3
-    """Steps per word problem (task reasoning)."""
+    """The level of the generated word problems, 1..5 (task reasoning; ember.data.reasoning_tasks.LEVELS)."""
     adapter: str | None = None
     """A LoRA adapter folder (same rank) the policy starts from, e.g. an `ember sft` run's."""
     ops: list[str] = field(default_factory=lambda: ["+", "-"])
@@ -149,8 +150,8 @@ class GRPOConfig(PostTrainConfig):
             raise ValueError(
                 f"group_size must be >= 2 (advantages compare answers within a group), got {self.group_size}"
             )
-        if not 1 <= self.difficulty <= 8:
-            raise ValueError(f"difficulty must be in 1..8, got {self.difficulty}")
+        if not 1 <= self.difficulty <= MAX_DIFFICULTY:
+            raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY} (the generated levels), got {self.difficulty}")
         if not 1 <= self.digits <= 6:
             raise ValueError(f"digits must be in 1..6, got {self.digits}")
         for name in ("prompts_per_step", "max_new_tokens"):

@@ -191,5 +191,5 @@ def test_grpo_runs_on_the_word_problems(tiny_chat_model, tmp_path, capsys):
 def test_grpo_refuses_a_bad_difficulty():
     from ember.train.grpo import GRPOConfig
 
-    with pytest.raises(ValueError, match="difficulty must be in 1..8, got 9"):
-        GRPOConfig(task="reasoning", difficulty=9)
+    with pytest.raises(ValueError, match=r"difficulty must be in 1..5 \(the generated levels\), got 6"):
+        GRPOConfig(task="reasoning", difficulty=6)
