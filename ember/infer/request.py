@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .sampling import SamplingParams, TokenLogprob
+from .params import SamplingParams, TokenLogprob
 
 __all__ = ["GenerationResult", "Request", "StopStringMatcher", "StreamChunk", "find_stop", "partial_stop_len"]
 
