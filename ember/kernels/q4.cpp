@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 namespace {
 
 // ---- activation quantization ----------------------------------------------------------
@@ -147,9 +149,162 @@ inline void dot_q8(const Q8& w, int n, const Act& a, int m0, float* out) {
   for (int t = 0; t < MT; t++) out[t] += _mm512_reduce_add_ps(acc[t]);
 }
 
+// ---- many rows: a GEMM over panels of 16 weight rows -----------------------------------
+//
+// A panel's codes are repacked (on the fly, into a per-thread buffer) so that one vpdpbusd
+// computes 16 output rows at once: int32 lane r holds 4 consecutive codes of weight row r,
+// and 4 activation bytes are broadcast to all lanes. Per 32-input block that gives each
+// lane the exact integer dot; then acc += idot * (d_w * d_x) (+ m_w * s_x for Q4), blocks in
+// order. A (row, output) result is thus a fixed sequence of operations whatever M, the tile
+// it shares or the thread count; it rounds differently from the dot path above, which rows
+// fewer than GEMM_ROWS take.
+
+#ifndef EMBER_GEMM_ROWS
+#define EMBER_GEMM_ROWS 16
+#endif
+constexpr int GEMM_ROWS = EMBER_GEMM_ROWS;  // from this many activation rows on: the GEMM
+constexpr int GEMM_TILE = 8;                // activation rows sharing each packed weight load
+
+struct alignas(64) Packed {  // one block (32 inputs) of a 16-row panel
+  __m512i q[8];   // codes: lane r of q[g] = row r's inputs 4g..4g+3 (g >= 4: 16 + 4(g-4)..)
+  __m512i init;   // the integer dot's start: 0 (Q4), -128 * sum(codes) (Q8: x + 128 unsigned)
+  __m512 dw, mw;  // the rows' scales and (Q4) minimums
+};
+
+// Offset of inputs 4g..4g+3 of block b in a pair-permuted row.
+inline size_t group_offset(int b, int g) {
+  return (size_t)(b >> 1) * 64 + (b & 1) * 16 + (g >> 2) * 32 + (g & 3) * 4;
+}
+
+inline __m512i lane_index(int stride) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(stride));
+}
+
+// fp16 values src[r * stride] for r < rows (0 beyond) as 16 floats.
+inline __m512 gather_fp16(const uint16_t* src, size_t stride, int rows) {
+  alignas(32) uint16_t h[16] = {0};
+  for (int r = 0; r < rows; r++) h[r] = src[r * stride];
+  return _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)h));
+}
+
+void pack_panel(const Q4& w, int n0, int rows, Packed* pk) {
+  const int nb = w.K / 32;
+  const __mmask16 mask = (__mmask16)((1u << rows) - 1);
+  const __m512i idx = lane_index(w.K / 2), low = _mm512_set1_epi8(0x0F);
+  const uint8_t* base = w.qs + (size_t)n0 * (w.K / 2);
+  for (int b = 0; b < nb; b++) {
+    for (int j = 0; j < 4; j++) {
+      const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask, idx, base + b * 16 + 4 * j, 1);
+      pk[b].q[j] = _mm512_and_si512(v, low);
+      pk[b].q[4 + j] = _mm512_and_si512(_mm512_srli_epi32(v, 4), low);
+    }
+    pk[b].init = _mm512_setzero_si512();
+    pk[b].dw = gather_fp16(w.d + (size_t)n0 * nb + b, nb, rows);
+    pk[b].mw = gather_fp16(w.m + (size_t)n0 * nb + b, nb, rows);
+  }
+}
+
+void pack_panel(const Q8& w, int n0, int rows, Packed* pk) {
+  const int nb = w.K / 32;
+  const __mmask16 mask = (__mmask16)((1u << rows) - 1);
+  const __m512i idx = lane_index(w.K), ones = _mm512_set1_epi8(1);
+  const int8_t* base = w.qs + (size_t)n0 * w.K;
+  for (int b = 0; b < nb; b++) {
+    __m512i sum = _mm512_setzero_si512();
+    for (int g = 0; g < 8; g++) {
+      pk[b].q[g] = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask, idx, base + group_offset(b, g), 1);
+      sum = _mm512_dpbusd_epi32(sum, ones, pk[b].q[g]);
+    }
+    pk[b].init = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7));
+    pk[b].dw = gather_fp16(w.d + (size_t)n0 * nb + b, nb, rows);
+    pk[b].mw = _mm512_setzero_ps();
+  }
+}
+
+// Rows m0..m0+MT-1 of y, outputs n0..n0+15 (mask), from a packed panel.
+template <bool SIGNED, int MT>
+void gemm_tile(const Packed* pk, int nb, const Act& a, int m0, float* y, int N, int n0, __mmask16 mask,
+               bool accumulate) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512 acc[MT];
+  for (int t = 0; t < MT; t++) acc[t] = _mm512_setzero_ps();
+  for (int b = 0; b < nb; b++) {
+    const Packed& p = pk[b];
+    __m512i ia[MT];
+    for (int t = 0; t < MT; t++) ia[t] = p.init;
+    for (int g = 0; g < 8; g++) {
+      const size_t off = group_offset(b, g);
+      for (int t = 0; t < MT; t++) {
+        int32_t v;
+        memcpy(&v, a.q + (size_t)(m0 + t) * a.K + off, 4);
+        const __m512i x = _mm512_set1_epi32(v);
+        ia[t] = SIGNED ? _mm512_dpbusd_epi32(ia[t], _mm512_xor_si512(x, flip), p.q[g])
+                       : _mm512_dpbusd_epi32(ia[t], p.q[g], x);
+      }
+    }
+    for (int t = 0; t < MT; t++) {
+      const size_t r = (size_t)(m0 + t) * nb + b;
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[t]), _mm512_mul_ps(p.dw, _mm512_set1_ps(a.d[r])), acc[t]);
+      if (!SIGNED) acc[t] = _mm512_fmadd_ps(p.mw, _mm512_set1_ps(a.s[r]), acc[t]);
+    }
+  }
+  for (int t = 0; t < MT; t++) {
+    float* dst = y + (size_t)(m0 + t) * N + n0;
+    const __m512 v = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), acc[t]) : acc[t];
+    _mm512_mask_storeu_ps(dst, mask, v);
+  }
+}
+
+template <bool SIGNED, int MT = GEMM_TILE>
+void gemm_rest(const Packed* pk, int nb, const Act& a, int m0, int mt, float* y, int N, int n0, __mmask16 mask,
+               bool accumulate) {
+  if constexpr (MT > 0) {
+    if (mt == MT) gemm_tile<SIGNED, MT>(pk, nb, a, m0, y, N, n0, mask, accumulate);
+    else gemm_rest<SIGNED, MT - 1>(pk, nb, a, m0, mt, y, N, n0, mask, accumulate);
+  }
+}
+
+// A per-thread buffer of at least `bytes`, 64-byte aligned (kept for the thread's life).
+void* scratch(size_t bytes) {
+  struct Buf {
+    void* p = nullptr;
+    size_t n = 0;
+    ~Buf() { free(p); }
+  };
+  static thread_local Buf buf;
+  if (bytes > buf.n) {
+    free(buf.p);
+    buf.n = (bytes + 4095) & ~(size_t)4095;
+    buf.p = aligned_alloc(64, buf.n);
+  }
+  return buf.p;
+}
+
+// Outputs n0..n1-1 of y (M, N) (+)= a (M, K) @ W^T, panel by panel.
+template <typename W>
+void gemm_range(const W& w, const Act& a, int M, float* y, bool accumulate, int n0, int n1) {
+  constexpr bool SIGNED = std::is_same<W, Q8>::value;  // Q8 codes are signed
+  const int nb = w.K / 32;
+  Packed* pk = (Packed*)scratch(sizeof(Packed) * nb);
+  for (int p = n0; p < n1; p += 16) {
+    const int rows = n1 - p < 16 ? n1 - p : 16;
+    const __mmask16 mask = (__mmask16)((1u << rows) - 1);
+    pack_panel(w, p, rows, pk);
+    for (int m0 = 0; m0 < M; m0 += GEMM_TILE) {
+      const int mt = M - m0 < GEMM_TILE ? M - m0 : GEMM_TILE;
+      gemm_rest<SIGNED>(pk, nb, a, m0, mt, y, w.N, p, mask, accumulate);
+    }
+  }
+}
+
 // Rows n0..n1-1 of y (M, N) (+)= a (M, K) @ W^T.
 template <typename W, typename F>
 inline void rows_range(const W& w, const Act& a, int M, float* y, bool accumulate, F dot4, int n0, int n1) {
+  if (M >= GEMM_ROWS) {
+    gemm_range(w, a, M, y, accumulate, n0, n1);
+    return;
+  }
   for (int n = n0; n < n1; n++) {
     for (int m0 = 0; m0 < M; m0 += 4) {
       float out[4] = {0, 0, 0, 0};
@@ -202,6 +357,9 @@ inline __m256i to_bf16(__m512 v) {
 extern "C" {
 
 int ember_kernels_version() { return 1; }
+
+// Activation rows from which matmuls take the GEMM path.
+int ember_gemm_rows() { return GEMM_ROWS; }
 
 // Quantize M rows of x (M, K) into caller buffers (for tests: the activation format).
 void ember_quantize_q8(const float* x, int M, int K, int8_t* xq, float* dx, float* sx) {
