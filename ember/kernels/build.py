@@ -3,8 +3,13 @@ shared library cached on disk, called through ctypes.
 
 The library is plain C++ (no torch headers), so a cold build takes seconds, not the minute a
 torch extension costs; its name carries a hash of the sources, the flags and the compiler,
-so a changed source or compiler builds anew and an unchanged one is loaded at once. It links
-the OpenMP runtime torch has already loaded (same soname), so both share one thread pool.
+so a changed source or compiler builds anew and an unchanged one is loaded at once.
+
+Loading it does not import torch. The library and torch both need the OpenMP runtime
+`libgomp.so.1` (torch ships its own copy; g++ links the system's); the dynamic loader
+satisfies a soname already loaded with that object, so whichever of the two comes first
+brings its libgomp and the other binds to it: one runtime, one thread pool, in either
+order (tests/kernels/test_build.py checks both orders through /proc/self/maps).
 
 When the CPU lacks an instruction set the kernels use, or no compiler works, `load_kernels`
 returns None and `unavailable_reason` says why: callers fall back to the torch paths.
@@ -24,8 +29,6 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-
-import torch  # noqa: F401  (loaded first: the library then binds torch's OpenMP runtime)
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("q4.cpp", "decode_step.inc")
@@ -105,7 +108,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ember_matmul.argtypes = [i, p, p, p, i, i, p, i, p, i]
     lib.ember_dequant_q4_bf16.argtypes = [p, p, p, i, i, p, i]
     lib.ember_decode_step.argtypes = [p, f, p, p, p, i, p]
-    for fn in (lib.ember_quantize_q8, lib.ember_matmul, lib.ember_dequant_q4_bf16, lib.ember_decode_step):
+    lib.ember_forward.argtypes = [p, f, p, p, p, p, i, p, i, p]
+    for fn in (lib.ember_quantize_q8, lib.ember_matmul, lib.ember_dequant_q4_bf16, lib.ember_decode_step,
+               lib.ember_forward):
         fn.restype = None
     return lib
 
