@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ember.kernels.build import load_kernels
+from ember.kernels.layout import native_unsupported
 from ember.kernels.linear import Q4Linear, Q8Embedding, Q8Linear, q4_parts
 from ember.model.config import ModelConfig
 from ember.model.convert.gguf import config_from_gguf, dequantize, gguf_raw_tensors
@@ -33,29 +34,6 @@ from ember.quant.fuse import FusedAttention, FusedFeedForward
 
 _LINEARS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
             "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
-
-
-def native_unsupported(cfg: ModelConfig) -> str | None:
-    """Why the native decode step cannot run a model of this config, or None.
-
-    >>> native_unsupported(ModelConfig.tiny(d_ff=256))
-    >>> native_unsupported(ModelConfig.tiny(mlp="gelu", norm="layernorm", pos_emb="learned"))
-    'needs norm=rmsnorm (got layernorm)'
-    """
-    wants = {"norm": "rmsnorm", "pos_emb": "rope", "mlp": "swiglu", "norm_position": "pre"}
-    for field, want in wants.items():
-        if getattr(cfg, field) != want:
-            return f"needs {field}={want} (got {getattr(cfg, field)})"
-    if cfg.bias or not cfg.causal or cfg.embed_norm or cfg.n_token_types or cfg.moe is not None:
-        return "needs a causal decoder without biases, embedding norm, token types or experts"
-    if cfg.sliding_window is not None or cfg.n_sink_tokens:
-        return "needs full attention (no sliding window or sink tokens)"
-    for name, width in (("d_model", cfg.d_model), ("d_ff", cfg.d_ff), ("n_heads*head_dim", cfg.n_heads * cfg.head_dim)):
-        if width % 64:
-            return f"needs {name} to be a multiple of 64 (got {width})"
-    if cfg.head_dim % 2 or cfg.n_heads % cfg.n_kv_heads:
-        return f"needs an even head_dim and n_heads a multiple of n_kv_heads (got {cfg.head_dim}, {cfg.n_heads}/{cfg.n_kv_heads})"
-    return None
 
 
 class NativeTransformer(Transformer):
