@@ -12,8 +12,10 @@
 // unpack to [lo_b, lo_b1, hi_b, hi_b1] (16 bytes each), so activations are stored in that
 // "pair-permuted" order and int32 lanes 0-3, 8-11 belong to block b, 4-7, 12-15 to b+1.
 //
-// The result of one (row, output) dot product never depends on how many rows are computed
-// together or on the thread count: batched decode equals one-by-one decode bit for bit.
+// The result of one (row, output) dot product never depends on the thread count, nor on how
+// many rows are computed together as long as they are fewer than GEMM_ROWS (batched decode
+// equals one-by-one decode bit for bit) or all GEMM_ROWS or more (the GEMM path, prefill):
+// the two paths sum in different orders, so they agree to float rounding only.
 
 #include <immintrin.h>
 #include <math.h>
