@@ -1,0 +1,154 @@
+"""NativeLM (numpy weights and cache, no torch) against NativeTransformer on the same GGUF."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from kernel_helpers import need_kernels, smollm2_path
+
+import ember.kernels.native_lm as native_lm
+from ember.kernels.decode import build_native_gguf
+from ember.kernels.native_lm import NativeLM
+from ember.model import ModelConfig, Transformer
+from ember.model.convert.to_gguf import save_gguf
+from ember.model.kv_cache import KVCache
+
+TINY = {"q4_0": {"d_ff": 256}, "q4_1": {"d_ff": 256, "n_kv_heads": 4, "tie_embeddings": True}}
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def tiny_gguf(request, tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("native_lm") / f"tiny_{request.param}.gguf"
+    save_gguf(Transformer(ModelConfig.tiny(**TINY[request.param])), path, dtype=request.param)
+    return path
+
+
+def _lm(path, **kw) -> NativeLM:
+    """One thread unless asked: results do not depend on it, and the test cores are shared."""
+    return NativeLM.from_gguf(path, **{"threads": 1, "max_seq_len": 64, **kw})
+
+
+def _steps(model, tokens) -> torch.Tensor:
+    """NativeTransformer's decode steps, one token at a time on one cache row → (T, V)."""
+    cache = KVCache.for_model(model, 1, 64)
+    lib = need_kernels()
+    with torch.inference_mode():
+        return torch.cat([model.decode_step(lib, torch.tensor([t]), torch.tensor([i]), cache)
+                          for i, t in enumerate(tokens)])
+
+
+def test_import_leaves_torch_out():
+    code = "import sys, ember.kernels.native_lm; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_decode_steps_equal_native_transformer_bit_for_bit(tiny_gguf):
+    need_kernels()
+    lm, model = _lm(tiny_gguf), build_native_gguf(tiny_gguf)
+    assert np.array_equal(lm._keep[5], model._inv_freq.numpy())  # the same RoPE frequencies
+    tokens = [5, 77, 3, 200, 9, 14, 255, 0]
+    ours = np.stack([lm.step([t], [0])[0] for t in tokens])
+    assert np.array_equal(ours, _steps(model, tokens).numpy())
+    assert lm.n_past() == len(tokens)
+
+
+def test_prefill_matches_full_forward_and_steps(tiny_gguf):
+    need_kernels()
+    model = build_native_gguf(tiny_gguf)
+    tokens = torch.randint(0, 256, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    steps = _steps(model, tokens).numpy()
+    with torch.inference_mode():
+        full = model(torch.tensor([tokens]))[0, -1].numpy()  # the PyTorch forward on the same blocks
+    for chunk in (256, 7):
+        lm = _lm(tiny_gguf, chunk=chunk)
+        last = lm.forward(tokens)
+        np.testing.assert_allclose(last, steps[-1], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(last, full, atol=2e-2, rtol=0)
+        assert last.argmax() == full.argmax()
+        assert lm.n_past() == len(tokens)
+
+
+def test_truncate_and_continue_equals_a_fresh_forward(tiny_gguf):
+    need_kernels()
+    lm = _lm(tiny_gguf, chunk=5)
+    lm.forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    lm.truncate(6)
+    assert lm.n_past() == 6
+    again = lm.forward([40, 41, 42])
+    fresh = _lm(tiny_gguf, chunk=5)
+    assert np.array_equal(again, fresh.forward([1, 2, 3, 4, 5, 6, 40, 41, 42]))
+    lm.reset()
+    assert lm.n_past() == 0
+    assert np.array_equal(lm.forward([7]), _lm(tiny_gguf).forward([7]))
+
+
+def test_batched_step_rows_equal_single_row_steps(tiny_gguf):
+    need_kernels()
+    lm = _lm(tiny_gguf, max_seq_len=32, n_rows=3, threads=2)  # the single rows run on 1
+    prompts = [[1, 2, 3], [9, 8, 7, 6, 5], [42]]
+    for r, p in enumerate(prompts):
+        lm.forward(p, row=r)
+    batched = lm.step([10, 11, 12], [2, 0, 1])
+    for i, (r, t) in enumerate(zip([2, 0, 1], [10, 11, 12])):
+        alone = _lm(tiny_gguf, max_seq_len=32)
+        alone.forward(prompts[r])
+        assert np.array_equal(batched[i], alone.step([t], [0])[0])
+    assert [lm.n_past(r) for r in range(3)] == [4, 6, 2]
+
+
+def test_bad_inputs_are_named(tiny_gguf, monkeypatch):
+    need_kernels()
+    lm = _lm(tiny_gguf, max_seq_len=8, n_rows=2)
+    with pytest.raises(ValueError, match="token id 300 is outside the vocabulary 0..255"):
+        lm.forward([1, 300])
+    with pytest.raises(ValueError, match="token id -1"):
+        lm.step([-1], [0])
+    with pytest.raises(ValueError, match="row 2 is outside 0..1"):
+        lm.forward([1], row=2)
+    with pytest.raises(ValueError, match="holds 0 positions; 9 more exceed the cache length 8"):
+        lm.forward(list(range(9)))
+    lm.forward(list(range(8)))
+    with pytest.raises(ValueError, match="row 0 is full: 8 positions"):
+        lm.step([1], [0])
+    with pytest.raises(ValueError, match="distinct"):
+        lm.step([1, 2], [1, 1])
+    with pytest.raises(ValueError, match="cannot truncate row 1 to 3 positions: it holds 0"):
+        lm.truncate(3, row=1)
+    with pytest.raises(ValueError, match="at least one token"):
+        lm.forward([])
+    with pytest.raises(ValueError, match="max_seq_len 1000 exceeds the model's context of 256"):
+        NativeLM.from_gguf(tiny_gguf, max_seq_len=1000)
+    monkeypatch.setattr(native_lm, "load_kernels", lambda: None)
+    monkeypatch.setattr(native_lm, "unavailable_reason", lambda: "this CPU lacks avx512f")
+    with pytest.raises(ValueError, match="unavailable: this CPU lacks avx512f"):
+        NativeLM.from_gguf(tiny_gguf)
+
+
+def test_a_model_the_kernels_cannot_run_is_named(tmp_path):
+    need_kernels()
+    path = tmp_path / "gpt2.gguf"
+    cfg = ModelConfig.tiny(norm="layernorm", pos_emb="learned", mlp="gelu", bias=True, n_kv_heads=4, d_ff=256)
+    save_gguf(Transformer(cfg), path)
+    with pytest.raises(ValueError, match="cannot run .*gpt2.gguf: needs norm=rmsnorm"):
+        NativeLM.from_gguf(path)
+
+
+@pytest.mark.slow
+def test_smollm2_steps_and_prefill_match_native_transformer():
+    need_kernels()
+    path = smollm2_path()
+    lm, model = _lm(path, threads=2), build_native_gguf(path)
+    tokens = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365]
+    steps = _steps(model, tokens).numpy()
+    assert np.array_equal(np.stack([lm.step([t], [0])[0] for t in tokens]), steps)
+    lm.reset()
+    prefill = lm.forward(tokens)
+    np.testing.assert_allclose(prefill, steps[-1], atol=1e-3, rtol=0)
+    with torch.inference_mode():
+        full = model(torch.tensor([tokens]))[0, -1].numpy()
+    assert prefill.argmax() == full.argmax()
