@@ -1,6 +1,8 @@
 """The kernel library's build cache and the fallback when it cannot build."""
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -73,3 +75,27 @@ def test_cold_build_from_an_empty_cache(fresh):
     lib = need_kernels()
     assert lib.ember_kernels_version() == 1
     assert len(list(fresh.glob("ember_q4_*.so"))) == 1
+
+
+_ORDER = """
+import sys
+if sys.argv[1] == "torch-first":
+    import torch
+import ember.kernels.build as build
+lib = build.load_kernels()
+print(sys.argv[1] == "torch-first" or "torch" not in sys.modules)
+import torch
+from ember.kernels.linear import Q4Linear
+torch.manual_seed(0)
+lin, x = Q4Linear.from_float(torch.randn(64, 128)), torch.randn(40, 128)  # 40 rows: torch's bf16 matmul
+err = ((lin(x) - x @ lin.dequantize().t()).norm() / (x @ lin.dequantize().t()).norm()).item()
+print(lib is not None, err < 0.02, len({l.split()[-1] for l in open("/proc/self/maps") if "libgomp" in l}))
+"""
+
+
+@pytest.mark.parametrize("order", ["torch-first", "kernels-first"])
+def test_one_openmp_runtime_whichever_loads_first(order):
+    need_kernels()
+    out = subprocess.run([sys.executable, "-c", _ORDER, order], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "True", "1"]  # build.py alone leaves torch out; one libgomp
