@@ -6,9 +6,12 @@ it, so a hit is the K/V of exactly that token prefix (keys are compared as tuple
 hash alone: no collision can return wrong K/V). Each entry holds a copy of its block's K/V,
 per layer (k, v) of shape (Hkv, block_size, Dh).
 
-The engine (prefill.py) looks up the longest cached run of full blocks of a new prompt (all
-but its last token: at least one token is always prefilled, for its logits), copies that
-K/V into the request's cache row and prefills only the rest, at the positions that follow.
+The engine (prefill.py) looks up the longest cached prefix of a new prompt (all but its
+last token: at least one token is always prefilled, for its logits): the run of whole
+blocks, then, token-granular, the leading tokens the next block shares with a cached block
+under the same parent (so a system prompt or chat preamble shorter than a block, shared
+by prompts that differ after it, is found). It copies that K/V into the request's cache
+row and prefills only the rest, at the positions that follow.
 When a request leaves its slot, the full blocks of what its row holds (prompt and every fed
 token) go in, so a chat's next turn, which repeats this turn's prompt and reply, finds them.
 Entries are copied into rows, never shared, so no reference counts are needed: eviction
@@ -24,7 +27,7 @@ tolerance, not bitwise (tests/infer/test_prefix_cache.py; bitwise in fp64 is not
 >>> pc = PrefixCache(block_size=2, budget_bytes=10**6)
 >>> pc.insert([1, 2, 3, 4, 5], lambda s, e: [(torch.zeros(1, e - s, 1),) * 2])
 >>> pc.match([1, 2, 3, 9])[0], pc.match([1, 2, 3, 4, 5])[0], pc.match([7, 2])[0]
-(2, 4, 0)
+(3, 4, 0)
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class PrefixCache:
                              f"({block_size} tokens = {block_bytes} bytes)")
         self.block_size, self.budget_bytes = block_size, budget_bytes
         self.entries: OrderedDict[tuple, tuple[int, KV]] = OrderedDict()  # key → (id, kv); LRU first
+        self._children: dict[tuple[int, int], set[tuple]] = {}  # (parent id, first token) → keys
         self.bytes, self.hits, self.queries, self._next_id = 0, 0, 0, 1
 
     def _chain(self, tokens: Sequence[int]):
@@ -63,13 +67,34 @@ class PrefixCache:
             parent = entry[0]
 
     def match(self, tokens: Sequence[int]) -> tuple[int, list[KV]]:
-        """The longest cached prefix of tokens in whole blocks: (its length, its blocks' K/V)."""
+        """The longest cached prefix of tokens: (its length, the K/V of its blocks, the last
+        one cut to the tokens it shares when the prefix ends inside a block)."""
         found = [(key, e) for _, key, e in self._chain(tokens) if e is not None]
+        n = len(found) * self.block_size
+        part = self._partial(found[-1][1][0] if found else 0, tokens[n : n + self.block_size])
+        kvs = [e[1] for _, e in found]
+        if part is not None:
+            key, j = part
+            self.entries.move_to_end(key)
+            kvs.append([(k[:, :j], v[:, :j]) for k, v in self.entries[key][1]])
+            n += j
         for key, _ in reversed(found):  # children first: a parent stays more recent than them
             self.entries.move_to_end(key)
         self.queries += 1
-        self.hits += bool(found)
-        return len(found) * self.block_size, [e[1] for _, e in found]
+        self.hits += n > 0
+        return n, kvs
+
+    def _partial(self, parent: int, head: Sequence[int]) -> tuple[tuple, int] | None:
+        """The cached block under `parent` sharing the most leading tokens with head (fewer
+        than a block, or a block not cached): (its key, how many), or None if none shares one."""
+        best, most = None, 0
+        for key in self._children.get((parent, head[0]), ()) if head else ():
+            block, j = key[1], 1
+            while j < len(head) and block[j] == head[j]:
+                j += 1
+            if j > most:
+                best, most = key, j
+        return None if best is None else (best, most)
 
     def insert(self, tokens: Sequence[int], read: Callable[[int, int], KV]) -> None:
         """Cache the full blocks of tokens not cached yet; read(start, stop) copies their K/V."""
@@ -87,6 +112,7 @@ class PrefixCache:
             keys.append((parent, tuple(tokens[j : j + b])))
             parent, self._next_id = self._next_id, self._next_id + 1
             self.entries[keys[-1]] = (parent, block)
+            self._children.setdefault((keys[-1][0], tokens[j]), set()).add(keys[-1])
             self.bytes += _nbytes(block)
         for key in reversed(keys):  # children first: a parent stays more recent than them
             self.entries.move_to_end(key)
@@ -94,11 +120,16 @@ class PrefixCache:
 
     def _evict(self) -> None:
         while self.bytes > self.budget_bytes and self.entries:
-            _, (_, kv) = self.entries.popitem(last=False)
+            key, (_, kv) = self.entries.popitem(last=False)
+            siblings = self._children[key[0], key[1][0]]
+            siblings.discard(key)
+            if not siblings:
+                del self._children[key[0], key[1][0]]
             self.bytes -= _nbytes(kv)
 
     def clear(self) -> None:
         self.entries.clear()
+        self._children.clear()
         self.bytes = 0
 
 

@@ -82,7 +82,44 @@ def test_a_block_is_found_only_under_the_blocks_before_it():
     n, blocks = pc.match([1, 2, 3, 4, 6])
     assert n == 4 and [b[0][0][0, :, 0].tolist() for b in blocks] == [[0.0, 1.0], [2.0, 3.0]]
     assert pc.match([9, 9, 3, 4])[0] == 0  # block (3, 4) after another first block: no hit
-    assert pc.match([1])[0] == 0  # not a whole block
+    n, blocks = pc.match([1])  # inside the first block: token-granular
+    assert n == 1 and [b[0][0][0, :, 0].tolist() for b in blocks] == [[0.0]]
+    n, blocks = pc.match([1, 2, 3, 7])  # a whole block, then one token of the next
+    assert n == 3 and [b[0][0][0, :, 0].tolist() for b in blocks] == [[0.0, 1.0], [2.0]]
+
+
+def test_a_partial_block_is_the_longest_shared_head_among_its_siblings():
+    pc = PrefixCache(block_size=4, budget_bytes=10**6)
+    for tag, seq in enumerate([[1, 2, 5, 5], [1, 2, 3, 9], [1, 7, 7, 7]]):
+        pc.insert(seq, lambda s, e, tag=tag: [(torch.arange(s, e, dtype=torch.float)[None, :, None] + 100 * tag,) * 2])
+    n, blocks = pc.match([1, 2, 3, 4, 8])
+    assert n == 3 and blocks[0][0][0][0, :, 0].tolist() == [100.0, 101.0, 102.0]  # the second sequence's
+    assert pc.match([2, 2, 3])[0] == 0 and pc.hits == 1 and pc.queries == 2
+
+
+def test_evicted_blocks_are_no_longer_found_in_part():
+    one = 2 * 4 * 2
+    pc = PrefixCache(block_size=2, budget_bytes=2 * one, block_bytes=one)
+    kv = lambda s, e: [(torch.zeros(1, e - s, 1),) * 2]  # noqa: E731
+    pc.insert([1, 2], kv)
+    pc.insert([3, 4, 5, 6], kv)  # two more blocks: (1, 2) goes
+    assert pc.match([1, 9])[0] == 0 and pc.match([3, 9])[0] == 1 and pc.match([3, 4, 5])[0] == 3
+    pc.clear()
+    assert pc.match([3, 4, 5])[0] == 0 and not pc._children
+
+
+def test_burst_sharing_a_preamble_shorter_than_a_block_reuses_it_and_matches_without():
+    """Prompts sharing a 20-token preamble (under one 32-token block) and differing after it:
+    the first prefills whole, the others reuse its first 20 tokens' K/V, tokens as without."""
+    model, tok = make_model(), make_tokenizer()
+    pre = tokens(20, 11)
+    ps = [pre + tokens(15, s) for s in (1, 2, 3, 4)]
+    sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    plain = Engine(model, tok, max_batch_size=4).generate(ps, sp)
+    engine = Engine(model, tok, max_batch_size=4, prefix_cache_mb=1)
+    cached = engine.generate(ps, sp)
+    assert [r.cached_tokens for r in cached] == [0, 20, 20, 20]
+    assert [r.token_ids for r in cached] == [r.token_ids for r in plain]
 
 
 def test_lru_eviction_keeps_the_budget_and_evicts_leaves_first():
