@@ -5,9 +5,11 @@ Storage per weight (N, K): Q4 — `qs` uint8 (N, K/2), block b's 16 bytes as in 
 nibbles inputs 0..15, high 16..31), `d`, `m` fp16 (N, K/32), value q·d + m. Q8 — `qs` int8
 (N, K) in pair-permuted order (see q4.cpp: blocks 2p, 2p+1 stored lo_2p, lo_2p+1, hi_2p,
 hi_2p+1, 16 values each) and `d` fp16 (N, K/32), value q·d. Activations are quantized
-to int8 per block of 32 (d = max|x|/127) inside the kernel; a few rows (decode) run on
-the integer kernel, many rows (prefill) on a bf16 matmul over the weight dequantized
-for that call (dense bf16 is ~4× faster than the integer kernel for a 512-token prompt).
+to int8 per block of 32 (d = max|x|/127) inside the kernel, for any number of rows: a few
+(decode) on per-row dot products, `ember_gemm_rows()` or more (prefill) on a tiled int8
+GEMM that repacks 16 weight rows at a time. The GEMM replaced a bf16 matmul over the weight
+dequantized for each call: it is faster at every SmolLM2 shape and row count measured
+(bench/quant_matmul.py --gemm) and needs no N×K bf16 copy.
 
 >>> lin = Q4Linear.from_float(torch.randn(64, 128))
 >>> lin(torch.randn(3, 128)).shape
@@ -19,13 +21,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ember.kernels.build import load_kernels
 
 QK = 32
-# More rows than this take the dequantize-to-bf16 + dense matmul path.
-DENSE_ROWS = 32
 
 
 def unsupported_shape(out_features: int, in_features: int) -> str | None:
@@ -133,7 +132,8 @@ def q4_parts(raw, shape, kind: str = "Q4_1") -> tuple[torch.Tensor, torch.Tensor
 
 
 class Q4Linear(nn.Module):
-    """y = x Wᵀ with W in Q4 blocks (GGUF Q4_1/Q4_0 codes kept exactly); no bias."""
+    """y = x Wᵀ with W in Q4 blocks (GGUF Q4_1/Q4_0 codes kept exactly); no bias; rows of
+    any count run on the kernel."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
@@ -193,11 +193,6 @@ class Q4Linear(nn.Module):
         M, lib = x2.shape[0], load_kernels()
         if lib is None:
             y = q4_matmul_reference(x2, self.qs, self.d, self.m)
-        elif M > DENSE_ROWS:
-            w = torch.empty(N, K, dtype=torch.bfloat16)
-            lib.ember_dequant_q4_bf16(self.qs.data_ptr(), self.d.data_ptr(), self.m.data_ptr(), N, K,
-                                      w.data_ptr(), torch.get_num_threads())
-            y = F.linear(x2.to(torch.bfloat16), w).float()
         else:
             y = torch.empty(M, N)
             lib.ember_matmul(0, self.qs.data_ptr(), self.d.data_ptr(), self.m.data_ptr(), N, K,

@@ -48,7 +48,7 @@ def test_int8_activations_cost_little_against_the_exact_weight():
     x = torch.randn(4, 576)
     exact = x @ lin.dequantize().t()
     assert rel(lin(x), exact) < 0.01  # measured 0.005: int8 blocks of 32 activations
-    many = torch.randn(64, 576)  # > DENSE_ROWS: the bf16 path over the dequantized weight
+    many = torch.randn(64, 576)  # the GEMM path
     assert rel(lin(many), many @ lin.dequantize().t()) < 0.01
 
 
