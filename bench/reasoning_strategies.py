@@ -55,30 +55,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+from ember.core.io import atomic_write_json
 
 SEED = 12345
 
 
-def setup(batch: int):
+def setup(batch: int, quant: str | None = None):
     from ember.agents.tool_eval import load_for_eval
     from ember.infer.engine import Engine
     from ember.prompting.generate import EngineGenerator
 
     torch.set_num_threads(1)
-    net, tok = load_for_eval("smollm2", None)
+    net, tok = load_for_eval("smollm2", None, quant)
     return EngineGenerator(Engine(net, tok, max_batch_size=batch, batch_invariant=False), chat=True), tok
 
 
-def problems_at(difficulty: int, n: int):
-    from ember.data.reasoning_tasks import make_problems, prompt_text
+def problems_at(difficulty: int, n: int, family: str = "arithmetic"):
+    from ember.data.reasoning import family_module
     from ember.prompting.prompts import Problem
 
-    ps = make_problems(n, difficulty, SEED)
-    return [Problem(p["question"], str(p["answer"])) for p in ps], [[{"role": "user", "content": prompt_text(p)}]
+    mod = family_module(family)
+    ps = mod.make_problems(n, difficulty, SEED)
+    return [Problem(p["question"], str(p["answer"])) for p in ps], [[{"role": "user", "content": mod.prompt_text(p)}]
                                                                      for p in ps]
 
 
@@ -90,16 +96,25 @@ def extract(text: str) -> str | None:
 
 
 def levels(args) -> dict:
+    """Greedy CoT accuracy of --family at each of --difficulties (the family's own prompt and
+    extract_answer), one `cot-dD.json` per level under --out."""
+    from ember.data.reasoning import family_module
     from ember.prompting.outcome import StrategyConfig
     from ember.prompting.run import evaluate_strategy
 
-    gen, _ = setup(args.batch)
+    gen, _ = setup(args.batch, None if args.quant == "none" else args.quant)
+    family = family_module(args.family)
+
+    def extract_family(text: str) -> str | None:
+        a = family.extract_answer(text)
+        return None if a is None else str(a)
+
     out = {}
     for d in args.difficulties:
-        problems, prompts = problems_at(d, args.n)
+        problems, prompts = problems_at(d, args.n, args.family)
         t = time.time()
-        r = evaluate_strategy(gen, problems, problems, extract, "cot", StrategyConfig(max_tokens=args.max_tokens,
-                              chat=True), prompts=prompts, chunk=args.batch, extraction="extract_answer")
+        r = evaluate_strategy(gen, problems, problems, extract_family, "cot", StrategyConfig(
+            max_tokens=args.max_tokens, chat=True), prompts=prompts, chunk=args.batch, extraction="extract_answer")
         out[d] = {k: r[k] for k in ("accuracy", "ci", "n", "tokens", "unparseable")} | {"seconds": time.time() - t}
         Path(args.out).mkdir(parents=True, exist_ok=True)
         Path(args.out, f"cot-d{d}.json").write_text(json.dumps({**r, "difficulty": d}))
@@ -109,66 +124,88 @@ def levels(args) -> dict:
     return out
 
 
-def sample_items(args, gen, verifiers, problems, prompts) -> list[dict]:
-    """k sampled replies per question, each scored by every verifier."""
-    items = []
-    for s in range(0, len(problems), max(1, args.batch // args.k)):
-        part = slice(s, s + max(1, args.batch // args.k))
-        for p, samples in zip(problems[part], gen.generate(prompts[part], args.k, args.temperature,
-                                                           args.max_tokens, (), args.seed)):
-            texts = [x.text for x in samples]
-            items.append({"question": p.question, "gold": p.answer, "texts": texts, "scores": {
-                v: [ver.score(p.question, t) for t in texts] for v, ver in verifiers.items()},
-                "tokens": sum(x.tokens for x in samples)})
-    return items
+def sft_generator(batch: int, adapter: str):
+    """SmolLM2 with a LoRA adapter merged into its fp32 weights, batched by the engine."""
+    from ember.agents.tool_eval import load_for_eval
+    from ember.infer.engine import Engine
+    from ember.peft import merge_lora
+    from ember.prompting.generate import EngineGenerator
+
+    torch.set_num_threads(1)
+    net, tok = load_for_eval("smollm2", adapter)
+    return EngineGenerator(Engine(merge_lora(net).eval(), tok, max_batch_size=batch, batch_invariant=False), chat=True)
 
 
-def sample_runs(items: list[dict], k: int, verifiers) -> dict[str, dict]:
-    """The sc / bon / wbon runs (bon and wbon per verifier) over the same samples."""
-    runs = {}
-    for strategy in ("sc", "bon", "wbon"):
-        for v in ([None] if strategy == "sc" else list(verifiers)):
-            label = strategy if v is None else f"{strategy}-{v}"
-            its = [{**it, "scores": it["scores"][v] if v else None} for it in items]
-            runs[label] = rescore({"strategy": strategy, "label": label, "n": len(its), "samples": k,
-                                   "tokens": sum(it["tokens"] for it in its), "items": its})
-    return runs
+class EquationPRM:
+    """A PRM that reads a partial reply the way `Verifier.score` reads a whole one: the score
+    after each line is the lowest step score of the equation lines so far (0 before any),
+    so the `<think>` and answer lines of a reply do not reach the verifier as steps."""
+
+    def __init__(self, verifier):
+        self.verifier = verifier
+
+    def score_steps(self, question: str, lines: list[str]) -> list[float]:
+        from ember.train.verifiers import split_steps
+
+        out = []
+        for i in range(len(lines)):
+            steps = split_steps("\n".join(lines[: i + 1]))
+            out.append(min(self.verifier.score_steps(question, steps)) if steps else 0.0)
+        return out
+
+
+def _chunks(args, problems, prompts):
+    for s in range(0, len(problems), args.save_every):
+        yield s, problems[s:s + args.save_every], prompts[s:s + args.save_every]
 
 
 def strategies(args) -> dict:
-    """Sampled strategies and PRM beam on --n problems at --difficulty, --save-every
-    questions at a time; every run file is rewritten after each chunk (a cut run keeps
-    what it finished)."""
+    """Greedy CoT, k samples per question and PRM beam search on --n problems at
+    --difficulty, --save-every questions at a time; the files are rewritten after each chunk
+    (a cut run keeps what it finished). Samples are scored later, by `table`."""
     from ember.prompting.outcome import StrategyConfig
     from ember.prompting.strategies import run_strategy
     from ember.train.verifiers import load_verifier
 
-    gen, _ = setup(args.batch)
+    gen = sft_generator(args.batch, args.adapter) if args.adapter else setup(args.batch)[0]
     problems, prompts = problems_at(args.difficulty, args.n)
-    verifiers = {name: load_verifier(path, policy_tokenizer=gen.tokenizer) for name, path in
-                 (("orm", args.orm), ("prm", args.prm)) if path}
-    bcfg = StrategyConfig(n=args.beam_n, beam=2, max_steps=args.beam_steps, max_tokens=args.step_tokens, chat=True,
-                          temperature=args.temperature, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t, items, beam_items, runs = time.time(), [], [], {}
-    for s in range(0, len(problems), args.save_every):
-        part, part_prompts = problems[s:s + args.save_every], prompts[s:s + args.save_every]
-        if "samples" in args.parts:
-            items += sample_items(args, gen, verifiers, part, part_prompts)
-            runs.update(sample_runs(items, args.k, verifiers))
-        if "beam" in args.parts and "prm" in verifiers and args.beam_n:
-            outs = run_strategy("prm-beam", gen, part_prompts, [p.question for p in part], extract, bcfg,
-                                verifiers["prm"])
-            beam_items += [{"question": p.question, "gold": p.answer, "texts": o.texts, "scores": o.scores,
-                            "tokens": o.tokens} for p, o in zip(part, outs)]
-            runs["prm-beam"] = rescore({"strategy": "prm-beam", "label": "prm-beam", "n": len(beam_items),
-                                        "samples": 1, "tokens": sum(it["tokens"] for it in beam_items),
-                                        "items": beam_items, "beam": 2, "beam_n": args.beam_n})
-        for label, run in runs.items():
-            (out / f"{label}.json").write_text(json.dumps(run))
-        print(f"  {s + len(part)}/{len(problems)} questions, {time.time() - t:.0f}s: " + ", ".join(
-            f"{k} {r['accuracy']:.3f}" for k, r in runs.items()), flush=True)
+    t, runs = time.time(), {}
+
+    def save(label: str, strategy: str, items: list[dict], **extra) -> None:
+        runs[label] = rescore({"strategy": strategy, "label": label, "n": len(items), "difficulty": args.difficulty,
+                               "tokens": sum(it["tokens"] for it in items), "items": items, **extra})
+        atomic_write_json(out / f"{label}.json", runs[label])
+        print(f"  {label}: {len(items)}/{len(problems)} questions, {time.time() - t:.0f}s, "
+              f"accuracy {runs[label]['accuracy']:.3f}", flush=True)
+
+    if "greedy" in args.parts:
+        items = []
+        for _, part, part_prompts in _chunks(args, problems, prompts):
+            outs = run_strategy("cot", gen, part_prompts, [p.question for p in part], extract,
+                                StrategyConfig(max_tokens=args.max_tokens, chat=True))
+            items += [{"question": p.question, "gold": p.answer, "texts": o.texts, "tokens": o.tokens}
+                      for p, o in zip(part, outs)]
+            save("cot", "cot", items, samples=1)
+    if "samples" in args.parts:
+        items = []
+        for _, part, part_prompts in _chunks(args, problems, prompts):
+            for p, samples in zip(part, gen.generate(part_prompts, args.k, args.temperature, args.max_tokens, (),
+                                                     args.seed)):
+                items.append({"question": p.question, "gold": p.answer, "texts": [x.text for x in samples],
+                              "tokens": sum(x.tokens for x in samples)})
+            save("samples", "sc", items, samples=args.k)
+    if "beam" in args.parts:
+        prm = EquationPRM(load_verifier(args.prm, policy_tokenizer=gen.tokenizer))
+        bcfg = StrategyConfig(n=args.beam_n, beam=2, max_steps=args.beam_steps, max_tokens=args.step_tokens,
+                              chat=True, temperature=args.temperature, seed=args.seed)
+        items = []
+        for _, part, part_prompts in _chunks(args, problems, prompts):
+            outs = run_strategy("prm-beam", gen, part_prompts, [p.question for p in part], extract, bcfg, prm)
+            items += [{"question": p.question, "gold": p.answer, "texts": o.texts, "scores": o.scores,
+                       "tokens": o.tokens} for p, o in zip(part, outs)]
+            save(args.beam_label, "prm-beam", items, samples=1, beam=2, beam_n=args.beam_n, prm=args.prm)
     return {k: {x: r[x] for x in ("accuracy", "ci", "n", "tokens")} for k, r in runs.items()}
 
 
@@ -196,39 +233,85 @@ def rescore(run: dict) -> dict:
             "unparseable": sum(a is None for it in items for a in it["answers"])}
 
 
-def table(args) -> dict:
-    """Every saved run of --out (and the levels' CoT at --difficulty) rescored; one row each
-    and its curve; the rescored runs go to OUT/final/ for `ember reason curve`."""
-    from ember.prompting.curves import run_curve
+def step_scores(out: Path, name: str, folder: str, items: list[dict]) -> list[list[list[float]]]:
+    """Every sampled reply's step scores by one verifier (a PRM: one per equation line; an
+    ORM: its one score; no equation line: none), cached in OUT/scores-NAME.json."""
+    from ember.train.verifiers import load_verifier, split_steps
 
-    files = sorted(Path(args.out).glob("*.json"))
-    files += [f for f in [Path(args.levels, f"cot-d{args.difficulty}.json")] if f.is_file()]
-    final = Path(args.out, "final")
-    final.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for f in files:
+    cache = out / f"scores-{name}.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved["folder"] == folder and len(saved["scores"]) >= len(items):
+            return saved["scores"][:len(items)]
+    v = load_verifier(folder)
+    scores = [[(v.score_steps(it["question"], steps) if v.objective == "steps" else v._scores(it["question"], steps))
+               if (steps := split_steps(t)) else [] for t in it["texts"]]
+              for it in tqdm(items, desc=f"scoring {name}", file=sys.stderr)]
+    atomic_write_json(cache, {"folder": folder, "objective": v.objective, "scores": scores})
+    return scores
+
+
+def verifier_runs(out: Path, verifiers: list[str], samples: dict) -> tuple[dict, dict]:
+    """The sc / bon / wbon runs over the saved samples (a PRM's reply score: the lowest or the
+    product of its step scores; no equation line: 0) and each score's AUROC against the
+    replies' correctness."""
+    from ember.prompting.run import same_answer
+    from ember.train.kit.verifier import auroc
+
+    items = samples["items"]
+    correct = torch.tensor([same_answer(a, it["gold"]) for it in items for a in it["answers"]])
+    runs, aurocs = {"sc": rescore({**samples, "strategy": "sc", "label": "sc"})}, {}
+    for spec in verifiers:
+        name, _, folder = spec.partition("=")
+        per = step_scores(out, name, folder, items)
+        aggs = {"min": min} if len(per) and all(len(s) <= 1 for q in per for s in q) else {}
+        aggs = {"min": min, "prod": math.prod} if not aggs else aggs
+        for agg, f in aggs.items():
+            label = name if len(aggs) == 1 else f"{name}-{agg}"
+            scores = [[f(s) if s else 0.0 for s in q] for q in per]
+            flat = torch.tensor([x for q in scores for x in q])
+            aurocs[label] = {"all": round(auroc(flat, correct), 4), "with_equations": round(auroc(
+                flat[torch.tensor([bool(s) for q in per for s in q])], correct[[bool(s) for q in per for s in q]]), 4)}
+            for strategy in ("bon", "wbon"):
+                its = [{**it, "scores": sc} for it, sc in zip(items, scores)]
+                runs[f"{strategy}-{label}"] = rescore({**samples, "strategy": strategy, "label": f"{strategy}-{label}",
+                                                        "items": its})
+    return runs, aurocs
+
+
+def table(args) -> dict:
+    """The saved samples scored by every --verifiers NAME=DIR, the runs built on them (sc,
+    bon and wbon per verifier), the greedy and beam runs of --out; one row each and its
+    curve with 95% intervals; the runs go to OUT/final/ for `ember reason curve`, the
+    curves to OUT/curves.png and OUT/table.json."""
+    from ember.prompting.curves import plot_curves, run_curve
+
+    out = Path(args.out)
+    samples = json.loads((out / "samples.json").read_text())
+    if args.first:  # compare every run on the same first questions
+        samples["items"] = samples["items"][:args.first]
+    runs, aurocs = verifier_runs(out, args.verifiers, rescore(samples))
+    for f in sorted(out.glob("*.json")):
         run = json.loads(f.read_text())
-        if not isinstance(run, dict) or "items" not in run:
-            continue
-        if args.first:  # compare every run on the same first questions
-            run["items"] = run["items"][:args.first]
-            run.update(n=len(run["items"]), tokens=sum(it["tokens"] for it in run["items"]))
-        run = rescore(run)
-        scored = [x for it in run["items"] for x in (it.get("scores") or [])]
-        if run["strategy"] in ("bon", "wbon") and scored:
-            print(f"  {run.get('label')}: {sum(x == 0 for x in scored)} of {len(scored)} replies scored 0 "
-                  "(no equation line the verifier reads)")
-        label = run.get("label") or run["strategy"]
-        run["label"] = label
-        (final / f"{label}.json").write_text(json.dumps(run))
-        points = run_curve(run)["points"]
-        lo, hi = run["ci"]
-        out[label] = {"accuracy": run["accuracy"], "ci": run["ci"], "n": run["n"],
-                      "tokens_per_q": run["tokens"] / run["n"], "curve": points}
-        pts = "  ".join(f"k={p['k']:g}: {p['accuracy']:.3f} ({p['tokens']:.0f} tok)" for p in points)
-        print(f"{label:10s} {run['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] n={run['n']} "
-              f"tok/q={run['tokens'] / run['n']:.0f} | {pts}", flush=True)
-    return out
+        if isinstance(run, dict) and run.get("strategy") in ("cot", "prm-beam") and "items" in run:
+            run["items"] = run["items"][:args.first or None]
+            runs[run["label"]] = rescore({**run, "n": len(run["items"])})
+    final = out / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    result, curves = {"aurocs": aurocs, "runs": {}}, []
+    for label, run in runs.items():
+        atomic_write_json(final / f"{label}.json", run)
+        curves.append(run_curve(run))
+        points = curves[-1]["points"]
+        result["runs"][label] = {"n": len(run["items"]), "points": points}
+        pts = "  ".join(f"k={p['k']:g} {p['accuracy']:.3f} [{p['ci'][0]:.2f},{p['ci'][1]:.2f}] {p['tokens']:.0f}t"
+                        for p in points)
+        print(f"{label:14s} n={len(run['items'])} | {pts}", flush=True)
+    for label, a in aurocs.items():
+        print(f"AUROC {label}: all replies {a['all']:.3f}, replies with an equation {a['with_equations']:.3f}")
+    plot_curves(curves, out / "curves.png", f"SFT policy, difficulty {samples.get('difficulty')}")
+    atomic_write_json(out / "table.json", result)
+    return result
 
 
 def main() -> None:
@@ -241,14 +324,18 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8, help="samples per question")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--orm", default=None)
-    ap.add_argument("--prm", default=None)
+    ap.add_argument("--prm", default=None, help="strategies: the PRM that guides beam search")
     ap.add_argument("--beam-n", type=int, default=4, help="prm-beam candidates per step (0: skip)")
     ap.add_argument("--beam-steps", type=int, default=4)
     ap.add_argument("--step-tokens", type=int, default=24, help="prm-beam: tokens per step at most")
-    ap.add_argument("--parts", nargs="+", default=["samples", "beam"], choices=["samples", "beam"])
+    ap.add_argument("--parts", nargs="+", default=["greedy", "samples", "beam"], choices=["greedy", "samples", "beam"])
+    ap.add_argument("--adapter", default=None, help="strategies: the policy's LoRA adapter (merged, fp32)")
+    ap.add_argument("--beam-label", default="prm-beam", help="strategies: the beam run's file name")
+    ap.add_argument("--verifiers", nargs="*", default=[], help="table: NAME=DIR verifiers that score the samples")
     ap.add_argument("--save-every", type=int, default=5, help="strategies: questions per saved chunk")
     ap.add_argument("--batch", type=int, default=40)
+    ap.add_argument("--family", default="arithmetic", help="levels: the task family (ember.data.reasoning.FAMILIES)")
+    ap.add_argument("--quant", default="none", help="levels: none (fp32, exact) or a load quant, e.g. auto")
     ap.add_argument("--out", default="runs/reason/strategies")
     ap.add_argument("--levels", default="runs/reason/levels", help="table: where the levels' CoT runs are")
     ap.add_argument("--first", type=int, default=0, help="table: only the first N questions of every run")
