@@ -87,6 +87,7 @@ import torch
 from ember.core.io import atomic_write_json
 from ember.data.reasoning_tasks import MAX_DIFFICULTY, is_correct, make_problems, prompt_text
 from ember.prompting.budget import budget_force, engine_complete
+from ember.prompting.estimators import wilson
 
 SEED = 12345
 
@@ -110,7 +111,9 @@ def accuracy_by_difficulty(model, tok, difficulties, n: int) -> dict[int, float]
         prompts = [[{"role": "user", "content": prompt_text(p)}] for p in problems]
         replies = greedy_replies(model, tok, prompts, max_tokens=32 + 16 * d)
         out[d] = sum(is_correct(p, r.text) for p, r in zip(problems, replies)) / n
-        print(f"  difficulty {d}: {out[d]:.2f}   e.g. {replies[0].text[:100]!r}", file=sys.stderr)
+        lo, hi = wilson(out[d] * n, n)
+        print(f"  difficulty {d}: {out[d]:.2f} [{lo:.2f}, {hi:.2f}]   e.g. {replies[0].text[:100]!r}",
+              file=sys.stderr)
     return out
 
 
@@ -146,9 +149,18 @@ def merge_report(path: Path, report: dict, done: dict) -> dict:
     accuracy = report.setdefault("accuracy", {})
     for stage, by_level in done.pop("accuracy").items():  # a stage's levels may come in several runs
         accuracy[stage] = {**accuracy.get(stage, {}), **{str(k): v for k, v in by_level.items()}}
+    report["budget"] = {**report.get("budget", {}), **done.pop("budget", {})}
     report.update(done)
     atomic_write_json(path, report)
     return report
+
+
+def with_interval(accuracy: float | None, n: int) -> str:
+    """'0.70 [0.52,0.83]': the accuracy of n problems and its Wilson 95% interval."""
+    if accuracy is None:
+        return f"{'-':<17}"
+    lo, hi = wilson(accuracy * n, n)
+    return f"{accuracy:.2f} [{lo:.2f},{hi:.2f}]"
 
 
 def main() -> None:
@@ -157,13 +169,16 @@ def main() -> None:
     ap.add_argument("--difficulties", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--budgets", type=int, nargs="+", default=[0, 8, 24, 64])
     ap.add_argument("--budget_difficulty", type=int, default=3)
-    ap.add_argument("--budget_stage", default="sft", help="the stage whose budget curve is measured")
+    ap.add_argument("--budget_stages", nargs="+", default=["sft"], help="the stages whose budget curve is measured")
     ap.add_argument("--budget_n", type=int, default=8, help="problems per budget")
     ap.add_argument("--stages", nargs="+", default=["base", "sft", "grpo"])
+    ap.add_argument("--sft_adapter", default="runs/sft-reasoning/adapter")
+    ap.add_argument("--grpo_adapter", default="runs/grpo-reasoning/adapter")
+    ap.add_argument("--report", default="runs/reasoning_bench.json", help="the JSON report stages add to")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    adapters = {"base": None, "sft": "runs/sft-reasoning/adapter", "grpo": "runs/grpo-reasoning/adapter"}
-    path = Path("runs/reasoning_bench.json")  # stages run separately add to one report
+    adapters = {"base": None, "sft": args.sft_adapter, "grpo": args.grpo_adapter}
+    path = Path(args.report)  # stages run separately add to one report
     report: dict = json.loads(path.read_text()) if path.is_file() else {}
     if report.get("n") != args.n or report.get("levels") != MAX_DIFFICULTY:
         report = {"n": args.n, "seed": SEED, "levels": MAX_DIFFICULTY, "accuracy": {}}
@@ -176,22 +191,22 @@ def main() -> None:
         print(f"{stage}:", file=sys.stderr)
         model, tok = load_policy(adapters[stage])
         done = {"accuracy": {stage: accuracy_by_difficulty(model, tok, args.difficulties, args.n)}}
-        if stage == args.budget_stage:
-            done["budget_stage"] = stage
-            done["budget"] = budget_curve(model, tok, args.budgets, args.budget_n, args.budget_difficulty)
-            done["budget_wait"] = budget_curve(model, tok, [max(args.budgets)], args.budget_n,
-                                               args.budget_difficulty, extend=1)
+        if stage in args.budget_stages:
+            curve = budget_curve(model, tok, args.budgets, args.budget_n, args.budget_difficulty)
+            curve["wait"] = budget_curve(model, tok, [max(args.budgets)], args.budget_n, args.budget_difficulty,
+                                         extend=1)[max(args.budgets)]
+            done["budget"] = {stage: {"difficulty": args.budget_difficulty, "n": args.budget_n, "curve": curve}}
         print(f"  ({time.time() - t0:.0f} s)", file=sys.stderr)
         report = merge_report(path, report, done)  # stages run in parallel processes share the file
     print("accuracy (pass@1, greedy) by difficulty:")
-    print("stage  " + "  ".join(f"d{d:<4}" for d in args.difficulties))
+    print("stage  " + "  ".join(f"d{d:<16}" for d in args.difficulties))
     for stage, acc in report["accuracy"].items():
-        print(f"{stage:<6} " + "  ".join(f"{acc.get(str(d), acc.get(d, float('nan'))):<5.2f}"
+        print(f"{stage:<6} " + "  ".join(with_interval(acc.get(str(d), acc.get(d)), report["n"])
                                          for d in args.difficulties))
-    if "budget" in report:
-        print(f"budget forcing ({report['budget_stage']}, difficulty {args.budget_difficulty}): "
-              + ", ".join(f"B={b}: {v['accuracy']:.2f}" for b, v in report["budget"].items())
-              + f"; B={max(args.budgets)}+Wait: {next(iter(report['budget_wait'].values()))['accuracy']:.2f}")
+    for stage, b in report.get("budget", {}).items():
+        print(f"budget forcing ({stage}, difficulty {b['difficulty']}, n {b['n']}): "
+              + ", ".join(f"B={k}: {with_interval(v['accuracy'], b['n'])} ({v['mean_thinking_tokens']:.1f} tok)"
+                          for k, v in b["curve"].items()))
     for name, v in report["verifiers"].items():
         print(f"{name}: held-out before {v['before']} after {v['after']}")
 

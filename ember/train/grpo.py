@@ -21,6 +21,9 @@ train.seed), so a caller that wants a repeatable run seeds torch first.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,7 +76,8 @@ PRESETS = {
 
 # the batch's per-step figures, stored on every row so the mean over micro-batches is exact
 STEP_METRICS = ("reward", "accuracy", "reward_std", "reward_errors", "zero_std_groups", "completion_len",
-                "step_tokens")
+                "step_tokens", "drawn_groups")
+ROUND = 1_000_003  # a dynamic-sampling round's prompts come from split step + round·ROUND
 
 
 def score(rewards: list[Reward], row: dict, completion: str) -> tuple[float, int]:
@@ -105,8 +109,9 @@ class GRPOConfig(PostTrainConfig):
     task: Literal["arithmetic", "reasoning"] = "arithmetic"
     """The prompts: "What is 23 + 58? Answer with just the number." (arithmetic) or generated
     multi-step word problems (reasoning, ember.data.reasoning_tasks)."""
-    difficulty: int = 3
-    """The level of the generated word problems, 1..5 (task reasoning; ember.data.reasoning_tasks.LEVELS)."""
+    difficulty: int | list[int] = 3
+    """The level of the generated word problems, 1..5 (task reasoning; ember.data.reasoning_tasks.LEVELS);
+    a list such as [2,3,4] mixes levels: prompt i of step s has level list[(s·prompts_per_step + i) mod len]."""
     adapter: str | None = None
     """A LoRA adapter folder (same rank) the policy starts from, e.g. an `ember sft` run's."""
     ops: list[str] = field(default_factory=lambda: ["+", "-"])
@@ -136,8 +141,11 @@ class GRPOConfig(PostTrainConfig):
     """dapo: average over every token of the batch; sequence: over each answer, then answers."""
     scale_advantages: bool = True
     """Divide advantages by the group's std; False is Dr. GRPO."""
+    dynamic_sampling: int = 0
+    """Extra rounds of prompts drawn to replace groups whose rewards all agree (they teach nothing:
+    DAPO's dynamic sampling); a step still short after them keeps zero-spread groups. 0: off."""
     n_eval: int = 50
-    """Held-out questions, disjoint from training ones, answered greedily."""
+    """Held-out questions, disjoint from training ones, answered greedily (split evenly over the levels)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=30, batch_size=32, eval_every=10, sample_every=0, save_every=0, log_every=1, out="runs/grpo",
         keep_checkpoints=1))
@@ -150,8 +158,13 @@ class GRPOConfig(PostTrainConfig):
             raise ValueError(
                 f"group_size must be >= 2 (advantages compare answers within a group), got {self.group_size}"
             )
-        if not 1 <= self.difficulty <= MAX_DIFFICULTY:
-            raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY} (the generated levels), got {self.difficulty}")
+        levels = self.levels
+        bad = [d for d in levels if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_DIFFICULTY]
+        if bad or not levels:
+            raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY} (the generated levels), got "
+                             f"{bad[0] if bad else self.difficulty!r}")
+        if self.dynamic_sampling < 0:
+            raise ValueError(f"dynamic_sampling must be >= 0, got {self.dynamic_sampling}")
         if not 1 <= self.digits <= 6:
             raise ValueError(f"digits must be in 1..6, got {self.digits}")
         for name in ("prompts_per_step", "max_new_tokens"):
@@ -165,6 +178,12 @@ class GRPOConfig(PostTrainConfig):
         bad = [o for o in self.ops if o not in ("+", "-", "*")]
         if bad or not self.ops:
             raise ValueError(f"ops must be a non-empty subset of + - *, got {self.ops}")
+
+
+    @property
+    def levels(self) -> list[int]:
+        """The difficulty levels trained on, as a list."""
+        return list(self.difficulty) if isinstance(self.difficulty, (list, tuple)) else [self.difficulty]
 
 
 def question(row: dict) -> list[dict]:
@@ -185,6 +204,38 @@ def grpo_step_loss(cfg: GRPOConfig):
         return loss, m
 
     return loss_fn
+
+
+def trim_heap() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc malloc_trim).
+
+    A step's rollout caches and activations change shape with every completion length, and glibc
+    keeps the freed arenas: without this, the resident size creeps up step after step."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        libc = ctypes.CDLL(name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
+def reasoning_rows(cfg: GRPOConfig, n: int, split: int | str, offset: int = 0) -> list[dict]:
+    """n word problems of `split` (a step, or "heldout"), row i at level levels[(offset + i) mod len].
+
+    >>> cfg = GRPOConfig(task="reasoning", difficulty=[1, 3])
+    >>> [r["difficulty"] for r in reasoning_rows(cfg, 5, 0, offset=1)]
+    [3, 1, 3, 1, 3]
+    """
+    levels = cfg.levels
+    order = [levels[(offset + i) % len(levels)] for i in range(n)]
+    drawn = {d: iter(problem_rows(order.count(d), d, cfg.train.seed, split)) for d in set(order)}
+    return [next(drawn[d]) for d in order]
+
+
+def has_spread(fns: list[Reward], row: dict, outs) -> bool:
+    """Whether a group's answers get different rewards (else its advantages are all 0)."""
+    rewards = {score(fns, row, o.text)[0] for o in outs}
+    return len(rewards) > 1
 
 
 def scored_batch(cfg: GRPOConfig, fns: list[Reward], rows: list[dict], prompts, outs, pad: int) -> dict:
@@ -221,7 +272,7 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
         raise ValueError(f"model {cfg.model!r} has no chat template; GRPO prompts are chat turns")
     pad = pad_id(tok)
     if cfg.task == "reasoning":
-        eval_rows = problem_rows(cfg.n_eval, cfg.difficulty, cfg.train.seed, "heldout")
+        eval_rows = reasoning_rows(cfg, cfg.n_eval, "heldout")
     else:
         eval_rows = heldout_rows(cfg.n_eval, cfg.ops, cfg.digits, cfg.train.seed)
     exclude = {r["expression"] for r in eval_rows}
@@ -230,17 +281,44 @@ def build_grpo(cfg: GRPOConfig, reward_fns: list[Reward] | None = None) -> Train
     def logprobs(mb) -> torch.Tensor:
         return token_logprobs(model, mb["ids"], mb["mask"])
 
-    def batches(step: int) -> dict:
+    def draw(step: int, rnd: int, n: int) -> list[dict]:
         if cfg.task == "reasoning":
-            rows = problem_rows(cfg.prompts_per_step, cfg.difficulty, cfg.train.seed, step)
+            rows = reasoning_rows(cfg, n * info.world_size, step + rnd * ROUND, step * cfg.prompts_per_step)
         else:
-            rows = step_rows(cfg.prompts_per_step, cfg.ops, cfg.digits, cfg.train.seed, step, exclude)
-        rows = rows[info.rank :: info.world_size]
-        prompts = [tok.render_chat(question(r), add_generation_prompt=True)[0] for r in rows]
-        prompts = [p for p in prompts for _ in range(cfg.group_size)]  # (B·G) ids
-        seed = (cfg.train.seed * 1_000_003 + step) * 4096
-        outs = sample_completions(model, tok, prompts, cfg, seed)
-        batch = {k: v.to(info.device) for k, v in scored_batch(cfg, fns, rows, prompts, outs, pad).items()}
+            rows = step_rows(n * info.world_size, cfg.ops, cfg.digits, cfg.train.seed, step + rnd * ROUND, exclude)
+        return rows[info.rank :: info.world_size]
+
+    def rollout(step: int) -> tuple[list[dict], list, list, int]:
+        """(rows, prompts, outs, groups drawn): round 0's groups, those without reward spread
+        replaced by later rounds' groups that have it, as far as cfg.dynamic_sampling allows."""
+        need = cfg.prompts_per_step // info.world_size
+        kept: list[tuple] = []
+        flat: list[tuple] = []
+        drawn = 0
+        for rnd in range(1 + cfg.dynamic_sampling):
+            rows = draw(step, rnd, need if rnd == 0 else need - len(kept))
+            prompts = [tok.render_chat(question(r), add_generation_prompt=True)[0] for r in rows]
+            prompts = [p for p in prompts for _ in range(cfg.group_size)]  # (B·G) ids
+            seed = (cfg.train.seed * 1_000_003 + step + rnd * ROUND) * 4096
+            outs = sample_completions(model, tok, prompts, cfg, seed)
+            drawn += len(rows)
+            if not cfg.dynamic_sampling:
+                return rows, prompts, outs, drawn
+            for i, row in enumerate(rows):
+                group = (row, prompts[i * cfg.group_size], outs[i * cfg.group_size:(i + 1) * cfg.group_size])
+                (kept if has_spread(fns, row, group[2]) else flat).append(group)
+            if len(kept) >= need:
+                break
+        groups = (kept + flat)[:need]
+        return ([g[0] for g in groups], [g[1] for g in groups for _ in range(cfg.group_size)],
+                [o for g in groups for o in g[2]], drawn)
+
+    def batches(step: int) -> dict:
+        trim_heap()  # the previous step's activations and caches are garbage by now
+        rows, prompts, outs, drawn = rollout(step)
+        batch = scored_batch(cfg, fns, rows, prompts, outs, pad)
+        batch["drawn_groups"] = torch.full((len(prompts),), float(drawn))
+        batch = {k: v.to(info.device) for k, v in batch.items()}
         batch["old_logp"] = torch.cat(rollout_forward(run["trainer"], logprobs, batch))
         if cfg.beta > 0:
             with adapters_disabled(model):
