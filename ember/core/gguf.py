@@ -127,7 +127,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
     if size < 24:
         raise GGUFError(f"{path} is not a GGUF file: only {size} bytes, shorter than a GGUF header")
     mm = np.memmap(path, dtype=np.uint8, mode="r")
-    cur = _Cursor(mm, path)
+    cur = _Cursor(memoryview(mm), path)  # memoryview slices: ~4x faster than memmap ones per string
     magic = bytes(mm[:4])
     if magic != GGUF_MAGIC:
         raise GGUFError(f"{path} is not a GGUF file: magic {magic!r}, expected {GGUF_MAGIC!r}")

@@ -1,0 +1,127 @@
+"""The torch-free NativeLM beside llama.cpp, one run: memory, start time and speed on SmolLM2.
+
+ember (a child process, `--threads` threads): import, NativeLM.from_gguf + load_tokenizer,
+a short prompt, then 128 greedy tokens (argmax, one `step` each) — its peak RSS
+(ru_maxrss), process start → first token, decode tok/s — and a 512-token prefill on the
+emptied row (prefill tok/s; the RSS after it too). RSS after each stage shows what costs it.
+llama.cpp (the binaries in --llama-bin): `llama-simple -n 128` (peak RSS from wait4, wall
+time), `llama-simple -n 1` (start → first token), `llama-bench -p 512 -n 128 -r 1` (tok/s).
+
+    python -P bench/native_lm.py [--threads 2] [--llama-bin /tmp/llama.cpp-build/bin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPT = "The capital of France is"
+LLAMA_BIN = "/tmp/llama.cpp-build/bin"
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(t_spawn: float, threads: int, tokens: int, prompt_len: int) -> dict:
+    stages = {"python": _rss_mb()}
+    import numpy as np
+
+    stages["numpy"] = _rss_mb()
+    from ember.core.registry import resolve_model
+    from ember.kernels.native_lm import NativeLM
+    from ember.tokenizer import load_tokenizer
+
+    lm = NativeLM.from_gguf(resolve_model("smollm2"), max_seq_len=1024, threads=threads)
+    stages["NativeLM"] = _rss_mb()
+    tok = load_tokenizer("smollm2")
+    stages["tokenizer"] = _rss_mb()
+    nxt = int(lm.forward(tok.encode(PROMPT)).argmax())
+    first = time.time() - t_spawn
+    out = [nxt]
+    start = time.perf_counter()
+    for _ in range(tokens - 1):
+        nxt = int(lm.step([nxt], [0])[0].argmax())
+        out.append(nxt)
+    decode = (tokens - 1) / (time.perf_counter() - start)
+    stages["generated"] = _rss_mb()
+    lm.reset()
+    ids = np.random.default_rng(0).integers(0, lm.vocab_size, prompt_len).tolist()
+    start = time.perf_counter()
+    lm.forward(ids)
+    prefill = prompt_len / (time.perf_counter() - start)
+    stages["prefill"] = _rss_mb()
+    return {"start_to_token_s": first, "decode_tok_s": decode, "prefill_tok_s": prefill,
+            "peak_rss_mb_generate": stages["generated"], "peak_rss_mb": stages["prefill"], "rss_stages_mb": stages,
+            "cache_mb": lm.cache_bytes / 2**20, "text": tok.decode(out[:24]), "torch_imported": "torch" in sys.modules}
+
+
+def _run(cmd, env=None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run cmd; (completed process, its own peak RSS in MB, from wait4)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read()), usage.ru_maxrss / 1024
+
+
+def llama_cpp(binary: Path, threads: int, tokens: int, prompt_len: int) -> dict | None:
+    from ember.core.registry import resolve_model
+
+    if not (binary / "llama-simple").exists():
+        print(f"llama.cpp: no llama-simple in {binary}; skipped", file=sys.stderr)
+        return None
+    env = {**os.environ, "LD_LIBRARY_PATH": str(binary)}
+    gguf = str(resolve_model("smollm2"))
+    t = time.time()
+    p, rss = _run([str(binary / "llama-simple"), "-m", gguf, "-n", str(tokens), PROMPT], env)
+    out = {"generate_wall_s": time.time() - t, "peak_rss_mb": rss, "ok": p.returncode == 0}
+    t = time.time()
+    _run([str(binary / "llama-simple"), "-m", gguf, "-n", "1", PROMPT], env)
+    out["start_to_token_s"] = time.time() - t
+    p, _ = _run([str(binary / "llama-bench"), "-m", gguf, "-t", str(threads), "-p", str(prompt_len), "-n",
+                 str(tokens), "-r", "1", "-o", "json"], env)
+    if p.returncode == 0:
+        rows = json.loads(p.stdout)
+        out["decode_tok_s"] = next(r["avg_ts"] for r in rows if r["n_gen"] == tokens and r["n_prompt"] == 0)
+        out["prefill_tok_s"] = next(r["avg_ts"] for r in rows if r["n_prompt"] == prompt_len and r["n_gen"] == 0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--llama-bin", default=LLAMA_BIN)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--t-spawn", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args.t_spawn, args.threads, args.tokens, args.prompt_len)))
+        return
+    t = time.time()
+    p, rss = _run([sys.executable, "-P", __file__, "--child", "--t-spawn", str(t), "--threads", str(args.threads),
+                   "--tokens", str(args.tokens), "--prompt-len", str(args.prompt_len)])
+    if p.returncode != 0:
+        sys.exit(f"ember child failed: {p.stderr[-2000:]}")
+    ember = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    ember["peak_rss_mb_wait4"] = rss
+    ref = llama_cpp(Path(args.llama_bin), args.threads, args.tokens, args.prompt_len) or {}
+    print(json.dumps({"ember NativeLM": ember, "llama.cpp": ref}, indent=1))
+    for key in ("peak_rss_mb", "start_to_token_s", "decode_tok_s", "prefill_tok_s"):
+        if key in ref:
+            print(f"{key:18s} ember {ember[key]:9.2f}  llama.cpp {ref[key]:9.2f}  ratio {ember[key] / ref[key]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
