@@ -5,7 +5,9 @@ again: self-consistency by the exact maj@k (and pass@k) over all k-subsets, best
 the exact chance that each sample is the best-scored of a random k-subset
 (C(n-1-r, k-1) / C(n, k) for the sample ranked r), weighted best-of-k by the mean over
 `draws` random k-subsets. Tokens at k are k times the mean tokens of one reply. Single-reply
-strategies (greedy, cot, revise, prm-beam) are one point each.
+strategies (greedy, cot, revise, prm-beam) are one point each. Every point carries a 95%
+interval: a percentile bootstrap over questions for the sampled strategies (each question's
+expected accuracy at k resampled), Wilson for a single reply per question.
 
     >>> bon_at_k([True, False, False], [0.1, 0.9, 0.5], 3)
     0.0
@@ -19,7 +21,7 @@ import math
 import random
 from pathlib import Path
 
-from .estimators import maj_at_k, pass_at_k
+from .estimators import bootstrap_ci, maj_at_k, pass_at_k, wilson
 from .run import same_answer
 from .strategies import weighted_best_of
 
@@ -51,29 +53,31 @@ def default_ks(n: int) -> list[int]:
 
 
 def run_curve(run: dict) -> dict:
-    """{"strategy", "label", "points": [{"k", "accuracy", "tokens", ["pass"]}]} of one saved run."""
+    """{"strategy", "label", "points": [{"k", "accuracy", "ci", "tokens", ["pass"]}]} of one saved run."""
     items, strategy = run["items"], run["strategy"]
     label = run.get("label") or (f"{strategy} {run.get('shots', 0)}-shot" if strategy == "greedy" else strategy)
     per_q_tokens = sum(it["tokens"] for it in items) / len(items)
     if strategy not in SAMPLED:
         return {"strategy": strategy, "label": label,
-                "points": [{"k": run.get("samples", 1), "accuracy": run["accuracy"], "tokens": per_q_tokens}]}
+                "points": [{"k": run.get("samples", 1), "accuracy": run["accuracy"], "tokens": per_q_tokens,
+                            "ci": list(wilson(run["accuracy"] * len(items), len(items)))}]}
     n = min(len(it["answers"]) for it in items)
     one = sum(it["tokens"] / len(it["answers"]) for it in items) / len(items)
     points = []
     for k in default_ks(n):
-        acc = pss = 0.0
+        accs, pss = [], 0.0
         for it in items:
             answers, gold = it["answers"][:n], it["gold"]
             correct = [same_answer(a, gold) for a in answers]
             pss += pass_at_k(n, sum(correct), k)
             if strategy == "sc":
-                acc += maj_at_k([_canon(a) for a in answers], _canon(gold), k)
+                accs.append(maj_at_k([_canon(a) for a in answers], _canon(gold), k))
             elif strategy == "bon":
-                acc += bon_at_k(correct, it["scores"][:n], k)
+                accs.append(bon_at_k(correct, it["scores"][:n], k))
             else:
-                acc += wbon_at_k(answers, it["scores"][:n], gold, k)
-        points.append({"k": k, "accuracy": acc / len(items), "pass": pss / len(items), "tokens": k * one})
+                accs.append(wbon_at_k(answers, it["scores"][:n], gold, k))
+        points.append({"k": k, "accuracy": sum(accs) / len(items), "ci": list(bootstrap_ci(accs)),
+                       "pass": pss / len(items), "tokens": k * one})
     return {"strategy": strategy, "label": label, "points": points}
 
 

@@ -10,7 +10,7 @@ import pytest
 from ember.cli import main
 from ember.cli.reason import check_budget, load_problems, load_reason_verifier
 from ember.prompting.curves import bon_at_k, run_curve
-from ember.prompting.estimators import maj_at_k
+from ember.prompting.estimators import maj_at_k, wilson
 from ember.prompting.prompts import Problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infer"))
@@ -86,6 +86,17 @@ def _run(strategy, answers, scores=None):
     items = [{"gold": "5", "answers": a, "tokens": 10 * len(a), "scores": s}
              for a, s in zip(answers, scores or [None] * len(answers))]
     return {"strategy": strategy, "accuracy": 0.5, "samples": len(answers[0]), "items": items}
+
+
+def test_curve_points_carry_intervals():
+    """Sampled points: a bootstrap over questions (per-question values 1, 0, 1, 1: a resample
+    of three or four 0s has chance 0.051, above 2.5%, so the interval is [0.25, 1]); a
+    single-reply run: Wilson on its accuracy."""
+    answers = [["5", "5"], ["4", "4"], ["5", "5"], ["5", "5"]]
+    p = run_curve(_run("sc", answers))["points"][0]
+    assert p["accuracy"] == 0.75 and p["ci"] == [0.25, 1.0]
+    one = run_curve({**_run("cot", [["5"], ["4"]]), "accuracy": 0.5})["points"][0]
+    assert one["ci"] == pytest.approx(list(wilson(1, 2)))
 
 
 def test_curves_match_the_estimators(tmp_path, capsys):
