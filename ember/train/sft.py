@@ -46,9 +46,10 @@ class SFTConfig(PostTrainConfig):
 
     data: str | None = None
     """JSONL, one {"messages": [...]} per line."""
-    dataset: Literal["none", "tool-use", "reasoning"] = "none"
+    dataset: Literal["none", "tool-use", "reasoning", "reasoning-puzzle"] = "none"
     """Built-in generated conversations used when no --data is given; tool-use: calculator chats;
-    reasoning: word problems answered with a <think> trace (ember.data.reasoning)."""
+    reasoning: word problems answered with a <think> trace (ember.data.reasoning); reasoning-puzzle:
+    list puzzles answered the same way (ember.data.puzzle_tasks)."""
     max_len: int = 512
     """Tokens per conversation (and per packed row)."""
     overlong: Literal["truncate", "drop"] = "truncate"
@@ -102,10 +103,12 @@ def load_conversations(cfg: SFTConfig) -> list[list[dict]]:
         write_tool_use_jsonl(path, n=TOOL_USE_CONVERSATIONS, seed=cfg.train.seed, phrasing_set="train")
         print(f"generated {TOOL_USE_CONVERSATIONS} tool-use conversations → {path}", file=sys.stderr)
         return read_chat_jsonl(path, "fail")
-    if cfg.dataset == "reasoning" and cfg.data is None:
+    if cfg.dataset in ("reasoning", "reasoning-puzzle") and cfg.data is None:
         from ember.data.reasoning import write_trace_jsonl
 
-        path = write_trace_jsonl(Path(cfg.train.out) / "reasoning_train.jsonl", TRACE_CONVERSATIONS, cfg.train.seed)
+        family = "puzzle" if cfg.dataset == "reasoning-puzzle" else "arithmetic"
+        path = write_trace_jsonl(Path(cfg.train.out) / f"{cfg.dataset}_train.jsonl", TRACE_CONVERSATIONS,
+                                 cfg.train.seed, family)
         return read_chat_jsonl(path, "fail")
     if cfg.data is None:
         raise ValueError("give --data FILE.jsonl (one {\"messages\": [...]} per line) or --dataset tool-use|reasoning")

@@ -152,3 +152,14 @@ def test_family_registry_builds_data_for_both_families():
     assert problem_rows(2, 4, 0, "heldout", family="puzzle")[0]["answer"].replace(", ", "").isalpha()
     with pytest.raises(ValueError, match="family must be one of arithmetic, puzzle, got 'sudoku'"):
         family_module("sudoku")
+
+
+def test_sft_builds_puzzle_traces(tmp_path):
+    from ember.train.config import TrainConfig
+    from ember.train.sft import SFTConfig, load_conversations
+
+    chats = load_conversations(SFTConfig(dataset="reasoning-puzzle", train=TrainConfig(out=str(tmp_path))))
+    assert (tmp_path / "reasoning-puzzle_train.jsonl").is_file() and len(chats) == 2000
+    question, reply = chats[0][0]["content"], chats[0][1]["content"]
+    assert question.startswith("Start with the list: ") and reply.startswith("<think>\n")
+    assert extract_answer(reply) == reply.rsplit("The answer is ", 1)[1].rstrip(".")
