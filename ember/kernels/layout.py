@@ -73,7 +73,7 @@ def q4_arrays(raw: np.ndarray, shape, kind: str = "Q4_1") -> tuple[np.ndarray, n
     """GGUF Q4_1 (fp16 d, fp16 m, 16 bytes) or Q4_0 (fp16 d, 16 bytes) blocks of a weight
     (N, K) → qs (N, K/2), d, m (N, K/32).
 
-    >>> blk = np.zeros(20, np.uint8); blk[:2] = np.float16(0.5).view(np.uint8); blk[4:] = 0x21
+    >>> blk = np.zeros(20, np.uint8); blk[:2] = np.array([0.5], np.float16).view(np.uint8); blk[4:] = 0x21
     >>> qs, d, m = q4_arrays(blk, (1, 32)); qs[0, :2].tolist(), d.tolist(), m.tolist()
     ([33, 33], [[0.5]], [[0.0]])
     """
@@ -82,10 +82,14 @@ def q4_arrays(raw: np.ndarray, shape, kind: str = "Q4_1") -> tuple[np.ndarray, n
     N, K = shape
     nbytes = 20 if kind == "Q4_1" else 18
     b = _blocks(raw, N, K, nbytes, kind)
-    qs = np.ascontiguousarray(b[..., nbytes - 16 :]).reshape(N, K // 2)
-    d = _fp16(b[..., 0:2])
-    m = _fp16(b[..., 2:4]) if kind == "Q4_1" else (np.float16(-8) * d).astype(np.float16)
-    return qs, d, m
+    # Copy in 4-byte (Q4_1) or 2-byte (Q4_0) words: a strided copy of 16 single bytes is ~4x slower.
+    words = b.view(np.uint32 if kind == "Q4_1" else np.uint16)  # (N, K/32, 5 or 9)
+    qs = np.ascontiguousarray(words[..., 1:]).view(np.uint8).reshape(N, K // 2)
+    if kind == "Q4_1":
+        dm = np.ascontiguousarray(words[..., 0]).view(np.float16).reshape(N, K // QK, 2)
+        return qs, np.ascontiguousarray(dm[..., 0]), np.ascontiguousarray(dm[..., 1])
+    d = np.ascontiguousarray(words[..., 0]).view(np.float16)
+    return qs, d, (np.float16(-8) * d).astype(np.float16)
 
 
 def pair_permute(q: np.ndarray) -> np.ndarray:
