@@ -10,9 +10,12 @@ Each ember variant runs in its own child process (so peak RSS is its own), 2 thr
 llama.cpp: `llama-bench -m <same GGUF> -t 2 -p 512 -n 128 -r <repeats>` (tg128, pp512), and
 `llama-simple -n 1` for its start→token (twice: cold, warm) and peak RSS.
 
-Variants: ember-default (what `ember generate` runs: quant auto = the GGUF's own Q4 blocks on
-the native kernels), ember-exact (`--exact`: fp32), ember-int4 (torch's int4 kernel, fused),
-hf-fp32 / hf-bf16 (transformers, if installed), llama.cpp (the binaries in --llama-bin).
+Variants: ember-default (the `ember generate` command itself, run as a user runs it: on a 4-bit
+GGUF the torch-free native runner, ember/infer/native_run.py; decode and prefill read from its
+--json line, start→token from the first byte it prints, RSS from wait4), ember-engine
+(`ember.load(quant="auto")` through the Engine in this process: the native kernels under torch,
+what `ember serve` runs), ember-exact (`--exact`: fp32), ember-int4 (torch's int4 kernel,
+fused), hf-fp32 / hf-bf16 (transformers, if installed), llama.cpp (the binaries in --llama-bin).
 
     python -P bench/generate.py [--variants ember-default,ember-exact,llama.cpp] [--repeats 3]
 """
@@ -32,8 +35,8 @@ from pathlib import Path
 THREADS = 2
 CHAT_PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 DEFAULT_VARIANTS = "ember-default,ember-exact,llama.cpp"
-ALL_VARIANTS = ["ember-default", "ember-exact", "ember-int4", "hf-fp32", "hf-bf16", "llama.cpp"]
-QUANT = {"ember-default": "auto", "ember-exact": None, "ember-int4": "int4"}
+ALL_VARIANTS = ["ember-default", "ember-engine", "ember-exact", "ember-int4", "hf-fp32", "hf-bf16", "llama.cpp"]
+QUANT = {"ember-engine": "auto", "ember-exact": None, "ember-int4": "int4"}
 LLAMA_BIN = "/tmp/llama.cpp-build/bin"
 
 
@@ -166,6 +169,49 @@ def ember_variant(v: str, args, env) -> dict | None:
     return r
 
 
+def _cli(args_list: list[str], env) -> tuple[dict, float]:
+    """`ember generate ... --json true` in a child process: (its JSON line, its peak RSS MB)."""
+    p, rss = _run([sys.executable, "-m", "ember", "generate", *args_list, "--json", "true",
+                   "--threads", str(THREADS)], env)
+    if p.returncode != 0:
+        raise RuntimeError(f"ember generate failed ({p.returncode}): {p.stderr[-1500:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1]), rss
+
+
+def _first_byte_s(args_list: list[str], env) -> float:
+    """Seconds from spawning `ember generate` to the first byte of text it prints."""
+    t = time.time()
+    p = subprocess.Popen([sys.executable, "-m", "ember", "generate", *args_list, "--threads", str(THREADS)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    p.stdout.read(1)
+    elapsed = time.time() - t
+    p.stdout.read()
+    p.wait()
+    return elapsed
+
+
+def cli_variant(args, env) -> dict:
+    """ember-default: the `ember generate` command (fresh processes; median of --repeats)."""
+    from ember.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    _, long_ids = _prompts(tok, args.prompt_len)
+    with tempfile.TemporaryDirectory() as kdir:
+        venv = {**env, "EMBER_KERNELS_DIR": kdir}  # an empty kernel cache: the cold start builds
+        short = ["--prompt", "The capital of France is", "--max-tokens", "1"]
+        cold, warm = _first_byte_s(short, venv), _first_byte_s(short, venv)
+        long_file = Path(kdir) / "prompt.txt"
+        long_file.write_text(tok.decode(long_ids), encoding="utf-8")
+        decode = [_cli(["--prompt", CHAT_PROMPT[0]["content"], "--chat", "true", "--max-tokens", str(args.tokens),
+                        "--ignore-eos", "true"], venv) for _ in range(args.repeats)]
+        prefill = [_cli(["--prompt-file", str(long_file), "--max-tokens", "1"], venv) for _ in range(args.repeats)]
+    ttft = statistics.median(r["ttft_ms"] for r, _ in prefill)
+    return {"decode_tok_s": statistics.median(r["decode_tok_s"] for r, _ in decode), "ttft_ms": ttft,
+            "prefill_tok_s": prefill[0][0]["prompt_tokens"] / (ttft / 1e3), "cold_start_s": cold, "warm_start_s": warm,
+            "peak_rss_mb": max(rss for _, rss in decode + prefill), "model": "ember generate",
+            "text": tok.decode(decode[0][0]["ids"][:24])}
+
+
 def _result(v: str, p) -> dict | None:
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -226,7 +272,8 @@ def report(results: dict, args) -> None:
             cells.append(f"{a:15.1f}" if a is not None else f"{'-':>15s}")
             cells.append(f"{a / b:6.2f}x" if a is not None and b else f"{'-':>7s}")
         print(f"{v:14s}" + "".join(cells))
-    print("start s: process start → first token of a 5-token prompt (cold: empty kernel cache)")
+    print("start s: process start → first token of a 5-token prompt (cold: empty kernel cache); "
+          "ember-default's peak RSS: the highest of its decode and prefill runs")
     for v, r in results.items():
         if r.get("text"):
             print(f"{v:14s} [{r['model']}] {r['text']!r}")
@@ -252,7 +299,8 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     results: dict[str, dict] = {}
     for v in args.variants.split(","):
-        r = llama_cpp(args, env) if v == "llama.cpp" else ember_variant(v, args, env)
+        r = llama_cpp(args, env) if v == "llama.cpp" else cli_variant(args, env) if v == "ember-default" \
+            else ember_variant(v, args, env)
         if r is not None:
             results[v] = r
             print(f"  {v}: {json.dumps({k: round(x, 2) if isinstance(x, float) else x for k, x in r.items()})}",

@@ -29,7 +29,7 @@ class ModelOptions:
     max_seq_len: int | None = None
     """KV-cache length (default: the model's context)"""
     threads: int | None = None
-    """torch threads (default: all cores)"""
+    """compute threads (default: all cores)"""
     compile: bool = False
     """torch.compile the decode step (about 30 s once; faster tokens after)"""
 
@@ -56,6 +56,27 @@ def _compile(model, opts: ModelOptions) -> bool:
     from ember.kernels.decode import NativeTransformer
 
     return opts.compile and not isinstance(model, NativeTransformer)
+
+
+def _native_runner(opts: ModelOptions):
+    """The torch-free native runner when these options ask for nothing only torch does (a
+    4-bit GGUF at --quant auto/native, no --exact/--compile, no speculation), else None."""
+    from ember.infer.native_run import NativeRunner, native_runner_unsupported
+
+    if opts.exact or opts.compile or getattr(opts, "speculative", "off") not in ("auto", "off"):
+        return None
+    if native_runner_unsupported(opts.model, opts.quant) is not None:
+        return None
+    return NativeRunner.load(opts.model, max_seq_len=opts.max_seq_len, threads=opts.threads)
+
+
+def _runner(opts: ModelOptions):
+    """(engine-like runner, tokenizer): the native runner where it applies, else the engine."""
+    runner = _native_runner(opts)
+    if runner is not None:
+        return runner, runner.tokenizer
+    model, tok = _load(opts)
+    return _engine(model, tok, opts), tok
 
 
 def _engine(model, tok, opts: ModelOptions, max_batch_size: int = 1):
@@ -101,7 +122,7 @@ class GenerateConfig(SpeculativeOptions, ModelOptions):
 
 def generate(cfg: GenerateConfig) -> dict:
     from ember.core.io import read_text_utf8
-    from ember.infer.sampling import SamplingParams
+    from ember.infer.params import SamplingParams
 
     if (cfg.prompt is None) == (cfg.prompt_file is None):
         raise ValueError("give either --prompt or --prompt-file, not both or neither")
@@ -111,13 +132,12 @@ def generate(cfg: GenerateConfig) -> dict:
         repetition_penalty=cfg.repetition_penalty, seed=cfg.seed, max_tokens=cfg.max_tokens,
         stop=tuple(cfg.stop), ignore_eos=cfg.ignore_eos,
     )
-    model, tok = _load(cfg)
+    engine, tok = _runner(cfg)
     if cfg.chat:
         msgs = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": text}]
         ids, _ = tok.render_chat(msgs, add_generation_prompt=True)
     else:
         ids = tok.encode(text, add_bos=None)  # BOS where the model's own tokenizer asks for one
-    engine = _engine(model, tok, cfg)
     result = None
     for chunk in engine.stream(ids, params):
         if not cfg.json:
@@ -161,11 +181,10 @@ DEMO_QUESTION = "In two sentences, what is a tokenizer in a language model?"
 
 def chat(cfg: ChatConfig) -> None:
     from ember.infer.chat import run_chat
-    from ember.infer.sampling import SamplingParams
+    from ember.infer.params import SamplingParams
 
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    model, tok = _load(cfg)
-    engine = _engine(model, tok, cfg)
+    engine, tok = _runner(cfg)
     if not cfg.demo:
         run_chat(engine, tok, system=cfg.system, params=params)
         return
@@ -321,7 +340,7 @@ class EmbedConfig:
     """float32 matches sentence-transformers (cosine 1 - 1e-7); bfloat16 runs the encoder under
     autocast, ~1.5x faster on CPUs with bf16 units (cosine to float32 >= 0.9999 on bench/embed.py)"""
     threads: int | None = None
-    """torch threads (default: all cores)"""
+    """compute threads (default: all cores)"""
 
     def __post_init__(self):
         at_least("--threads", self.threads, 1, optional=True)

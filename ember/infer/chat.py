@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .engine import Engine, GenerationResult
-from .sampling import SamplingParams
+from .params import SamplingParams
+from .request import GenerationResult
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 HELP = "commands: /reset clears the history, /exit quits"
 
