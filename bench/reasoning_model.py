@@ -102,6 +102,23 @@ def load_policy(adapter: str | None):
     return model.eval(), tok
 
 
+def adapter_from_checkpoint(checkpoint: str, sft_adapter: str) -> str:
+    """A GRPO run's checkpoint folder (its LoRA tensors) as an adapter folder inside it, the
+    policy rebuilt as `ember grpo --adapter sft_adapter` builds it."""
+    from ember.peft import load_adapter
+    from ember.train.checkpoint import load_checkpoint
+    from ember.train.grpo import GRPOConfig
+    from ember.train.kit import load_for_training, save_adapter_folder
+
+    cfg = GRPOConfig(task="reasoning", adapter=sft_adapter)
+    model, _ = load_for_training(cfg, seed=False)
+    model = load_adapter(model, sft_adapter)
+    result = model.load_state_dict(load_checkpoint(checkpoint)["model"], strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{checkpoint} holds tensors this policy lacks: {result.unexpected_keys[:3]}")
+    return str(save_adapter_folder(model, Path(checkpoint) / "adapter", cfg))
+
+
 def accuracy_by_difficulty(model, tok, difficulties, n: int) -> dict[int, float]:
     from ember.train.kit.rollout import greedy_replies
 
@@ -166,7 +183,7 @@ def with_interval(accuracy: float | None, n: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10, help="problems per difficulty (and per budget)")
-    ap.add_argument("--difficulties", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--difficulties", type=int, nargs="*", default=[1, 2, 3, 4, 5], help="none: budget curves only")
     ap.add_argument("--budgets", type=int, nargs="+", default=[0, 8, 24, 64])
     ap.add_argument("--budget_difficulty", type=int, default=3)
     ap.add_argument("--budget_stages", nargs="+", default=["sft"], help="the stages whose budget curve is measured")
@@ -174,9 +191,12 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=["base", "sft", "grpo"])
     ap.add_argument("--sft_adapter", default="runs/sft-reasoning/adapter")
     ap.add_argument("--grpo_adapter", default="runs/grpo-reasoning/adapter")
+    ap.add_argument("--grpo_checkpoint", help="a GRPO checkpoint folder to measure instead of --grpo_adapter")
     ap.add_argument("--report", default="runs/reasoning_bench.json", help="the JSON report stages add to")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.grpo_checkpoint:
+        args.grpo_adapter = adapter_from_checkpoint(args.grpo_checkpoint, args.sft_adapter)
     adapters = {"base": None, "sft": args.sft_adapter, "grpo": args.grpo_adapter}
     path = Path(args.report)  # stages run separately add to one report
     report: dict = json.loads(path.read_text()) if path.is_file() else {}
