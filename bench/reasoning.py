@@ -88,11 +88,13 @@ RUNS = [  # (label, strategy, shots, n)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--tasks", nargs="+", default=["arithmetic", "commonsense"])
-    ap.add_argument("--cot-tokens", type=int, default=96)
+    ap.add_argument("--cot-tokens", type=int, default=64)
     ap.add_argument("--out", default="runs/reason/bench")
     ap.add_argument("--skip-sensitivity", action="store_true")
+    ap.add_argument("--quant", default="auto", help="ember.load's quant: auto (the GGUF's Q4 blocks through the "
+                    "native kernels), none (exact fp32), int8, int4, native")
     ap.add_argument("--batch", type=int, default=8, help="engine slots (requests decoded together)")
     ap.add_argument("--fast", action="store_true", help="batch_invariant=False (about 2x on CPU; greedy replies "
                     "may then depend on which requests share a batch)")
@@ -101,23 +103,26 @@ def main() -> None:
                     "engine's shared prefill")
     ap.add_argument("--prefix-new-tokens", type=int, default=16, help="--prefix-timing: tokens per sample")
     args = ap.parse_args()
+    unknown = set(args.runs) - {r[0] for r in RUNS}
+    if unknown:
+        raise ValueError(f"unknown runs {sorted(unknown)}; runs: {', '.join(r[0] for r in RUNS)}")
 
     import torch
 
     import ember
     from ember.cli.reason import load_problems
     from ember.infer.engine import Engine
-    from ember.prompting.curves import plot_curves, run_curve
     from ember.prompting.generate import EngineGenerator
-    from ember.prompting.run import evaluate_strategy, sensitivity
-    from ember.prompting.strategies import StrategyConfig
 
     torch.set_num_threads(1)
-    net, tok = ember.load("smollm2")
+    net, tok = ember.load("smollm2", quant=None if args.quant == "none" else args.quant)
     engine = Engine(net, tok, max_batch_size=args.batch, batch_invariant=not args.fast)
     gen = EngineGenerator(engine)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quant": args.quant,
+            "model": type(net).__name__, "batch": args.batch, "fast": args.fast, "cot_tokens": args.cot_tokens}
+    print(f"{meta} load {_load()}", flush=True)
     if args.prefix_timing:
         problems, pool, *_ = load_problems(args.tasks[0])
         prefix_timing(engine, tok, problems[:args.limit], pool, max_tokens=args.prefix_new_tokens)
@@ -126,35 +131,162 @@ def main() -> None:
     for task in args.tasks:
         problems, pool, extract, extraction, task_tokens = load_problems(task)
         problems = problems[:args.limit]
-        results = []
-        for label, strategy, shots, n in [r for r in RUNS if r[0] in args.runs]:
-            cfg = StrategyConfig(n=n, temperature=0.7, max_tokens=task_tokens if strategy == "greedy" else
-                                 args.cot_tokens, seed=0)
-            t0 = time.perf_counter()
-            r = evaluate_strategy(gen, problems, pool, extract, strategy, cfg, shots=shots, extraction=extraction,
-                                  chunk=max(1, args.batch // n))
-            r.update(task=task, shots=shots, label=label, seconds=time.perf_counter() - t0,
-                     shared_prefill=gen.shared_prefill)
-            (out / f"{task}-{strategy}-{shots}.json").write_text(json.dumps(r))
-            results.append(r)
-            rows.append(r)
-            print(_row(r), flush=True)
-        curves = [run_curve(r) for r in results]
-        for c, r in zip(curves, results):
-            c["label"] = r["label"]
-        (out / f"curve-{task}.json").write_text(json.dumps(curves, indent=1))
-        plot_curves(curves, out / f"curve-{task}.png", f"SmolLM2-135M-Instruct, {task}, n={len(problems)}")
-        sc = next((c for c in curves if c["strategy"] == "sc"), None)
-        print("" if sc is None else f"{task} SC curve: " + ", ".join(f"maj@{p['k']} {p['accuracy']:.3f} pass@{p['k']} {p['pass']:.3f}"
-                                                for p in sc["points"]), flush=True)
+        results = run_task(gen, task, problems, pool, extract, extraction, task_tokens, args, meta, out)
+        rows += results
+        report_task(task, results, out, len(problems))
         if not args.skip_sensitivity:
-            s = sensitivity(gen, problems, pool, extract, StrategyConfig(max_tokens=task_tokens), shots=3)
-            each = ", ".join(f"{v['template']}/{v['order_seed']}: {v['accuracy']:.2f}" for v in s["variants"])
-            print(f"{task} 3-shot greedy over {len(s['variants'])} prompts: min {s['min']:.3f} max {s['max']:.3f} "
-                  f"std {s['std']:.3f} ({each})", flush=True)
+            run_sensitivity(gen, task, problems, pool, extract, task_tokens, meta, out)
     print("\ntask         run            accuracy  95% CI          n   samples/q  tokens  unparseable  seconds")
     for r in rows:
         print(_row(r))
+
+
+def run_task(gen, task, problems, pool, extract, extraction, task_tokens, args, meta, out) -> list[dict]:
+    """Every asked row of RUNS on the same problems; each saved with its samples."""
+    from ember.prompting.strategies import StrategyConfig
+
+    results = []
+    for label, strategy, shots, n in [r for r in RUNS if r[0] in args.runs]:
+        cfg = StrategyConfig(n=n, temperature=0.7, max_tokens=task_tokens if strategy == "greedy" else
+                             args.cot_tokens, seed=0)
+        t0, load0 = time.perf_counter(), _load()
+        r = evaluate(gen, problems, pool, extract, strategy, cfg, shots, extraction, max(1, args.batch // n))
+        r.update(task=task, shots=shots, label=label, seconds=time.perf_counter() - t0,
+                 shared_prefill=gen.shared_prefill, load=[load0, _load()], **meta)
+        (out / f"{task}-{strategy}-{shots}.json").write_text(json.dumps(r))
+        results.append(r)
+        print(_row(r), flush=True)
+    return results
+
+
+def evaluate(gen, problems, pool, extract, strategy, cfg, shots, extraction, chunk) -> dict:
+    """`evaluate_strategy`, except that a run whose every reply is unparseable is a row of
+    the table (accuracy 0, all unparseable), not an error: zero-shot multiple choice, where
+    the model names the option's text instead of its letter, may do that."""
+    from ember.prompting.estimators import wilson
+    from ember.prompting.run import evaluate_strategy
+
+    seen = []
+
+    class Recorder:
+        shared_prefill = gen.shared_prefill
+
+        def generate(self, *a, **kw):
+            out = gen.generate(*a, **kw)
+            seen.extend(out)
+            return out
+
+    try:
+        return evaluate_strategy(Recorder(), problems, pool, extract, strategy, cfg, shots=shots,
+                                 extraction=extraction, chunk=chunk)
+    except ValueError as e:
+        if not str(e).startswith("none of the"):
+            raise
+    n = len(problems)
+    items = [{"question": p.question, "gold": p.answer, "answer": None, "correct": False,
+              "answers": [None] * len(ss), "texts": [x.text for x in ss], "tokens": sum(x.tokens for x in ss),
+              "scores": None} for p, ss in zip(problems, seen)]
+    return {"accuracy": 0.0, "ci": list(wilson(0, n)), "n": n, "strategy": strategy,
+            "samples": sum(len(ss) for ss in seen) / n, "tokens": sum(it["tokens"] for it in items),
+            "unparseable": sum(len(ss) for ss in seen), "pass_at_n": 0.0, "items": items}
+
+
+def report_task(task: str, results: list[dict], out: Path, n_problems: int) -> None:
+    """The curve plot, the exact maj@k / pass@k for every k of the SC samples, accuracy
+    against generated tokens, and paired comparisons of the runs."""
+    from ember.prompting.curves import plot_curves, run_curve
+
+    curves = [run_curve(r) for r in results]
+    for c, r in zip(curves, results):
+        c["label"] = r["label"]
+    sc = next((r for r in results if r["strategy"] == "sc"), None)
+    extra = {"all_k": all_k(sc) if sc else None, "paired": paired(results)}
+    (out / f"curve-{task}.json").write_text(json.dumps({"curves": curves, **extra}, indent=1))
+    plot_curves(curves, out / f"curve-{task}.png", f"SmolLM2-135M-Instruct, {task}, n={n_problems}")
+    if sc:
+        print(f"{task} SC curve (exact over all k-subsets of the {len(sc['items'][0]['answers'])} samples):")
+        for p in extra["all_k"]:
+            print(f"  k={p['k']}  maj@k {p['maj']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]  pass@k {p['pass']:.3f}"
+                  f"  tokens/q {p['tokens']:.0f}")
+    single = [r for r in results if r["strategy"] != "sc"]
+    for r in single:
+        print(f"  {r['label']:<14} tokens/q {r['tokens'] / r['n']:.0f}  accuracy {r['accuracy']:.3f}")
+    for d in extra["paired"]:
+        print(f"  {d['a']} vs {d['b']}: {d['a_only']} questions only {d['a']} right, {d['b_only']} only {d['b']} "
+              f"right; difference {d['diff']:+.3f}, exact McNemar p = {d['p']:.3f}", flush=True)
+
+
+def all_k(run: dict) -> list[dict]:
+    """maj@k (exact, Wilson interval over questions) and pass@k for k = 1..n, and the
+    generated tokens per question at k (k times the mean tokens of one reply)."""
+    from ember.prompting.curves import _canon
+    from ember.prompting.estimators import maj_at_k, pass_at_k, wilson
+    from ember.prompting.run import same_answer
+
+    items = run["items"]
+    n = min(len(it["answers"]) for it in items)
+    one = sum(it["tokens"] / len(it["answers"]) for it in items) / len(items)
+    points = []
+    for k in range(1, n + 1):
+        maj = sum(maj_at_k([_canon(a) for a in it["answers"][:n]], _canon(it["gold"]), k) for it in items)
+        pss = sum(pass_at_k(n, sum(same_answer(a, it["gold"]) for a in it["answers"][:n]), k) for it in items)
+        points.append({"k": k, "maj": maj / len(items), "ci": list(wilson(maj, len(items))),
+                       "pass": pss / len(items), "tokens": k * one})
+    return points
+
+
+def paired(results: list[dict]) -> list[dict]:
+    """The claims in question on the same questions: few-shot vs zero-shot, CoT vs zero-shot,
+    SC@8 vs CoT; the discordant counts and the exact two-sided McNemar (sign test) p-value."""
+    by = {r["label"]: r for r in results}
+    out = []
+    for a, b in (("few-shot (5)", "zero-shot"), ("CoT", "zero-shot"), ("CoT", "few-shot (5)"), ("SC@8", "CoT")):
+        if a in by and b in by:
+            ca = [it["correct"] for it in by[a]["items"]]
+            cb = [it["correct"] for it in by[b]["items"]]
+            a_only = sum(x and not y for x, y in zip(ca, cb))
+            b_only = sum(y and not x for x, y in zip(ca, cb))
+            out.append({"a": a, "b": b, "a_only": a_only, "b_only": b_only, "p": sign_test(a_only, b_only),
+                        "diff": (sum(ca) - sum(cb)) / len(ca)})
+    return out
+
+
+def sign_test(x: int, y: int) -> float:
+    """Exact two-sided binomial p-value of x successes against y at p = 1/2.
+
+    >>> sign_test(0, 0), round(sign_test(9, 1), 4)
+    (1.0, 0.0215)
+    """
+    import math
+
+    m = x + y
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(x, y) + 1)) / 2 ** m
+    return min(1.0, 2 * tail)
+
+
+def run_sensitivity(gen, task, problems, pool, extract, task_tokens, meta, out) -> None:
+    from ember.prompting.estimators import wilson
+    from ember.prompting.run import sensitivity
+    from ember.prompting.strategies import StrategyConfig
+
+    t0 = time.perf_counter()
+    s = sensitivity(gen, problems, pool, extract, StrategyConfig(max_tokens=task_tokens), shots=3, progress=True)
+    s.update(task=task, shots=3, seconds=time.perf_counter() - t0, **meta)
+    (out / f"sensitivity-{task}.json").write_text(json.dumps(s, indent=1))
+    print(f"{task} 3-shot greedy over {len(s['variants'])} prompts: min {s['min']:.3f} max {s['max']:.3f} "
+          f"mean {s['mean']:.3f} std {s['std']:.3f} ({s['seconds']:.0f} s)")
+    for v in s["variants"]:
+        lo, hi = wilson(v["accuracy"] * v["n"], v["n"])
+        print(f"  {v['template']:<10} order {v['order_seed']!s:<5} {v['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
+              flush=True)
+
+
+def _load() -> float:
+    import os
+
+    return round(os.getloadavg()[0], 1)
 
 
 def prefix_timing(engine, tok, problems, pool, n: int = 8, max_tokens: int = 16) -> None:
