@@ -85,8 +85,10 @@ class NativeRunner:
         from ember.tokenizer import load_tokenizer
 
         path = resolve_model(name_or_path)
-        lm = NativeLM.from_gguf(path, max_seq_len=max_seq_len, threads=threads)
-        return cls(lm, load_tokenizer(path))
+        # The tokenizer first: its parse's garbage is freed before the weights arrive, so the
+        # two never peak together (16 MB less peak memory for SmolLM2).
+        tok = load_tokenizer(path)
+        return cls(NativeLM.from_gguf(path, max_seq_len=max_seq_len, threads=threads), tok)
 
     def _check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         n, m, limit, V = len(prompt_ids), params.max_tokens, self.max_seq_len, self.lm.vocab_size
