@@ -1,5 +1,6 @@
 """NativeLM (numpy weights and cache, no torch) against NativeTransformer on the same GGUF."""
 
+import os
 import subprocess
 import sys
 
@@ -121,12 +122,37 @@ def test_bad_inputs_are_named(tiny_gguf, monkeypatch):
         lm.truncate(3, row=1)
     with pytest.raises(ValueError, match="at least one token"):
         lm.forward([])
+    with pytest.raises(ValueError, match="threads must be a positive int \\(got 0\\)"):
+        _lm(tiny_gguf, threads=0)
     with pytest.raises(ValueError, match="max_seq_len 1000 exceeds the model's context of 256"):
         NativeLM.from_gguf(tiny_gguf, max_seq_len=1000)
     monkeypatch.setattr(native_lm, "load_kernels", lambda: None)
     monkeypatch.setattr(native_lm, "unavailable_reason", lambda: "this CPU lacks avx512f")
     with pytest.raises(ValueError, match="unavailable: this CPU lacks avx512f"):
         NativeLM.from_gguf(tiny_gguf)
+
+
+def test_thread_chooser_keeps_the_faster_count_and_probes_the_other():
+    tc = native_lm.ThreadChooser(2, probe_every=4)
+    seconds = {1: 0.5, 2: 0.1}  # as if 2 threads ran 5x faster
+    used = []
+    for _ in range(8):
+        used.append(tc.choose())
+        tc.record(used[-1], seconds[used[-1]] * 3, 3)  # 3 tokens per call
+    assert used == [2, 1, 2, 1, 2, 2, 2, 1]  # both timed first, then the faster; a probe every 4th call
+    assert tc.ema == pytest.approx({2: 0.1 / 3 * 3, 1: 0.5})
+    assert native_lm.ThreadChooser(1).choose() == 1
+
+
+def test_default_threads_time_both_counts(tiny_gguf):
+    need_kernels()
+    lm = _lm(tiny_gguf, threads=None)
+    lm.forward([1, 2, 3])
+    first = lm.step([4], [0])
+    lm.step([5], [0])
+    cores = len(os.sched_getaffinity(0))
+    assert set(lm._choosers["step"].ema) == ({1, cores} if cores > 1 else set())
+    assert np.array_equal(first[0], _lm(tiny_gguf, threads=1).forward([1, 2, 3, 4]))
 
 
 def test_a_model_the_kernels_cannot_run_is_named(tmp_path):
