@@ -17,6 +17,11 @@ A step of `Engine` (engine.py) is planned here:
 
 Without batch invariance, the first chunks of prompts in consecutive slots (a burst of new
 requests) go in one right-padded forward: one pass over the weights instead of one each.
+With it, each prompt goes in alone anyway, so when decode steps are cheap (the native
+decode step computes only the busy rows, each alone) a step completes at most one prompt:
+its first token is out after one prompt's prefill and a decode step, not after the whole
+burst's prefills, and the streams already running advance between them. Which step a
+prompt completes in never changes its tokens (each row is computed alone either way).
 
 So a long prompt never stalls the running streams for more than one chunk per token, and a
 burst of new requests gets first tokens as soon as each prompt is in, not after all of them.
@@ -71,6 +76,14 @@ def rows_independent(model) -> bool:
     return isinstance(model, NativeTransformer) and load_kernels() is not None
 
 
+def _rows_independent(engine) -> bool:
+    """rows_independent(engine.model), asked once per engine."""
+    indep = engine.__dict__.get("_rows_independent")
+    if indep is None:
+        indep = engine._rows_independent = rows_independent(engine.model)
+    return indep
+
+
 def _admit(engine) -> None:
     free = [i for i, r in enumerate(engine.slots) if r is None]
     if not (engine.waiting and free):
@@ -94,8 +107,9 @@ def plan_step(engine) -> Plan:
     _admit(engine)
     C = engine.prefill_chunk
     plan, budget = Plan(), C
+    one_done = engine.batch_invariant and _rows_independent(engine)  # one first token per step
     for r in list(engine.prefilling):
-        if budget <= 0:
+        if budget <= 0 or (one_done and plan.done):
             break
         T = len(r.prompt_ids)
         if _whole(r):
@@ -130,7 +144,7 @@ def run_plan(engine, plan: Plan) -> Tensor:
         engine._active[r.slot] = 1
     if not rows:
         return torch.empty(0, engine.config.vocab_size, device=engine.device)
-    return torch.cat(rows)
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
 def _start(engine, r: Request) -> None:
@@ -231,16 +245,14 @@ def _prefill_batch(engine, group: list[tuple[Request, int, int]]) -> list[Tensor
 def decode_rows(engine, reqs: list[Request]) -> Tensor:
     """One decode step of the cache rows that reqs sit in: logits [len(reqs), V]."""
     kv_len = max(len(r.prompt_ids) + len(r.token_ids) for r in reqs)  # largest position fed + 1
-    indep = engine.__dict__.get("_rows_independent")
-    if indep is None:
-        indep = engine._rows_independent = rows_independent(engine.model)
-    if engine.batch_invariant and not indep:
+    if engine.batch_invariant and not _rows_independent(engine):
         n, kv_len = engine.max_batch_size, -(-kv_len // KV_LEN_STEP) * KV_LEN_STEP
     else:  # rows past the highest busy slot sit out (admission fills the lowest slots)
         n = max(r.slot for r in reqs) + 1
     logits = engine.decode(engine._tokens[:n], engine._positions[:n], kv_len=kv_len)  # [n, V]
     engine._positions += engine._active  # parked and free slots stay where they are
-    return logits[[r.slot for r in reqs]]  # [N, V]
+    slots = [r.slot for r in reqs]
+    return logits if slots == list(range(len(logits))) else logits[slots]  # [N, V]
 
 
 def drop_prefill(engine, r: Request) -> bool:

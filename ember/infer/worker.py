@@ -2,8 +2,10 @@
 
 The engine is not thread-safe, so one thread loops: take new requests and aborts from an
 inbox, `engine.step()`, hand each request's new text, token ids and log-probs to the
-asyncio side with `loop.call_soon_threadsafe` (an `asyncio.Queue` per HTTP request). It
-sleeps on a condition when there is nothing to do. An abort (a client hung up, a stream
+asyncio side (an `asyncio.Queue` per HTTP request) with one `loop.call_soon_threadsafe`
+per step for all of them: each such call wakes the event loop, which then holds the GIL
+while the engine thread waits for it, so one wake-up per request per step cost a GIL
+hand-over each. It sleeps on a condition when there is nothing to do. An abort (a client hung up, a stream
 closed early) goes through the inbox too, so the engine frees the slot at its next step.
 
     >>> worker = EngineWorker(engine); worker.start()                      # doctest: +SKIP
@@ -135,6 +137,7 @@ class EngineWorker:
                 self._send(job, Event(job.index, error=error, status=status))
 
     def _publish(self) -> None:
+        out: list[tuple[Job, Event]] = []
         for job in list(self._jobs):
             req = job.req
             text, new = req.take_delta(), req.token_ids[job.sent :]
@@ -147,7 +150,8 @@ class EngineWorker:
             if req.finished:
                 ev.result = req.result()
                 self._jobs.remove(job)
-            self._send(job, ev)
+            out.append((job, ev))
+        self._send_all(out)
         self._snapshot()
 
     def _snapshot(self) -> None:
@@ -155,7 +159,21 @@ class EngineWorker:
 
     @staticmethod
     def _send(job: Job, ev: Event) -> None:
-        try:
-            job.loop.call_soon_threadsafe(job.queue.put_nowait, ev)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-            pass
+        EngineWorker._send_all([(job, ev)])
+
+    @staticmethod
+    def _send_all(events: list[tuple[Job, Event]]) -> None:
+        """Hand events to their event loops: one call per loop, the events in order."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+        for job, ev in events:
+            by_loop.setdefault(job.loop, []).append((job.queue, ev))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                pass
+
+
+def _deliver(batch: list[tuple[asyncio.Queue, Event]]) -> None:
+    for queue, ev in batch:
+        queue.put_nowait(ev)
