@@ -15,7 +15,9 @@ Percentiles pool every stream of every round (--rounds, after an untimed warm-up
     python bench/serve.py [--clients 1,4,8] [--llama-server PATH] [--ember-args "--quant int4"]...
 
 Each --ember-args runs one more ember server (the default: `ember serve`'s defaults), each
-in its own row, and every ember row gets its ratio to llama-server.
+in its own row, and every ember row gets its ratio to llama-server. Leading NAME=VALUE
+words set that server's environment, e.g. `--ember-args "PYTHONPATH=/tmp/ember-before"`
+serves another source tree beside this one (a before/after comparison in one run).
 
 llama-server comes from --llama-server or $LLAMA_SERVER and runs as the reference does:
 `-t 2 -c 8192 --parallel 8` (continuous batching over 8 slots). Without it, ember's
@@ -66,14 +68,15 @@ def prompt(i: int) -> list[dict]:
 class Server:
     """A server process on a free port, up once GET /health answers 200; stopped on exit."""
 
-    def __init__(self, name: str, argv: list[str], port: int, startup_s: float):
+    def __init__(self, name: str, argv: list[str], port: int, startup_s: float, env: dict | None = None):
         self.name, self.argv, self.port, self.startup_s = name, argv, port, startup_s
+        self.env = env or {}
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.TemporaryFile()
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
-        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), **self.env}
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_s
         while time.monotonic() < deadline:
@@ -103,9 +106,13 @@ class Server:
 
 
 def ember_server(args, extra: str, port: int) -> Server:
-    argv = [sys.executable, "-m", "ember", "serve", "--model", args.model, "--max-batch", "8",
-            "--host", "127.0.0.1", "--port", str(port), "--threads", str(THREADS), *shlex.split(extra)]
-    return Server("ember", argv, port, startup_s=300)  # --compile warms up for a while
+    words, env = shlex.split(extra), {}  # -P below: PYTHONPATH, not the current folder, picks the tree
+    while words and "=" in words[0] and not words[0].startswith("-"):  # NAME=VALUE: the server's environment
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    argv = [sys.executable, "-P", "-m", "ember", "serve", "--model", args.model, "--max-batch", "8",
+            "--host", "127.0.0.1", "--port", str(port), "--threads", str(THREADS), *words]
+    return Server("ember", argv, port, startup_s=300, env=env)  # --compile warms up for a while
 
 
 def llama_server(binary: str, gguf: Path, port: int) -> Server:
