@@ -1,13 +1,15 @@
 """The torch-free NativeLM beside llama.cpp, one run: memory, start time and speed on SmolLM2.
 
-ember (a child process, `--threads` threads): import, NativeLM.from_gguf + load_tokenizer,
+ember (a child process; threads: NativeLM's default, the faster of 1 and all cores, or
+--threads): import, NativeLM.from_gguf + load_tokenizer,
 a short prompt, then 128 greedy tokens (argmax, one `step` each) — its peak RSS
 (ru_maxrss), process start → first token, decode tok/s — and a 512-token prefill on the
 emptied row (prefill tok/s; the RSS after it too). RSS after each stage shows what costs it.
 llama.cpp (the binaries in --llama-bin): `llama-simple -n 128` (peak RSS from wait4, wall
-time), `llama-simple -n 1` (start → first token), `llama-bench -p 512 -n 128 -r 1` (tok/s).
+time), `llama-simple -n 1` (start → first token), `llama-bench -t <cores> -p 512 -n 128 -r 1`
+(tok/s). On a loaded machine every figure moves with the load: compare the ratios of one run.
 
-    python -P bench/native_lm.py [--threads 2] [--llama-bin /tmp/llama.cpp-build/bin]
+    python -P bench/native_lm.py [--threads N] [--llama-bin /tmp/llama.cpp-build/bin]
 """
 
 from __future__ import annotations
@@ -30,36 +32,41 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(t_spawn: float, threads: int, tokens: int, prompt_len: int) -> dict:
-    stages = {"python": _rss_mb()}
+def child(t_spawn: float, threads: int | None, tokens: int, prompt_len: int) -> dict:
+    stages, seconds = {"python": _rss_mb()}, {"python": time.time() - t_spawn}
+
+    def mark(name):
+        stages[name], seconds[name] = _rss_mb(), time.time() - t_spawn
+
     import numpy as np
 
-    stages["numpy"] = _rss_mb()
+    mark("numpy")
     from ember.core.registry import resolve_model
     from ember.kernels.native_lm import NativeLM
     from ember.tokenizer import load_tokenizer
 
     lm = NativeLM.from_gguf(resolve_model("smollm2"), max_seq_len=1024, threads=threads)
-    stages["NativeLM"] = _rss_mb()
+    mark("NativeLM")
     tok = load_tokenizer("smollm2")
-    stages["tokenizer"] = _rss_mb()
+    mark("tokenizer")
     nxt = int(lm.forward(tok.encode(PROMPT)).argmax())
-    first = time.time() - t_spawn
+    mark("first token")
+    first = seconds["first token"]
     out = [nxt]
     start = time.perf_counter()
     for _ in range(tokens - 1):
         nxt = int(lm.step([nxt], [0])[0].argmax())
         out.append(nxt)
     decode = (tokens - 1) / (time.perf_counter() - start)
-    stages["generated"] = _rss_mb()
+    mark("generated")
     lm.reset()
     ids = np.random.default_rng(0).integers(0, lm.vocab_size, prompt_len).tolist()
     start = time.perf_counter()
     lm.forward(ids)
     prefill = prompt_len / (time.perf_counter() - start)
-    stages["prefill"] = _rss_mb()
+    mark("prefill")
     return {"start_to_token_s": first, "decode_tok_s": decode, "prefill_tok_s": prefill,
-            "peak_rss_mb_generate": stages["generated"], "peak_rss_mb": stages["prefill"], "rss_stages_mb": stages,
+            "peak_rss_mb_generate": stages["generated"], "peak_rss_mb": stages["prefill"], "rss_stages_mb": stages, "stages_s": seconds,
             "cache_mb": lm.cache_bytes / 2**20, "text": tok.decode(out[:24]), "torch_imported": "torch" in sys.modules}
 
 
@@ -99,7 +106,7 @@ def llama_cpp(binary: Path, threads: int, tokens: int, prompt_len: int) -> dict 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="ember threads (default: NativeLM's choice)")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--llama-bin", default=LLAMA_BIN)
@@ -110,13 +117,15 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args.t_spawn, args.threads, args.tokens, args.prompt_len)))
         return
     t = time.time()
-    p, rss = _run([sys.executable, "-P", __file__, "--child", "--t-spawn", str(t), "--threads", str(args.threads),
+    threads = [] if args.threads is None else ["--threads", str(args.threads)]
+    p, rss = _run([sys.executable, "-P", __file__, "--child", "--t-spawn", str(t), *threads,
                    "--tokens", str(args.tokens), "--prompt-len", str(args.prompt_len)])
     if p.returncode != 0:
         sys.exit(f"ember child failed: {p.stderr[-2000:]}")
     ember = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("RESULT "))[7:])
     ember["peak_rss_mb_wait4"] = rss
-    ref = llama_cpp(Path(args.llama_bin), args.threads, args.tokens, args.prompt_len) or {}
+    ref = llama_cpp(Path(args.llama_bin), args.threads or len(os.sched_getaffinity(0)), args.tokens,
+                    args.prompt_len) or {}
     print(json.dumps({"ember NativeLM": ember, "llama.cpp": ref}, indent=1))
     for key in ("peak_rss_mb", "start_to_token_s", "decode_tok_s", "prefill_tok_s"):
         if key in ref:

@@ -60,7 +60,9 @@ class ThreadChooser:
     processes than cores each sync can wait a scheduler slice for a descheduled partner
     (measured on a 2-core box at load ~17: SmolLM2 decode 26-36 tok/s on 1 thread, 1.3-3.1 on
     2). So each count is timed (seconds per token, an exponential average) and the faster
-    kept; the other is re-tried every `probe_every` calls. Results do not depend on it.
+    kept. The other is re-tried after `probe_every` calls, or after 10x the slow/fast ratio
+    when that is more (a probe then costs ~10% of the time). `busy` (load average at least n
+    at start) times 1 thread first, so a loaded machine's first call is not the slow one.
 
     >>> tc = ThreadChooser(2)
     >>> tc.record(tc.choose(), 0.5, 1); tc.record(tc.choose(), 0.1, 1)  # 2 threads, then 1
@@ -68,21 +70,26 @@ class ThreadChooser:
     (1, {2: 0.5, 1: 0.1})
     """
 
-    def __init__(self, n: int, probe_every: int = 32):
+    def __init__(self, n: int, probe_every: int = 32, busy: bool = False):
         self.n, self.probe_every = n, probe_every
+        self.order = (1, n) if busy else (n, 1)
         self.ema: dict[int, float] = {}
-        self.calls, self.probe = 0, False
+        self.since, self.probe = 0, False
 
     def choose(self) -> int:
         if self.n <= 1:
             return 1
-        self.calls += 1
-        for c in (self.n, 1):
+        for c in self.order:
             if c not in self.ema:
                 return c
         best = min(self.ema, key=self.ema.get)
-        self.probe = self.calls % self.probe_every == 0
-        return (1 if best == self.n else self.n) if self.probe else best
+        self.since += 1
+        every = max(self.probe_every, int(10 * max(self.ema.values()) / max(min(self.ema.values()), 1e-12)))
+        self.probe = self.since >= every
+        if self.probe:
+            self.since = 0
+            return 1 if best == self.n else self.n
+        return best
 
     def record(self, threads: int, seconds: float, tokens: int) -> None:
         per = seconds / max(tokens, 1)
@@ -108,7 +115,8 @@ class NativeLM:
         self._lib, self.config, self.max_seq_len, self.n_rows = lib, config, max_seq_len, n_rows
         self.threads, self.chunk = threads, chunk
         cores = len(os.sched_getaffinity(0))
-        self._choosers = {"step": ThreadChooser(cores), "prefill": ThreadChooser(cores)}
+        busy = os.getloadavg()[0] >= cores
+        self._choosers = {kind: ThreadChooser(cores, busy=busy) for kind in ("step", "prefill")}
         c = config
         shape = (n_rows, c.n_kv_heads, max_seq_len, c.head_dim)
         self._k = [_lazy_zeros(shape) for _ in range(c.n_layers)]

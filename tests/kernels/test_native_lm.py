@@ -133,14 +133,21 @@ def test_bad_inputs_are_named(tiny_gguf, monkeypatch):
 
 
 def test_thread_chooser_keeps_the_faster_count_and_probes_the_other():
-    tc = native_lm.ThreadChooser(2, probe_every=4)
-    seconds = {1: 0.5, 2: 0.1}  # as if 2 threads ran 5x faster
-    used = []
-    for _ in range(8):
-        used.append(tc.choose())
-        tc.record(used[-1], seconds[used[-1]] * 3, 3)  # 3 tokens per call
-    assert used == [2, 1, 2, 1, 2, 2, 2, 1]  # both timed first, then the faster; a probe every 4th call
-    assert tc.ema == pytest.approx({2: 0.1 / 3 * 3, 1: 0.5})
+    def run(tc, seconds, calls):
+        used = []
+        for _ in range(calls):
+            used.append(tc.choose())
+            tc.record(used[-1], seconds[used[-1]] * 3, 3)  # 3 tokens per call
+        return used
+
+    used = run(native_lm.ThreadChooser(2, probe_every=32), {1: 0.2, 2: 0.1}, 70)
+    assert [i for i, n in enumerate(used) if n == 1] == [1, 33, 65]  # both timed, then the faster; probes
+    used = run(native_lm.ThreadChooser(2, probe_every=4), {1: 0.2, 2: 0.1}, 44)
+    assert [i for i, n in enumerate(used) if n == 1] == [1, 21, 41]  # every 10 x the ratio 2 calls
+    tc = native_lm.ThreadChooser(2, probe_every=4, busy=True)
+    used = run(tc, {1: 0.1, 2: 1.0}, 120)  # 2 threads 10x slower: a probe after 100 calls
+    assert used[:2] == [1, 2] and [i for i, n in enumerate(used) if n == 2] == [1, 101]
+    assert tc.ema == pytest.approx({1: 0.1, 2: 1.0})
     assert native_lm.ThreadChooser(1).choose() == 1
 
 
