@@ -77,7 +77,7 @@ def verifier_rows(n: int, seed: int, split: str = "train", family: str = "arithm
     that each difficulty has as many of both.
 
     >>> [(r["difficulty"], r["correct"], r["labels"]) for r in verifier_rows(10, 0)][::3]
-    [(1, 1, [1]), (4, 1, [1, 1]), (2, 0, [0]), (5, 0, [1, 1, 0])]
+    [(1, 1, [1]), (4, 1, [1]), (2, 0, [0]), (5, 0, [1, 0])]
     """
     mod = family_module(family)
     rng = random.Random(f"verifier-{split}-{seed}" + ("" if family == "arithmetic" else f"-{family}"))

@@ -22,10 +22,10 @@ it. Smaller numbers and fewer operators move one-step accuracy only from 0.15 to
 the first 12 level-3 replies, 6 of the 10 wrong ones write no equation ("1. First, find out
 how many ..."), the other 4 a wrong one ("3 x 4 = 12" for "buys 4 more", "14 * 3 = 38").
 
-    >>> p = make_problems(1, difficulty=4, seed=0)[0]
+    >>> p = make_problems(1, difficulty=5, seed=0)[0]
     >>> p["steps"], p["answer"]
-    (['17 + 5 = 22', '22 + 8 = 30'], 30)
-    >>> step_labels(p, ["17 + 5 = 22", "22 + 8 = 31"])
+    (['14 * 3 = 42', '42 + 10 = 52'], 52)
+    >>> step_labels(p, ["14 * 3 = 42", "42 + 10 = 51"])
     [1, 0]
 
 Solutions are written `<think>` one step per line `</think>` then "The answer is N.";
@@ -60,14 +60,16 @@ class Level:
     """the range of the starting count"""
     operand: tuple[int, int]
     """the range of an added or removed count (a removal leaves at least 1)"""
+    shown: bool = False
+    """each event's sentence also states the expression ("..., so Ava has 3 + 2 apples.")"""
 
 
 LEVELS = {
-    1: Level(1, ("+",), (2, 9), (1, 5)),
-    2: Level(1, ("+", "-"), (3, 12), (1, 9)),
-    3: Level(1, ("+", "-", "*"), (3, 20), (2, 12)),
-    4: Level(2, ("+", "-", "*"), (3, 20), (2, 12)),
-    5: Level(3, ("+", "-", "*"), (3, 20), (2, 12)),
+    1: Level(1, ("+",), (2, 9), (1, 5), shown=True),
+    2: Level(1, ("+",), (3, 12), (1, 9), shown=True),
+    3: Level(1, ("+", "-"), (3, 12), (1, 9), shown=True),
+    4: Level(1, ("+", "-", "*"), (3, 20), (2, 12)),
+    5: Level(2, ("+", "-", "*"), (3, 20), (2, 12)),
 }
 """Difficulty → what its problems look like (see the module's table)."""
 _EQUATION = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?\s*$")
@@ -107,7 +109,7 @@ def make_problem(rng: random.Random, difficulty: int) -> dict:
     for _ in range(level.steps):
         text, op, k = _event(rng, x, name, item, level)
         y = _apply(x, op, k)
-        sentences.append(text)
+        sentences.append(text[:-1] + f", so {name} has {x} {op} {k} {item}." if level.shown else text)
         steps.append(f"{x} {op} {k} = {y}")
         x = y
     question = " ".join(sentences) + f" How many {item} does {name} have now?"
@@ -167,9 +169,9 @@ def corrupt(problem: dict, rng: random.Random) -> tuple[list[str], list[int]]:
 
     >>> p = make_problems(1, 5, seed=0)[0]
     >>> p["steps"]
-    ['14 * 3 = 42', '42 + 10 = 52', '52 + 5 = 57']
+    ['14 * 3 = 42', '42 + 10 = 52']
     >>> corrupt(p, random.Random(1))
-    (['14 * 3 = 44', '44 + 10 = 54', '54 + 5 = 59'], [0, 0, 0])
+    (['14 * 3 = 44', '44 + 10 = 54'], [0, 0])
     """
     steps = [parse_step(s) for s in problem["steps"]]
     k = rng.randrange(len(steps))
