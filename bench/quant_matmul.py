@@ -9,10 +9,17 @@ streams every matrix once. Modules include the bf16 casts in and out (what a mod
     OMP_NUM_THREADS=2 python bench/quant_matmul.py            # SmolLM2's two shapes
     OMP_NUM_THREADS=2 python bench/quant_matmul.py 576x1536   # K x N
     OMP_NUM_THREADS=1 python bench/quant_matmul.py --cpu      # CPU time: robust on a busy box
+    OMP_NUM_THREADS=2 python bench/quant_matmul.py --gemm     # many rows (prefill), below
 
 --cpu times with the process's CPU clock instead of the wall clock, so time spent
 descheduled by other processes does not count (meaningful with one thread only: idle
 OpenMP threads spin and bill CPU time).
+
+--gemm times many-row matmuls (prefill) at SmolLM2's shapes, M = 64, 256, 512 rows: the native
+int8 GEMM (Q4Linear / Q8Linear, fp32 in and out) against the bf16 path it replaced (dequantize
+the weight to bf16 for the call, ember_dequant_q4_bf16 for Q4 and torch for the Q8 head, then
+F.linear in bf16) and against F.linear on a bf16 weight kept in memory (no dequantize: a floor
+for any bf16 path, at twice the Q8 memory). Ratios above 1: the GEMM is faster.
 """
 
 from __future__ import annotations
@@ -106,7 +113,53 @@ def main(shapes, clock=time.perf_counter):
             )
 
 
+GEMM_SHAPES = {"wqkv": (960, 576), "wo": (576, 576), "w13": (3072, 576), "w2": (576, 1536), "head": (49152, 576)}
+
+
+def dequant_matmul(lib, mod, x):
+    """The replaced prefill path: the weight dequantized to bf16 for this call, then F.linear."""
+    if isinstance(mod, Q8Linear):
+        w = mod.dequantize().bfloat16()
+    else:
+        N, K = mod.out_features, mod.in_features
+        w = torch.empty(N, K, dtype=torch.bfloat16)
+        lib.ember_dequant_q4_bf16(mod.qs.data_ptr(), mod.d.data_ptr(), mod.m.data_ptr(), N, K, w.data_ptr(),
+                                  torch.get_num_threads())
+    return F.linear(x.bfloat16(), w).float()
+
+
+def gemm_rows(clock=time.perf_counter):
+    """The --gemm table: GEMM vs bf16-dequantize-per-call vs bf16 weight kept, ms per call."""
+    lib = load_kernels()
+    if lib is None:
+        sys.exit("the native kernels are unavailable here")
+    kind = "CPU" if clock is time.process_time else "wall"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {kind} clock, "
+          f"GEMM from {lib.ember_gemm_rows()} rows")
+    print("| weight (N x K) | M | GEMM ms | bf16 dequant+matmul ms | ratio | bf16 kept weight ms | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    for name, (N, K) in GEMM_SHAPES.items():
+        W = torch.randn(N, K, generator=g) * 0.02
+        mod = Q8Linear.from_float(W) if name == "head" else Q4Linear.from_float(W)
+        wb = mod.dequantize().bfloat16()
+        del W
+        for M in (64, 256, 512):
+            x = torch.randn(M, K, generator=g)
+            t = [per_call([f], seconds=0.2, repeats=3, clock=clock) for f in (
+                lambda mod=mod, x=x: mod(x),
+                lambda mod=mod, x=x: dequant_matmul(lib, mod, x),
+                lambda wb=wb, x=x: F.linear(x.bfloat16(), wb).float(),
+            )]
+            print(f"| {name} {N}x{K} | {M} | {t[0] * 1e3:.2f} | {t[1] * 1e3:.2f} | {t[1] / t[0]:.2f} "
+                  f"| {t[2] * 1e3:.2f} | {t[2] / t[0]:.2f} |", flush=True)
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--cpu"] or ["576x1536", "576x49152"]
+    flags = {"--cpu", "--gemm"}
+    args = [a for a in sys.argv[1:] if a not in flags] or ["576x1536", "576x49152"]
     clock = time.process_time if "--cpu" in sys.argv[1:] else time.perf_counter
-    main([tuple(int(v) for v in a.split("x")) for a in args], clock)
+    if "--gemm" in sys.argv[1:]:
+        gemm_rows(clock)
+    else:
+        main([tuple(int(v) for v in a.split("x")) for a in args], clock)
