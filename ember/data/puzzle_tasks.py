@@ -7,14 +7,18 @@ Its reference solution is one line per operation, `op: BEFORE -> AFTER`, each st
 the previous list, so a step is checked mechanically: AFTER must be the operation applied
 to BEFORE and equal the reference list at that position.
 
-CALIBRATION
+Difficulty 1..5 (`LEVELS`): levels 1-3 add one item at the end of a list of two or three,
+level 4 applies one operation of any kind, level 5 two. Greedy accuracy of
+SmolLM2-135M-Instruct with the chat prompt `prompt_text`, replies cut at 80 tokens:
 
-    >>> p = make_problems(1, difficulty=3, seed=0)[0]
+TABLE
+
+    >>> p = make_problems(1, difficulty=5, seed=0)[0]
     >>> p["question"]
-    'Start with the list: cow, duck, cat, bear. Remove cow. Then add pig at the end. What is the list now?'
-    >>> p["steps"], p["answer"]
-    (['remove cow: cow, duck, cat, bear -> duck, cat, bear', 'append pig: duck, cat, bear -> duck, cat, bear, pig'], 'duck, cat, bear, pig')
-    >>> step_labels(p, ["remove cow: cow, duck, cat, bear -> duck, cat, bear", "append pig: duck, cat -> duck, cat, pig"])
+    'Start with the list: dog, bird, frog, duck, bee. Move the first item to the end. Then add fox at the end. What is the list now?'
+    >>> p["steps"]
+    ['rotate: dog, bird, frog, duck, bee -> bird, frog, duck, bee, dog', 'append fox: bird, frog, duck, bee, dog -> bird, frog, duck, bee, dog, fox']
+    >>> step_labels(p, ["rotate: dog, bird, frog, duck, bee -> bird, frog, duck, bee, dog", "append fox: bird -> bird, fox"])
     [1, 0]
 
 Solutions are written `<think>` one step per line `</think>` then "The answer is a, b, c.";
@@ -51,11 +55,11 @@ OPS = ("append", "remove", "reverse", "swap", "rotate", "replace")
 """The operations: add an item at the end, remove an item, reverse the list, swap the first
 and the last item, move the first item to the end, replace an item with another."""
 LEVELS = {
-    1: Level(1, ("append", "remove"), (3, 3)),
-    2: Level(1, OPS, (3, 4)),
-    3: Level(2, ("append", "remove"), (4, 4)),
-    4: Level(2, OPS, (4, 5)),
-    5: Level(3, OPS, (4, 5)),
+    1: Level(1, ("append",), (2, 2)),
+    2: Level(1, ("append",), (2, 3)),
+    3: Level(1, ("append",), (3, 3)),
+    4: Level(1, OPS, (3, 4)),
+    5: Level(2, OPS, (4, 5)),
 }
 """Difficulty → what its puzzles look like (see the module's table)."""
 _ROW = r"[a-z]+(?:, [a-z]+)*"
@@ -63,7 +67,7 @@ _STEP = re.compile(rf"^\s*(append [a-z]+|remove [a-z]+|reverse|swap|rotate|repla
                    rf"({_ROW})\s*->\s*({_ROW})\s*\.?\s*$")
 _ANSWER_IS = re.compile(r"answer is:?\s*([^\n]*)", re.IGNORECASE)
 _WORD = r"\b(?:" + "|".join(WORDS) + r")\b"
-_LIST = re.compile(rf"{_WORD}(?:[\s,\[\]'\"]*(?:and\s+)?{_WORD})*", re.IGNORECASE)
+_LIST = re.compile(rf"{_WORD}(?:(?:[\s,\[\]'\"*-]|\d+[.)])*(?:and\s+)?{_WORD})*", re.IGNORECASE)
 
 
 def apply_op(op: str, row: list[str]) -> list[str] | None:
@@ -136,7 +140,7 @@ def make_problems(n: int, difficulty: int, seed: int) -> list[dict]:
     """`n` puzzles at `difficulty`, a pure function of (n, difficulty, seed).
 
     >>> [p["answer"] for p in make_problems(2, 1, seed=1)]
-    ['bee, wolf', 'bird, lion']
+    ['bee, pig, bear', 'bird, frog, bee']
     """
     if not 1 <= difficulty <= MAX_DIFFICULTY:
         raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY}, got {difficulty}")
@@ -216,12 +220,14 @@ def _last_list(text: str) -> str | None:
 def extract_answer(text: str) -> str | None:
     """The final list of a reply, items joined by ", ": the list stated after the last
     "answer is", else the last list of known items after `</think>`, else the last of the
-    whole text (separators, brackets and case ignored).
+    whole text (separators, brackets, item numbers and case ignored).
 
     >>> extract_answer("<think>\\nreverse: cat, dog -> dog, cat\\n</think>\\nThe answer is dog, cat."), extract_answer("no")
     ('dog, cat', None)
     >>> extract_answer("The answer is: [Cat, Owl and Fox]. Then pig.")
     'cat, owl, fox'
+    >>> extract_answer("The list now is:\\n1. Cat\\n2. Owl")
+    'cat, owl'
     """
     for stated in reversed(_ANSWER_IS.findall(text)):
         found = _last_list(re.split(r"\.(?:\s|$)", stated, maxsplit=1)[0])
