@@ -6,7 +6,10 @@ generates with it starts fast and stays small.
 The weights are the GGUF's own blocks: Q4_1/Q4_0 block matrices kept exactly (other types
 re-quantized to Q4_1), the embedding/head Q8_0 (kept, or re-quantized), norms in fp32. The
 cache holds `n_rows` independent sequences of up to `max_seq_len` positions (fp32 K and V,
-allocated zeroed: pages the sequences never reach cost no memory).
+allocated zeroed: pages the sequences never reach cost no memory). A row's numbers depend
+only on its own tokens, whatever the thread count, as long as a call stays on one side of
+the kernels' GEMM row count (q4.cpp's GEMM_ROWS): a `step` over fewer rows equals one-row
+steps bit for bit; prefill chunks of that many tokens or more round like each other.
 
 >>> lm = NativeLM.from_gguf(resolve_model("smollm2"), max_seq_len=512)  # doctest: +SKIP
 >>> int(lm.forward([1, 2, 3]).argmax()), lm.n_past()  # doctest: +SKIP
