@@ -152,7 +152,6 @@ inline void dot_q8(const Q8& w, int n, const Act& a, int m0, float* out) {
 }
 
 // ---- many rows: a GEMM over panels of 16 weight rows -----------------------------------
-//
 // A panel's codes are repacked (on the fly, into a per-thread buffer) so that one vpdpbusd
 // computes 16 output rows at once: int32 lane r holds 4 consecutive codes of weight row r,
 // and 4 activation bytes are broadcast to all lanes. Per 32-input block that gives each
@@ -161,10 +160,9 @@ inline void dot_q8(const Q8& w, int n, const Act& a, int m0, float* out) {
 // it shares or the thread count; it rounds differently from the dot path above, which rows
 // fewer than GEMM_ROWS take.
 
-#ifndef EMBER_GEMM_ROWS
-#define EMBER_GEMM_ROWS 16
-#endif
-constexpr int GEMM_ROWS = EMBER_GEMM_ROWS;  // from this many activation rows on: the GEMM
+// From this many activation rows on: the GEMM. It beats the dot path from ~8 rows (1.6x at 8),
+// but decode batches below 16 rows stay on the dot path, bit for bit equal to one-by-one decode.
+constexpr int GEMM_ROWS = 16;
 constexpr int GEMM_TILE = 8;                // activation rows sharing each packed weight load
 
 struct alignas(64) Packed {  // one block (32 inputs) of a 16-row panel
@@ -178,9 +176,8 @@ inline size_t group_offset(int b, int g) {
   return (size_t)(b >> 1) * 64 + (b & 1) * 16 + (g >> 2) * 32 + (g & 3) * 4;
 }
 
-inline __m512i lane_index(int stride) {
-  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                            _mm512_set1_epi32(stride));
+inline __m512i lane_index(int stride) {  // r * stride in lane r
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(stride));
 }
 
 // fp16 values src[r * stride] for r < rows (0 beyond) as 16 floats.
@@ -238,9 +235,7 @@ void gemm_tile(const Packed* pk, int nb, const Act& a, int m0, float* y, int N, 
     for (int g = 0; g < 8; g++) {
       const size_t off = group_offset(b, g);
       for (int t = 0; t < MT; t++) {
-        int32_t v;
-        memcpy(&v, a.q + (size_t)(m0 + t) * a.K + off, 4);
-        const __m512i x = _mm512_set1_epi32(v);
+        const __m512i x = _mm512_broadcastd_epi32(_mm_loadu_si32(a.q + (size_t)(m0 + t) * a.K + off));
         ia[t] = SIGNED ? _mm512_dpbusd_epi32(ia[t], _mm512_xor_si512(x, flip), p.q[g])
                        : _mm512_dpbusd_epi32(ia[t], p.q[g], x);
       }
@@ -262,19 +257,18 @@ template <bool SIGNED, int MT = GEMM_TILE>
 void gemm_rest(const Packed* pk, int nb, const Act& a, int m0, int mt, float* y, int N, int n0, __mmask16 mask,
                bool accumulate) {
   if constexpr (MT > 0) {
-    if (mt == MT) gemm_tile<SIGNED, MT>(pk, nb, a, m0, y, N, n0, mask, accumulate);
-    else gemm_rest<SIGNED, MT - 1>(pk, nb, a, m0, mt, y, N, n0, mask, accumulate);
+    if (mt < MT) return gemm_rest<SIGNED, MT - 1>(pk, nb, a, m0, mt, y, N, n0, mask, accumulate);
+    gemm_tile<SIGNED, MT>(pk, nb, a, m0, y, N, n0, mask, accumulate);
   }
 }
 
 // A per-thread buffer of at least `bytes`, 64-byte aligned (kept for the thread's life).
 void* scratch(size_t bytes) {
-  struct Buf {
+  static thread_local struct Buf {
     void* p = nullptr;
     size_t n = 0;
     ~Buf() { free(p); }
-  };
-  static thread_local Buf buf;
+  } buf;
   if (bytes > buf.n) {
     free(buf.p);
     buf.n = (bytes + 4095) & ~(size_t)4095;
@@ -303,10 +297,7 @@ void gemm_range(const W& w, const Act& a, int M, float* y, bool accumulate, int 
 // Rows n0..n1-1 of y (M, N) (+)= a (M, K) @ W^T.
 template <typename W, typename F>
 inline void rows_range(const W& w, const Act& a, int M, float* y, bool accumulate, F dot4, int n0, int n1) {
-  if (M >= GEMM_ROWS) {
-    gemm_range(w, a, M, y, accumulate, n0, n1);
-    return;
-  }
+  if (M >= GEMM_ROWS) return gemm_range(w, a, M, y, accumulate, n0, n1);
   for (int n = n0; n < n1; n++) {
     for (int m0 = 0; m0 < M; m0 += 4) {
       float out[4] = {0, 0, 0, 0};
@@ -329,19 +320,13 @@ void matmul_rows(const W& w, const Act& a, int M, float* y, bool accumulate, F d
     rows_range(w, a, M, y, accumulate, dot4, c * chunk, (c + 1) * chunk < w.N ? (c + 1) * chunk : w.N);
 }
 
+// Each row's sum is computed the same way whatever mt is: tiles only share weight loads.
 inline void q4_dot4(const Q4& w, int n, const Act& a, int m0, int mt, float* out) {
-  // Each row's sum is computed the same way whatever mt is: tiles only share weight loads.
-  if (mt == 4) dot_q4<4>(w, n, a, m0, out);
-  else if (mt == 3) dot_q4<3>(w, n, a, m0, out);
-  else if (mt == 2) dot_q4<2>(w, n, a, m0, out);
-  else dot_q4<1>(w, n, a, m0, out);
+  (mt == 4 ? dot_q4<4> : mt == 3 ? dot_q4<3> : mt == 2 ? dot_q4<2> : dot_q4<1>)(w, n, a, m0, out);
 }
 
 inline void q8_dot4(const Q8& w, int n, const Act& a, int m0, int mt, float* out) {
-  if (mt == 4) dot_q8<4>(w, n, a, m0, out);
-  else if (mt == 3) dot_q8<3>(w, n, a, m0, out);
-  else if (mt == 2) dot_q8<2>(w, n, a, m0, out);
-  else dot_q8<1>(w, n, a, m0, out);
+  (mt == 4 ? dot_q8<4> : mt == 3 ? dot_q8<3> : mt == 2 ? dot_q8<2> : dot_q8<1>)(w, n, a, m0, out);
 }
 
 // fp32 -> bf16, rounding to nearest even (as torch's .to(torch.bfloat16); no NaNs here).
@@ -390,7 +375,8 @@ void ember_matmul(int kind, const void* qs, const uint16_t* d, const uint16_t* m
   free(sx);
 }
 
-// Dequantize a Q4 weight to bf16 (N, K) for large-M matmuls (prefill), rows in parallel.
+// Dequantize a Q4 weight to bf16 (N, K), rows in parallel: the prefill path the GEMM replaced,
+// kept as bench/quant_matmul.py --gemm's baseline.
 void ember_dequant_q4_bf16(const uint8_t* qs, const uint16_t* d, const uint16_t* m, int N, int K,
                            uint16_t* out, int threads) {
   const int nb = K / 32;
