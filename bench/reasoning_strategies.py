@@ -139,24 +139,30 @@ def sft_generator(batch: int, adapter: str):
 class EquationPRM:
     """A PRM that reads a partial reply the way `Verifier.score` reads a whole one: the score
     after each line is the lowest step score of the equation lines so far (0 before any),
-    so the `<think>` and answer lines of a reply do not reach the verifier as steps."""
+    so the `<think>` and answer lines of a reply do not reach the verifier as steps. Scores
+    are kept per (question, equation lines): a line that adds no equation, or a prefix scored
+at an earlier depth, costs no forward pass."""
 
     def __init__(self, verifier):
-        self.verifier = verifier
+        self.verifier, self.seen = verifier, {}
+
+    def _min(self, question: str, steps: list[str]) -> float:
+        if not steps:
+            return 0.0
+        key = (question, tuple(steps))
+        if key not in self.seen:
+            self.seen[key] = min(self.verifier.score_steps(question, steps))
+        return self.seen[key]
 
     def score_steps(self, question: str, lines: list[str]) -> list[float]:
         from ember.train.verifiers import split_steps
 
-        out = []
-        for i in range(len(lines)):
-            steps = split_steps("\n".join(lines[: i + 1]))
-            out.append(min(self.verifier.score_steps(question, steps)) if steps else 0.0)
-        return out
+        return [self._min(question, split_steps("\n".join(lines[: i + 1]))) for i in range(len(lines))]
 
 
-def _chunks(args, problems, prompts):
-    for s in range(0, len(problems), args.save_every):
-        yield s, problems[s:s + args.save_every], prompts[s:s + args.save_every]
+def _chunks(problems, prompts, size: int):
+    for s in range(0, len(problems), size):
+        yield s, problems[s:s + size], prompts[s:s + size]
 
 
 def strategies(args) -> dict:
@@ -182,7 +188,7 @@ def strategies(args) -> dict:
 
     if "greedy" in args.parts:
         items = []
-        for _, part, part_prompts in _chunks(args, problems, prompts):
+        for _, part, part_prompts in _chunks(problems, prompts, args.batch):  # one reply each: a full batch
             outs = run_strategy("cot", gen, part_prompts, [p.question for p in part], extract,
                                 StrategyConfig(max_tokens=args.max_tokens, chat=True))
             items += [{"question": p.question, "gold": p.answer, "texts": o.texts, "tokens": o.tokens}
@@ -190,7 +196,7 @@ def strategies(args) -> dict:
             save("cot", "cot", items, samples=1)
     if "samples" in args.parts:
         items = []
-        for _, part, part_prompts in _chunks(args, problems, prompts):
+        for _, part, part_prompts in _chunks(problems, prompts, args.save_every):
             for p, samples in zip(part, gen.generate(part_prompts, args.k, args.temperature, args.max_tokens, (),
                                                      args.seed)):
                 items.append({"question": p.question, "gold": p.answer, "texts": [x.text for x in samples],
@@ -201,7 +207,7 @@ def strategies(args) -> dict:
         bcfg = StrategyConfig(n=args.beam_n, beam=2, max_steps=args.beam_steps, max_tokens=args.step_tokens,
                               chat=True, temperature=args.temperature, seed=args.seed)
         items = []
-        for _, part, part_prompts in _chunks(args, problems, prompts):
+        for _, part, part_prompts in _chunks(problems, prompts, max(1, args.batch // args.beam_n)):
             outs = run_strategy("prm-beam", gen, part_prompts, [p.question for p in part], extract, bcfg, prm)
             items += [{"question": p.question, "gold": p.answer, "texts": o.texts, "scores": o.scores,
                        "tokens": o.tokens} for p, o in zip(part, outs)]
@@ -233,22 +239,64 @@ def rescore(run: dict) -> dict:
             "unparseable": sum(a is None for it in items for a in it["answers"])}
 
 
-def step_scores(out: Path, name: str, folder: str, items: list[dict]) -> list[list[list[float]]]:
-    """Every sampled reply's step scores by one verifier (a PRM: one per equation line; an
-    ORM: its one score; no equation line: none), cached in OUT/scores-NAME.json."""
-    from ember.train.verifiers import load_verifier, split_steps
+@torch.no_grad()
+def reply_features(out: Path, items: list[dict], max_len: int = 160, batch: int = 8) -> list[torch.Tensor | None]:
+    """Per sampled reply, the frozen SmolLM2 body's final states (S + 1, D) at the end of each
+    of its S equation lines and at its last token, as `Verifier` encodes it (None: no
+    equation line). Every `--peft head` verifier reads these, so they are computed once and
+    kept in OUT/features.safetensors."""
+    from safetensors.torch import load, save
 
-    cache = out / f"scores-{name}.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved["folder"] == folder and len(saved["scores"]) >= len(items):
-            return saved["scores"][:len(items)]
-    v = load_verifier(folder)
-    scores = [[(v.score_steps(it["question"], steps) if v.objective == "steps" else v._scores(it["question"], steps))
-               if (steps := split_steps(t)) else [] for t in it["texts"]]
-              for it in tqdm(items, desc=f"scoring {name}", file=sys.stderr)]
-    atomic_write_json(cache, {"folder": folder, "objective": v.objective, "scores": scores})
-    return scores
+    import ember
+    from ember.core.io import atomic_write_bytes
+    from ember.data.reasoning import encode_solution
+    from ember.model.heads import hidden_states
+    from ember.train.verifiers import split_steps
+
+    replies = [(it["question"], split_steps(t)) for it in items for t in it["texts"]]
+    cache = out / "features.safetensors"
+    feats: list[torch.Tensor | None] = []
+    if cache.is_file():  # the samples file only grows: keep the replies already encoded
+        saved = load(cache.read_bytes())
+        rows = saved["rows"].tolist()[:len(replies)]
+        starts = [sum(rows[:i]) for i in range(len(rows))]
+        feats = [saved["f"][s:s + r] if r else None for s, r in zip(starts, rows)]
+    if len(feats) == len(replies):
+        return feats
+    body, tok = ember.load("smollm2")
+    body.eval()
+    enc = [encode_solution(tok, q, steps, max_len) if steps else None for q, steps in replies]
+    todo = [i for i, e in enumerate(enc) if e is not None and i >= len(feats)]
+    feats += [None] * (len(enc) - len(feats))
+    for j in tqdm(range(0, len(todo), batch), desc="verifier states", file=sys.stderr):
+        chunk = todo[j:j + batch]
+        T = max(len(enc[i][0]) for i in chunk)
+        h = hidden_states(body, torch.tensor([enc[i][0] + [0] * (T - len(enc[i][0])) for i in chunk]))
+        for b, i in enumerate(chunk):
+            feats[i] = h[b, torch.tensor(enc[i][1] + [enc[i][2]])].float()
+    rows = torch.tensor([0 if f is None else len(f) for f in feats])
+    flat = torch.cat([f for f in feats if f is not None]) if rows.any() else torch.zeros(0, 1)
+    atomic_write_bytes(cache, save({"f": flat.contiguous(), "rows": rows}))
+    return feats
+
+
+def step_scores(name: str, folder: str, feats: list[torch.Tensor | None]) -> tuple[list[list[float]], str]:
+    """Every reply's scores by one `--peft head` verifier: a PRM's per equation line, an
+    ORM's one (none for a reply without an equation line); and the verifier's objective."""
+    from safetensors.torch import load
+
+    from ember.model.heads import ScalarHead
+
+    saved = json.loads(Path(folder, "config.json").read_text())["reward"]
+    if saved.get("peft") != "head" or saved.get("model") != "smollm2" or saved.get("max_len", 160) != 160:
+        raise ValueError(f"verifier {name}={folder}: table reads heads on the frozen smollm2 body "
+                         f"(--peft head, max_len 160), got {saved.get('peft')} on {saved.get('model')}")
+    head = ScalarHead(next(f for f in feats if f is not None).shape[1])
+    head.load_state_dict(load(Path(folder, "head.safetensors").read_bytes()))
+    objective = saved["objective"]
+    with torch.no_grad():
+        return [[] if f is None else torch.sigmoid(head(f[:-1] if objective == "steps" else f[-1:])).tolist()
+                for f in feats], objective
 
 
 def verifier_runs(out: Path, verifiers: list[str], samples: dict) -> tuple[dict, dict]:
@@ -261,11 +309,15 @@ def verifier_runs(out: Path, verifiers: list[str], samples: dict) -> tuple[dict,
     items = samples["items"]
     correct = torch.tensor([same_answer(a, it["gold"]) for it in items for a in it["answers"]])
     runs, aurocs = {"sc": rescore({**samples, "strategy": "sc", "label": "sc"})}, {}
+    feats = reply_features(out, items) if verifiers else []
     for spec in verifiers:
         name, _, folder = spec.partition("=")
-        per = step_scores(out, name, folder, items)
-        aggs = {"min": min} if len(per) and all(len(s) <= 1 for q in per for s in q) else {}
-        aggs = {"min": min, "prod": math.prod} if not aggs else aggs
+        flat, objective = step_scores(name, folder, feats)
+        per, at = [], 0
+        for it in items:
+            per.append(flat[at:at + len(it["texts"])])
+            at += len(it["texts"])
+        aggs = {"min": min, "prod": math.prod} if objective == "steps" else {"min": min}
         for agg, f in aggs.items():
             label = name if len(aggs) == 1 else f"{name}-{agg}"
             scores = [[f(s) if s else 0.0 for s in q] for q in per]
@@ -277,6 +329,25 @@ def verifier_runs(out: Path, verifiers: list[str], samples: dict) -> tuple[dict,
                 runs[f"{strategy}-{label}"] = rescore({**samples, "strategy": strategy, "label": f"{strategy}-{label}",
                                                         "items": its})
     return runs, aurocs
+
+
+def paired_differences(runs: dict, pairs: list[str]) -> dict:
+    """Accuracy of run A minus run B (A:B in pairs; runs of all k samples use their own pick
+    over every sample) on the questions both answered, with a 95% bootstrap interval over
+    questions."""
+    from ember.prompting.estimators import bootstrap_ci
+
+    out = {}
+    for pair in pairs:
+        a, _, b = pair.partition(":")
+        if a not in runs or b not in runs:
+            continue
+        n = min(len(runs[a]["items"]), len(runs[b]["items"]))
+        diffs = [float(x["correct"]) - float(y["correct"]) for x, y in zip(runs[a]["items"][:n], runs[b]["items"][:n])]
+        lo, hi = bootstrap_ci(diffs)
+        out[pair] = {"difference": sum(diffs) / n, "ci": [lo, hi], "n": n}
+        print(f"{a} - {b}: {sum(diffs) / n:+.3f} [{lo:+.3f}, {hi:+.3f}] n={n}")
+    return out
 
 
 def table(args) -> dict:
@@ -293,7 +364,7 @@ def table(args) -> dict:
     runs, aurocs = verifier_runs(out, args.verifiers, rescore(samples))
     for f in sorted(out.glob("*.json")):
         run = json.loads(f.read_text())
-        if isinstance(run, dict) and run.get("strategy") in ("cot", "prm-beam") and "items" in run:
+        if (f.name == "cot.json" or f.name.startswith("prm-beam")) and "items" in run:
             run["items"] = run["items"][:args.first or None]
             runs[run["label"]] = rescore({**run, "n": len(run["items"])})
     final = out / "final"
@@ -309,6 +380,7 @@ def table(args) -> dict:
         print(f"{label:14s} n={len(run['items'])} | {pts}", flush=True)
     for label, a in aurocs.items():
         print(f"AUROC {label}: all replies {a['all']:.3f}, replies with an equation {a['with_equations']:.3f}")
+    result["paired"] = paired_differences(runs, args.pairs)
     plot_curves(curves, out / "curves.png", f"SFT policy, difficulty {samples.get('difficulty')}")
     atomic_write_json(out / "table.json", result)
     return result
@@ -332,6 +404,7 @@ def main() -> None:
     ap.add_argument("--adapter", default=None, help="strategies: the policy's LoRA adapter (merged, fp32)")
     ap.add_argument("--beam-label", default="prm-beam", help="strategies: the beam run's file name")
     ap.add_argument("--verifiers", nargs="*", default=[], help="table: NAME=DIR verifiers that score the samples")
+    ap.add_argument("--pairs", nargs="*", default=[], help="table: A:B runs whose paired accuracy difference to print")
     ap.add_argument("--save-every", type=int, default=5, help="strategies: questions per saved chunk")
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--family", default="arithmetic", help="levels: the task family (ember.data.reasoning.FAMILIES)")
