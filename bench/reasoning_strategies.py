@@ -141,7 +141,7 @@ class EquationPRM:
     after each line is the lowest step score of the equation lines so far (0 before any),
     so the `<think>` and answer lines of a reply do not reach the verifier as steps. Scores
     are kept per (question, equation lines): a line that adds no equation, or a prefix scored
-at an earlier depth, costs no forward pass."""
+    at an earlier depth, costs no forward pass."""
 
     def __init__(self, verifier):
         self.verifier, self.seen = verifier, {}
