@@ -16,7 +16,8 @@ from ember.model import ModelConfig, Transformer
 from ember.model.convert.to_gguf import save_gguf
 from ember.model.kv_cache import KVCache
 
-TINY = {"q4_0": {"d_ff": 256}, "q4_1": {"d_ff": 256, "n_kv_heads": 4, "tie_embeddings": True}}
+TINY = {"q4_0": {"d_ff": 256}, "q4_1": {"d_ff": 256, "n_kv_heads": 4, "tie_embeddings": True},
+        "f16": {"d_ff": 256}}  # f16: every matrix re-quantized (Q4_1 blocks, Q8_0 embedding and head)
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))
