@@ -77,19 +77,29 @@ def q4_arrays(raw: np.ndarray, shape, kind: str = "Q4_1") -> tuple[np.ndarray, n
     >>> qs, d, m = q4_arrays(blk, (1, 32)); qs[0, :2].tolist(), d.tolist(), m.tolist()
     ([33, 33], [[0.5]], [[0.0]])
     """
+    N, K = shape
+    out = np.empty((N, K // 2), np.uint8), np.empty((N, K // QK), np.float16), np.empty((N, K // QK), np.float16)
+    q4_into(raw, shape, kind, *out)
+    return out
+
+
+def q4_into(raw: np.ndarray, shape, kind: str, qs: np.ndarray, d: np.ndarray, m: np.ndarray) -> None:
+    """q4_arrays written into qs (N, K/2) uint8, d, m (N, K/32) fp16 (e.g. row slices of a
+    fused matrix's arrays): one strided copy each."""
     if kind not in Q4_TYPES:
         raise ValueError(f"not a Q4 block type: {kind}")
     N, K = shape
-    nbytes = 20 if kind == "Q4_1" else 18
-    b = _blocks(raw, N, K, nbytes, kind)
+    b = _blocks(raw, N, K, 20 if kind == "Q4_1" else 18, kind)
     # Copy in 4-byte (Q4_1) or 2-byte (Q4_0) words: a strided copy of 16 single bytes is ~4x slower.
     words = b.view(np.uint32 if kind == "Q4_1" else np.uint16)  # (N, K/32, 5 or 9)
-    qs = np.ascontiguousarray(words[..., 1:]).view(np.uint8).reshape(N, K // 2)
+    np.copyto(qs.reshape(N, K // QK, -1).view(words.dtype), words[..., 1:])
     if kind == "Q4_1":
-        dm = np.ascontiguousarray(words[..., 0]).view(np.float16).reshape(N, K // QK, 2)
-        return qs, np.ascontiguousarray(dm[..., 0]), np.ascontiguousarray(dm[..., 1])
-    d = np.ascontiguousarray(words[..., 0]).view(np.float16)
-    return qs, d, (np.float16(-8) * d).astype(np.float16)
+        dm = b[..., 0:4].view(np.float16)  # (N, K/32, 2): d, m
+        np.copyto(d, dm[..., 0])
+        np.copyto(m, dm[..., 1])
+    else:
+        np.copyto(d, b[..., 0:2].view(np.float16)[..., 0])
+        np.multiply(np.float16(-8), d, out=m)
 
 
 def pair_permute(q: np.ndarray) -> np.ndarray:

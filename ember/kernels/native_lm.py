@@ -32,7 +32,7 @@ from ember.kernels.layout import (
     Q4_TYPES,
     native_unsupported,
     pair_permute,
-    q4_arrays,
+    q4_into,
     q8_arrays,
     quantize_q4_1,
     quantize_q8_0,
@@ -269,8 +269,16 @@ def _load_arrays(reader, cfg: ModelConfig) -> dict:
         return _dequantize(reader.path, get(name, shape)).reshape(shape)
 
     def q4(names, layer):
-        parts = [_q4(reader.path, get(f"blk.{layer}.{n}.weight", shapes[n])) for n in names]
-        return tuple(np.ascontiguousarray(np.concatenate(p)) for p in zip(*parts))
+        """The matrices `names` of one block stacked by rows (a fused matrix), written in place."""
+        ts = [get(f"blk.{layer}.{n}.weight", shapes[n]) for n in names]
+        N, K = sum(shapes[n][0] for n in names), shapes[names[0]][1]
+        out = np.empty((N, K // 2), np.uint8), np.empty((N, K // 32), np.float16), np.empty((N, K // 32), np.float16)
+        row = 0
+        for n, t in zip(names, ts):
+            rows = slice(row, row + shapes[n][0])
+            _q4_into(reader.path, t, shapes[n], *(a[rows] for a in out))
+            row = rows.stop
+        return out
 
     def q8(name):
         t = get(name, (cfg.vocab_size, D))
@@ -288,12 +296,13 @@ def _load_arrays(reader, cfg: ModelConfig) -> dict:
             "norm": floats("output_norm.weight", (D,)), "layers": layers}
 
 
-def _q4(path, t) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A block matrix as Q4 arrays: its own Q4_1/Q4_0 codes, else re-quantized to Q4_1."""
-    shape = tuple(int(n) for n in reversed(t.shape))
+def _q4_into(path, t, shape, qs, d, m) -> None:
+    """A block matrix into Q4 arrays: its own Q4_1/Q4_0 codes, else re-quantized to Q4_1."""
     if t.tensor_type.name in Q4_TYPES:
-        return q4_arrays(read_tensor(path, t), shape, t.tensor_type.name)
-    return quantize_q4_1(_dequantize(path, t).reshape(shape))
+        q4_into(read_tensor(path, t), shape, t.tensor_type.name, qs, d, m)
+        return
+    for dst, src in zip((qs, d, m), quantize_q4_1(_dequantize(path, t).reshape(shape))):
+        np.copyto(dst, src)
 
 
 def _dequantize(path, t) -> np.ndarray:
