@@ -75,6 +75,18 @@ def test_prefill_matches_full_forward_and_steps(tiny_gguf):
         assert lm.n_past() == len(tokens)
 
 
+def test_a_full_context_in_one_chunk_matches_steps(tiny_gguf):
+    need_kernels()
+    lm = _lm(tiny_gguf, max_seq_len=None, threads=2)  # the model's whole context, 256 positions
+    tokens = np.random.default_rng(2).integers(0, 256, lm.max_seq_len).tolist()
+    last = lm.forward(tokens)  # one call: 256 rows, attention over up to 256 positions
+    steps = _lm(tiny_gguf, max_seq_len=None, chunk=8)  # below the GEMM's row count
+    steps.forward(tokens[:-1])
+    np.testing.assert_allclose(last, steps.step(tokens[-1:], [0])[0], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="row 0 is full: 256 positions"):
+        lm.step([1], [0])
+
+
 def test_truncate_and_continue_equals_a_fresh_forward(tiny_gguf):
     need_kernels()
     lm = _lm(tiny_gguf, chunk=5)
