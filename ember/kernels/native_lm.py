@@ -45,6 +45,8 @@ from ember.model.gguf_config import config_from_gguf
 # GGUF names of one block's tensors, in the order the kernel's fused matrices stack them.
 _QKV = ("attn_q", "attn_k", "attn_v")
 _GATE_UP = ("ffn_gate", "ffn_up")  # gate rows first: SiLU(gate)·up
+# Calls of fewer tokens time their thread counts apart from longer ones (q4.cpp's GEMM_ROWS).
+FEW_TOKENS = 16
 
 
 def _lazy_zeros(shape) -> np.ndarray:
@@ -57,7 +59,7 @@ def _lazy_zeros(shape) -> np.ndarray:
 
 
 class ThreadChooser:
-    """The faster of 1 and n threads for one kind of call, by timing both.
+    """The faster of 1 and n threads for one kind of call (few tokens or many), by timing both.
 
     A native call syncs its threads ~5 times per layer; on a machine with more runnable
     processes than cores each sync can wait a scheduler slice for a descheduled partner
@@ -119,7 +121,8 @@ class NativeLM:
         self.threads, self.chunk = threads, chunk
         cores = len(os.sched_getaffinity(0))
         busy = os.getloadavg()[0] >= cores
-        self._choosers = {kind: ThreadChooser(cores, busy=busy) for kind in ("step", "prefill")}
+        # Calls of few tokens (decode, by step or forward) and of many (prefill) scale apart.
+        self._choosers = {kind: ThreadChooser(cores, busy=busy) for kind in ("few", "many")}
         c = config
         shape = (n_rows, c.n_kv_heads, max_seq_len, c.head_dim)
         self._k = [_lazy_zeros(shape) for _ in range(c.n_layers)]
@@ -200,7 +203,7 @@ class NativeLM:
         for i in range(0, toks.size, self.chunk):
             part = toks[i : i + self.chunk]
             pos = np.arange(start + i, start + i + part.size, dtype=np.int64)
-            self._call("prefill", part, pos, np.full(part.size, r, np.int64), np.array([part.size - 1], np.int64),
+            self._call(part, pos, np.full(part.size, r, np.int64), np.array([part.size - 1], np.int64),
                        logits)
             self._n[r] = start + i + part.size
         return logits[0]
@@ -219,13 +222,13 @@ class NativeLM:
             raise ValueError(f"row {full[0]} is full: {self._n[full[0]]} positions, the cache length {self.max_seq_len}")
         pos = np.array([self._n[r] for r in rs], np.int64)
         logits = np.empty((len(rs), self.vocab_size), np.float32)
-        self._call("step", toks, pos, np.array(rs, np.int64), np.arange(len(rs), dtype=np.int64), logits)
+        self._call(toks, pos, np.array(rs, np.int64), np.arange(len(rs), dtype=np.int64), logits)
         for r in rs:
             self._n[r] += 1
         return logits
 
-    def _call(self, kind: str, toks, pos, rows, idx, logits) -> None:
-        chooser = self._choosers[kind]
+    def _call(self, toks, pos, rows, idx, logits) -> None:
+        chooser = self._choosers["few" if toks.size < FEW_TOKENS else "many"]
         self._cfg[10] = threads = self.threads or chooser.choose()
         start = time.perf_counter()
         self._lib.ember_forward(self._cfg.ctypes.data, self._eps, self._ptrs, toks.ctypes.data, pos.ctypes.data,

@@ -171,7 +171,7 @@ def test_default_threads_time_both_counts(tiny_gguf):
     first = lm.step([4], [0])
     lm.step([5], [0])
     cores = len(os.sched_getaffinity(0))
-    assert set(lm._choosers["step"].ema) == ({1, cores} if cores > 1 else set())
+    assert set(lm._choosers["few"].ema) == ({1, cores} if cores > 1 else set())
     assert np.array_equal(first[0], _lm(tiny_gguf, threads=1).forward([1, 2, 3, 4]))
 
 
