@@ -1,7 +1,7 @@
 """The torch-free NativeLM beside llama.cpp, one run: memory, start time and speed on SmolLM2.
 
 ember (a child process; threads: NativeLM's default, the faster of 1 and all cores, or
---threads): import, NativeLM.from_gguf + load_tokenizer,
+--threads): import, load_tokenizer + NativeLM.from_gguf,
 a short prompt, then 128 greedy tokens (argmax, one `step` each) — its peak RSS
 (ru_maxrss), process start → first token, decode tok/s — and a 512-token prefill on the
 emptied row (prefill tok/s; the RSS after it too). RSS after each stage shows what costs it.
@@ -45,10 +45,10 @@ def child(t_spawn: float, threads: int | None, tokens: int, prompt_len: int) -> 
     from ember.kernels.native_lm import NativeLM
     from ember.tokenizer import load_tokenizer
 
+    tok = load_tokenizer("smollm2")  # first, as ember generate does: its parse's garbage is freed before the weights
+    mark("tokenizer")
     lm = NativeLM.from_gguf(resolve_model("smollm2"), max_seq_len=1024, threads=threads)
     mark("NativeLM")
-    tok = load_tokenizer("smollm2")
-    mark("tokenizer")
     nxt = int(lm.forward(tok.encode(PROMPT)).argmax())
     mark("first token")
     first = seconds["first token"]
