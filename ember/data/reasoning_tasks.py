@@ -5,22 +5,29 @@ the count (buys, gives away, doubles, ...). Its reference solution is one equati
 event, `a op b = c`, each using the previous result, so a step is checked mechanically: the
 equation must hold and `c` must be the reference value.
 
-Difficulty 1..5 (`LEVELS`): levels 1-3 are one event with growing numbers and operators,
-levels 4 and 5 chain two and three. Greedy accuracy of SmolLM2-135M-Instruct with the chat
-prompt `prompt_text`, replies cut at 80 tokens (bench/reasoning_strategies.py levels --n 40,
-seed 12345, 2026-12-06, one thread of a 2-core CPU under load 25):
+Difficulty 1..5 (`LEVELS`): levels 1-3 are one event whose sentence also states the
+expression ("Dan sells 3 marbles, so Dan has 10 - 3 marbles."), level 4 one event without
+it, level 5 two events. Greedy accuracy of SmolLM2-135M-Instruct on the native Q4 path
+(`ember.load("smollm2", quant="auto")`, engine batch 32, batch_invariant=False) with the chat
+prompt `prompt_text`, replies cut at 80 tokens, `extract_answer` (2026-12-06, one thread of
+the 2-core CPU under load 10-18):
 
-    level  steps  operations       start  added/removed   accuracy  95% CI (Wilson)  n
-    1      1      +                2-9    1-5             0.300     [0.181, 0.454]   40
-    2      1      +, -             3-12   1-9             0.175     [0.087, 0.319]   40
-    3      1      +, -, x2, x3     3-20   2-12 / 1-12     0.150     [0.071, 0.291]   40
-    4      2      +, -, x2, x3     3-20   2-12 / 1-12     0.025     [0.004, 0.129]   40
-    5      3      +, -, x2, x3     3-20   2-12 / 1-12     0.000     [0.000, 0.088]   40
+    bench/reasoning_strategies.py levels --quant auto --batch 32 --n 100   (seed 12345)
 
-The middle level misses the 20-40% band (its interval reaches 0.29); only level 1 lands in
-it. Smaller numbers and fewer operators move one-step accuracy only from 0.15 to 0.30: of
-the first 12 level-3 replies, 6 of the 10 wrong ones write no equation ("1. First, find out
-how many ..."), the other 4 a wrong one ("3 x 4 = 12" for "buys 4 more", "14 * 3 = 38").
+    level  steps  operations    stated  start  added/removed   accuracy  95% CI (Wilson)  n
+    1      1      +             yes     2-9    1-5             0.320     [0.237, 0.417]   100
+    2      1      +             yes     3-12   1-9             0.270     [0.193, 0.364]   100
+    3      1      +, -          yes     3-12   1-9             0.280     [0.201, 0.375]   100
+    4      1      +, -, x2, x3  no      3-20   2-12 / 1-12     0.190     [0.125, 0.278]   100
+    5      2      +, -, x2, x3  no      3-20   2-12 / 1-12     0.030     [0.010, 0.085]   100
+
+The middle level lands in the 20-40% band, its interval just inside it; levels 1-3 differ by
+less than their intervals (2 and 3 are not ordered by this measurement). Without the stated
+expression the numbers barely matter: one `+` event measured 0.212 [0.137, 0.314] with start
+1-5 and 1-3 added, 0.188 [0.117, 0.287] with start 2-9 and 1-5 added (n = 80 each, other
+problems of the same shape), and most wrong replies write no equation at all ("1. First,
+find out how many ...") or a wrong one ("3 coins = 3 * 2 = 6" for "buys 2 more"). Stating
+the expression is what moves it: + and - with it, 0.287 [0.200, 0.395] on another 80.
 
     >>> p = make_problems(1, difficulty=5, seed=0)[0]
     >>> p["steps"], p["answer"]
