@@ -4,38 +4,96 @@ thought and self-consistency@8 on the bundled arithmetic (generation) and common
 self-consistency curve (exact maj@k and pass@k for k = 1..8 from the same samples) and the
 prompt sensitivity of 3-shot greedy (3 templates x 2 demonstration orders).
 
-    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning.py --limit 20
+    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning.py --limit 50 --batch 64 --fast
     OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning.py --prefix-timing --tasks commonsense --limit 8 \
-        --batch 64 --fast
+        --batch 64 --fast --quant none
 
-Writes runs/reason/bench/<task>-<run>.json (every sample) and curve-<task>.png/.json.
+Writes runs/reason/bench/<task>-<strategy>-<shots>.json (every sample), curve-<task>.png/.json
+(with maj@k / pass@k for every k and the paired tests) and sensitivity-<task>.json.
+The model is `ember.load("smollm2", quant=--quant)`; the default "auto" is the native
+kernels on the GGUF's own Q4_1 blocks (int8 activations), "none" the exact fp32 model.
 
-Measured 2026-12-06 at n = 50 (the first 50 questions), one thread of the 2-core CPU under
-load 25, engine batch 50 with batch_invariant off (--fast), CoT cut at 64 tokens:
+Measured 2026-12-06 23:13-23:50 UTC, n = 50 (the first 50 questions of each task; every row
+answers the same ones), quant auto, one thread of the 2-core CPU under load average 10-17
+(other jobs), 64 engine slots, --fast (batch_invariant off), SC at temperature 0.7 (the 8
+samples of a question share one prefill), CoT and SC replies cut at 64 tokens; seconds are
+wall time under that load:
 
-    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning.py --limit 50 --runs zero-shot "few-shot (5)" CoT \
-        --skip-sensitivity --cot-tokens 64 --batch 50 --fast
+    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning.py --limit 50 --batch 64 --fast --cot-tokens 64
 
-    task         run            accuracy  95% CI (Wilson)   n  samples/q  tokens  unparseable
-    arithmetic   zero-shot      0.160     [0.083, 0.285]   50       1        467       0
-    arithmetic   few-shot (5)   0.180     [0.098, 0.308]   50       1        205       0
-    arithmetic   CoT            0.160     [0.083, 0.285]   50       1       1294       0
-    commonsense  zero-shot      0.040     [0.011, 0.135]   50       1         58      47
-    commonsense  few-shot (5)   0.200     [0.112, 0.330]   50       1        100       0
-    commonsense  CoT            0.200     [0.112, 0.330]   50       1       2790       9
+    task         run            accuracy  95% CI (Wilson)   n  samples/q  tokens/q  unparseable  seconds
+    arithmetic   zero-shot      0.160     [0.083, 0.285]   50       1          9        0          9
+    arithmetic   few-shot (5)   0.180     [0.098, 0.308]   50       1          4        0         35
+    arithmetic   CoT            0.160     [0.083, 0.285]   50       1         27        0         25
+    arithmetic   SC@8           0.100     [0.043, 0.214]   50       8        362        5/400    186
+    commonsense  zero-shot      0.040     [0.011, 0.135]   50       1          1       47          21
+    commonsense  few-shot (5)   0.200     [0.112, 0.330]   50       1          2        0         71
+    commonsense  CoT            0.220     [0.128, 0.352]   50       1         57        8         49
+    commonsense  SC@8           0.200     [0.112, 0.330]   50       8        446       69/400    309
 
-Every interval overlaps every other on each task. Commonsense zero-shot is low because 47
-of its 50 replies name the option's text, not a letter.
-SC@8 was not rerun at n = 50 (400 replies per task did not fit the shared CPU's time);
-its n = 20 figures are below. Multiple-choice replies are now read by `choice_answer` (the
-last explicit "answer is X" / "Answer: X", else the last letter standing alone outside a
-restated option line), not the first letter standing alone.
+    maj@k (exact over all k-subsets of the 8 samples; ties split) and pass@k, k = 1..8:
+    arithmetic   maj  .072 .073 .080 .084 .088 .092 .100 .102   pass .072 .121 .157 .187 .214 .238 .260 .280
+    commonsense  maj  .177 .214 .210 .205 .200 .201 .194 .193   pass .177 .310 .413 .496 .564 .620 .665 .700
+    (maj@8 [0.045, 0.217] and [0.107, 0.323]; one sampled reply is 45 and 56 tokens on average)
 
-Prefix sharing (--prefix-timing: 8 five-shot commonsense prompts of 218 tokens on average,
-8 samples each at temperature 0.7, 64 engine slots; CPU seconds of the process, best of 2,
-since wall time on the shared CPU was 10-20x the CPU time). The independent requests are
-queued round-robin over the prompts: the engine forks any request whose prompt repeats the
-one queued just before, so 8 copies queued back to back share one prefill as well.
+Accuracy against generated tokens per question: greedy CoT is 0.160 at 27 tokens
+(arithmetic) and 0.220 at 57 (commonsense); SC@k never reaches it, from 0.072 / 0.177 at
+k = 1 (45 / 56 tokens) to 0.102 / 0.193 at k = 8 (362 / 446 tokens, 13x and 8x greedy CoT).
+The sampled replies are longer than the greedy ones and each is less often right.
+
+Paired on the same questions (questions only the first right / only the second, exact
+McNemar p): arithmetic few-shot vs zero-shot 6/5 (p 1.0), CoT vs zero-shot 2/2 (p 1.0), SC@8 vs
+CoT 2/5 (p 0.45); commonsense few-shot vs zero-shot 10/2 (p 0.039), CoT vs zero-shot 9/0
+(p 0.004), CoT vs few-shot 11/10 (p 1.0), SC@8 vs CoT 4/5 (p 1.0).
+
+Which claims hold at n = 50:
+- few-shot beats zero-shot: not on arithmetic (+0.02). On commonsense yes, +0.16 (p 0.039),
+  but as format, not knowledge: 47 of the 50 zero-shot replies are empty (the model ends the
+  text at once, end-of-sequence as its first token), and 5-shot answers "C" to 47 of the 50
+  questions (12 of the 50 golds are C; C is the last demonstration's answer in 13 prompts), so
+  its 0.20 is no better than always answering C (0.24).
+- CoT beats direct answers: not on arithmetic (0.160 both; 2/2 discordant). On commonsense it
+  beats zero-shot (+0.18, p 0.004: its replies end in a letter) but not 5-shot (+0.02, p 1.0).
+- SC@8 beats greedy CoT: no, on neither task (-0.06 and -0.02, not significant). Sampling at
+  0.7 costs accuracy per reply (maj@1 0.072 vs greedy 0.160 on arithmetic) and the vote wins
+  little back; pass@8 (0.28, 0.70) shows right answers among the samples that the vote misses.
+  SC@8 (majority, ties to the answer seen first) and maj@8 (ties split) differ by the tie
+  rule: 10 commonsense and 22 arithmetic questions tie at the top.
+
+CoT and SC cut at 128 tokens (38 of 50 greedy commonsense CoT replies hit 64; 2 arithmetic):
+`--cot-tokens 128 --runs CoT SC@8 --skip-sensitivity`, 23:38-23:57 UTC, load 17-19, the rest as above:
+
+    arithmetic   CoT   0.140 [0.070, 0.262]  29 tokens/q    SC@8  0.080 [0.032, 0.188]  496 tokens/q  (maj@8 0.107)
+    commonsense  CoT   0.240 [0.143, 0.374]  95 tokens/q    SC@8  0.180 [0.098, 0.308]  729 tokens/q  (maj@8 0.247)
+    maj@k arithmetic   .080 .080 .087 .091 .094 .098 .100 .107   pass@8 .320
+    maj@k commonsense  .220 .247 .247 .245 .240 .240 .243 .247   pass@8 .800
+
+Longer CoT adds 0.02 on commonsense (11 of 50 unparseable at 128); SC@8 still trails
+greedy CoT (-0.06 on both, p 0.38 and 0.58).
+With --fast the greedy replies are not reproducible run to run: the arithmetic CoT row rerun
+with the same command differed in 19 of 50 replies (0.160, then 0.140), while two runs with
+batch_invariant on (no --fast, side by side) gave identical replies (0.140 both, 99 s each);
+the arithmetic CoT difference between the 64 and 128 token runs is this, not the cut.
+The greedy rows with batch_invariant on are being measured.
+
+Prompt sensitivity, 3-shot greedy, the same 50 questions, templates qa / qa-terse /
+instruct x demonstration order as drawn / reshuffled (arithmetic in the run above;
+commonsense rerun with `--tasks commonsense --runs --batch 8 --fast` at 23:35, load 16-17,
+after the first run reached 4.2 GB RSS at 64 slots and was stopped):
+
+    task         qa     qa/1   terse  terse/1  instruct  instruct/1   min    max    mean   std
+    arithmetic   0.200  0.160  0.160  0.200    0.180     0.160        0.160  0.200  0.177  0.018
+    commonsense  0.220  0.300  0.280  0.300    0.240     0.240        0.220  0.300  0.263  0.031
+
+Each variant's 95% interval is 0.20-0.25 wide ([0.083, 0.285] at 0.16, [0.191, 0.438] at
+0.30): the spread between prompts (0.04 and 0.08) lies well within it.
+
+Prefix sharing (--prefix-timing, measured earlier with the fp32 model: 8 five-shot commonsense
+prompts of 218 tokens on average, 8 samples each at temperature 0.7, 64 engine slots; CPU
+seconds of the process, best of 2, since wall time on the shared CPU was 10-20x the CPU
+time). The independent requests are queued round-robin over the prompts: the engine forks
+any request whose prompt repeats the one queued just before, so 8 copies queued back to
+back share one prefill as well.
 
     new tokens  generate(ids, n=8)   64 independent requests   CPU ratio
     1           6.2 s                46.2 s                    7.5x
@@ -43,32 +101,6 @@ one queued just before, so 8 copies queued back to back share one prefill as wel
 
 With one new token nearly all the work is prefill (64 x 218 prompt tokens, or 8 x 218 when
 shared); with 16 the shared decode steps dilute the saving.
-Measured earlier on 2026-12-06 (n = 20), SmolLM2-135M-Instruct fp32, one thread on a heavily
-shared 2-core CPU, plain prompts, the first 20 questions of each task, CoT and SC replies cut at 64 tokens, SC at
-temperature 0.7 (this run did not record whether the 8 samples of a question shared one
-prefill through the engine's generate(n=8), which landed during it, or ran as 8 requests);
-seconds are wall time (two bench processes ran side by side):
-
-    task         run            accuracy  95% CI (Wilson)   n  samples/q  tokens  unparseable  seconds
-    arithmetic   zero-shot      0.250     [0.112, 0.469]   20       1        190       0          63
-    arithmetic   few-shot (5)   0.150     [0.052, 0.360]   20       1         84       0          63
-    arithmetic   CoT            0.200     [0.081, 0.416]   20       1        486       0         123
-    arithmetic   SC@8           0.150     [0.052, 0.360]   20       8       7206       0        1683
-    commonsense  zero-shot      0.050     [0.009, 0.236]   20       1         22      18          62
-    commonsense  few-shot (5)   0.250     [0.112, 0.469]   20       1         40       0         189
-    commonsense  CoT            0.150     [0.052, 0.360]   20       1       1260       3         349
-    commonsense  SC@8           0.300     [0.145, 0.519]   20       8       9699      38        1094
-
-    SC curve (exact over all k-subsets of the 8 samples):
-    arithmetic   maj@1 0.087 maj@2 0.087 maj@4 0.106 maj@8 0.150 | pass@1 0.087 pass@2 0.148 pass@4 0.225 pass@8 0.300
-    commonsense  maj@1 0.188 maj@2 0.240 maj@4 0.267 maj@8 0.300 | pass@1 0.188 pass@2 0.286 pass@4 0.407 pass@8 0.550
-    arithmetic 3-shot greedy, 3 templates x 2 demonstration orders: min 0.150 max 0.200 std 0.024
-    commonsense 3-shot greedy, the same 6 prompts:                  min 0.250 max 0.350 std 0.038
-
-Every interval overlaps every other: at n=20 no difference here is significant. Zero-shot
-commonsense replies name the option's text, not its letter (18 of 20 unparseable); few-shot
-teaches the letter. Sampling at 0.7 costs accuracy per sample (maj@1 below greedy) and voting
-over 8 wins it back on commonsense (0.19 → 0.30) but not beyond greedy on arithmetic.
 """
 
 from __future__ import annotations
@@ -98,7 +130,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="engine slots (requests decoded together)")
     ap.add_argument("--fast", action="store_true", help="batch_invariant=False (about 2x on CPU; greedy replies "
                     "may then depend on which requests share a batch)")
-    ap.add_argument("--runs", nargs="+", default=[r[0] for r in RUNS], help="which rows of RUNS")
+    ap.add_argument("--runs", nargs="*", default=[r[0] for r in RUNS], help="which rows of RUNS (none: only "
+                    "the prompt sensitivity)")
     ap.add_argument("--prefix-timing", action="store_true", help="only time N=8 samples with and without the "
                     "engine's shared prefill")
     ap.add_argument("--prefix-new-tokens", type=int, default=16, help="--prefix-timing: tokens per sample")
@@ -133,7 +166,8 @@ def main() -> None:
         problems = problems[:args.limit]
         results = run_task(gen, task, problems, pool, extract, extraction, task_tokens, args, meta, out)
         rows += results
-        report_task(task, results, out, len(problems))
+        if results:
+            report_task(task, results, out, len(problems))
         if not args.skip_sensitivity:
             run_sensitivity(gen, task, problems, pool, extract, task_tokens, meta, out)
     print("\ntask         run            accuracy  95% CI          n   samples/q  tokens  unparseable  seconds")
