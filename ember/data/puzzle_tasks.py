@@ -7,11 +7,34 @@ Its reference solution is one line per operation, `op: BEFORE -> AFTER`, each st
 the previous list, so a step is checked mechanically: AFTER must be the operation applied
 to BEFORE and equal the reference list at that position.
 
-Difficulty 1..5 (`LEVELS`): levels 1-3 add one item at the end of a list of two or three,
-level 4 applies one operation of any kind, level 5 two. Greedy accuracy of
-SmolLM2-135M-Instruct with the chat prompt `prompt_text`, replies cut at 80 tokens:
+Difficulty 1..5 (`LEVELS`): levels 1-3 add one item at the end of a list of 2, 2-3 and 2-4
+items, level 4 applies one operation of any kind to 3-4 items, level 5 two to 4-5. Greedy
+accuracy of SmolLM2-135M-Instruct on the native Q4 path (`ember.load("smollm2",
+quant="auto")`, engine batch 32, batch_invariant=False) with the chat prompt `prompt_text`,
+replies cut at 80 tokens, `extract_answer` (2026-12-06, one thread of the 2-core CPU under
+load 10-18):
 
-TABLE
+    bench/reasoning_strategies.py levels --family puzzle --quant auto --batch 32 --n 100   (seed 12345)
+
+    level  steps  operations   items  accuracy  95% CI (Wilson)  n
+    1      1      append       2      0.430     [0.337, 0.528]   100
+    2      1      append       2-3    0.330     [0.246, 0.427]   100
+    3      1      append       2-4    0.340     [0.255, 0.437]   100
+    4      1      any of OPS   3-4    0.020     [0.006, 0.070]   100
+    5      2      any of OPS   4-5    0.010     [0.002, 0.054]   100
+
+The middle level lands in the 20-40% band at its point estimate, its interval reaching
+0.44; levels 2 and 3 are not ordered by this measurement (the lists' lengths overlap).
+Appending is the only operation the model does: one operation of any other kind on three
+items (reverse, swap, rotate, replace) measured 0.013 [0.002, 0.067] (n = 80), and 50 of the
+100 level-4 replies give the starting list back unchanged (11 give none). Longer lists cost
+accuracy fast (other problems of each shape): appending to 2 items 0.438 [0.334, 0.547]
+(n = 80) and 0.490 [0.394, 0.587] (n = 100), to 3 items 0.150 [0.093, 0.233] (n = 100), to 4
+items 0.138 [0.079, 0.230] (n = 80); to a 1- or 2-item list 0.260 [0.184, 0.354] (n = 100:
+one-item lists confuse it).
+The extraction reads numbered and bulleted columns ("1. Cat\\n2. Owl"), the model's usual
+format; without it, appending or removing on 3 items measured 0.025 instead of 0.163 (the
+same 80 replies).
 
     >>> p = make_problems(1, difficulty=5, seed=0)[0]
     >>> p["question"]
@@ -57,7 +80,7 @@ and the last item, move the first item to the end, replace an item with another.
 LEVELS = {
     1: Level(1, ("append",), (2, 2)),
     2: Level(1, ("append",), (2, 3)),
-    3: Level(1, ("append",), (3, 3)),
+    3: Level(1, ("append",), (2, 4)),
     4: Level(1, OPS, (3, 4)),
     5: Level(2, OPS, (4, 5)),
 }
