@@ -61,9 +61,11 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ember.core.io import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verifiers import EquationPRM, reply_features, step_scores  # noqa: E402  (bench/verifiers.py)
 
 SEED = 12345
 
@@ -134,30 +136,6 @@ def sft_generator(batch: int, adapter: str):
     torch.set_num_threads(1)
     net, tok = load_for_eval("smollm2", adapter)
     return EngineGenerator(Engine(merge_lora(net).eval(), tok, max_batch_size=batch, batch_invariant=False), chat=True)
-
-
-class EquationPRM:
-    """A PRM that reads a partial reply the way `Verifier.score` reads a whole one: the score
-    after each line is the lowest step score of the equation lines so far (0 before any),
-    so the `<think>` and answer lines of a reply do not reach the verifier as steps. Scores
-    are kept per (question, equation lines): a line that adds no equation, or a prefix scored
-    at an earlier depth, costs no forward pass."""
-
-    def __init__(self, verifier):
-        self.verifier, self.seen = verifier, {}
-
-    def _min(self, question: str, steps: list[str]) -> float:
-        if not steps:
-            return 0.0
-        key = (question, tuple(steps))
-        if key not in self.seen:
-            self.seen[key] = min(self.verifier.score_steps(question, steps))
-        return self.seen[key]
-
-    def score_steps(self, question: str, lines: list[str]) -> list[float]:
-        from ember.train.verifiers import split_steps
-
-        return [self._min(question, split_steps("\n".join(lines[: i + 1]))) for i in range(len(lines))]
 
 
 def _chunks(problems, prompts, size: int):
@@ -237,66 +215,6 @@ def rescore(run: dict) -> dict:
     right = sum(it["correct"] for it in items)
     return {**run, "items": items, "accuracy": right / len(items), "ci": list(wilson(right, len(items))),
             "unparseable": sum(a is None for it in items for a in it["answers"])}
-
-
-@torch.no_grad()
-def reply_features(out: Path, items: list[dict], max_len: int = 160, batch: int = 8) -> list[torch.Tensor | None]:
-    """Per sampled reply, the frozen SmolLM2 body's final states (S + 1, D) at the end of each
-    of its S equation lines and at its last token, as `Verifier` encodes it (None: no
-    equation line). Every `--peft head` verifier reads these, so they are computed once and
-    kept in OUT/features.safetensors."""
-    from safetensors.torch import load, save
-
-    import ember
-    from ember.core.io import atomic_write_bytes
-    from ember.data.reasoning import encode_solution
-    from ember.model.heads import hidden_states
-    from ember.train.verifiers import split_steps
-
-    replies = [(it["question"], split_steps(t)) for it in items for t in it["texts"]]
-    cache = out / "features.safetensors"
-    feats: list[torch.Tensor | None] = []
-    if cache.is_file():  # the samples file only grows: keep the replies already encoded
-        saved = load(cache.read_bytes())
-        rows = saved["rows"].tolist()[:len(replies)]
-        starts = [sum(rows[:i]) for i in range(len(rows))]
-        feats = [saved["f"][s:s + r] if r else None for s, r in zip(starts, rows)]
-    if len(feats) == len(replies):
-        return feats
-    body, tok = ember.load("smollm2")
-    body.eval()
-    enc = [encode_solution(tok, q, steps, max_len) if steps else None for q, steps in replies]
-    todo = [i for i, e in enumerate(enc) if e is not None and i >= len(feats)]
-    feats += [None] * (len(enc) - len(feats))
-    for j in tqdm(range(0, len(todo), batch), desc="verifier states", file=sys.stderr):
-        chunk = todo[j:j + batch]
-        T = max(len(enc[i][0]) for i in chunk)
-        h = hidden_states(body, torch.tensor([enc[i][0] + [0] * (T - len(enc[i][0])) for i in chunk]))
-        for b, i in enumerate(chunk):
-            feats[i] = h[b, torch.tensor(enc[i][1] + [enc[i][2]])].float()
-    rows = torch.tensor([0 if f is None else len(f) for f in feats])
-    flat = torch.cat([f for f in feats if f is not None]) if rows.any() else torch.zeros(0, 1)
-    atomic_write_bytes(cache, save({"f": flat.contiguous(), "rows": rows}))
-    return feats
-
-
-def step_scores(name: str, folder: str, feats: list[torch.Tensor | None]) -> tuple[list[list[float]], str]:
-    """Every reply's scores by one `--peft head` verifier: a PRM's per equation line, an
-    ORM's one (none for a reply without an equation line); and the verifier's objective."""
-    from safetensors.torch import load
-
-    from ember.model.heads import ScalarHead
-
-    saved = json.loads(Path(folder, "config.json").read_text())["reward"]
-    if saved.get("peft") != "head" or saved.get("model") != "smollm2" or saved.get("max_len", 160) != 160:
-        raise ValueError(f"verifier {name}={folder}: table reads heads on the frozen smollm2 body "
-                         f"(--peft head, max_len 160), got {saved.get('peft')} on {saved.get('model')}")
-    head = ScalarHead(next(f for f in feats if f is not None).shape[1])
-    head.load_state_dict(load(Path(folder, "head.safetensors").read_bytes()))
-    objective = saved["objective"]
-    with torch.no_grad():
-        return [[] if f is None else torch.sigmoid(head(f[:-1] if objective == "steps" else f[-1:])).tolist()
-                for f in feats], objective
 
 
 def verifier_runs(out: Path, verifiers: list[str], samples: dict) -> tuple[dict, dict]:
