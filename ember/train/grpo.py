@@ -62,13 +62,14 @@ REWARDS: dict[str, Reward] = {"exact_match": exact_match_reward, "format": forma
                               "think_format": think_format_reward}
 
 # reasoning: the generated word problems (ember.data.reasoning_tasks) answered with a <think>
-# trace, from the `ember sft --preset reasoning` adapter, on levels 2-4 in turn (one level alone
-# teaches its shape to every problem: ten steps on level 4 made the policy write two equations
-# whatever the question), groups without reward spread redrawn once, lr 1e-4. On the shared
-# 2-core CPU under load a step took 2-4 min; bench/reasoning_model.py has what it did.
+# trace, from the `ember sft --preset reasoning` adapter, on three shapes in turn: one +/- event,
+# one event of + - x2 x3, two events (levels 3-5; one level alone teaches its shape to every
+# problem: ten steps on two-event problems made the policy write two equations whatever the
+# question), groups without reward spread redrawn once, lr 1e-4. On the shared 2-core CPU under
+# load a step took 2-4 min; bench/reasoning_model.py has what it did.
 PRESETS = {
     "reasoning": {
-        "task": "reasoning", "difficulty": [2, 3, 4], "adapter": "runs/sft-reasoning/adapter",
+        "task": "reasoning", "difficulty": [3, 4, 5], "adapter": "runs/sft-reasoning/adapter",
         "rewards": ["exact_match", "think_format"], "group_size": 4, "prompts_per_step": 2,
         "dynamic_sampling": 1, "max_new_tokens": 56, "n_eval": 15, "train.steps": 40, "train.eval_every": 0,
         "train.save_every": 10, "train.out": "runs/grpo-reasoning", "optim.lr": 1e-4,
