@@ -1,54 +1,65 @@
 """The generated word problems (ember.data.reasoning_tasks) on SmolLM2-135M-Instruct: greedy
 chain-of-thought accuracy by difficulty (the calibration), then test-time-compute strategies
-at equal generated tokens on the middle difficulty: self-consistency (maj@k), best-of-k and
-weighted best-of-k with an outcome (ORM) and a process (PRM) verifier, PRM-guided step beam
-search, against greedy CoT.
+at equal generated tokens: self-consistency (maj@k), best-of-k and weighted best-of-k with an
+outcome (ORM) and a process (PRM) verifier, PRM-guided step beam search, against greedy CoT.
 
     OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning_strategies.py levels --n 40
-    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning_strategies.py strategies --n 40 \\
-        --orm runs/orm --prm runs/prm
+    OMP_NUM_THREADS=1 .venv/bin/python -P bench/reasoning_strategies.py strategies --difficulty 3 --n 64 \\
+        --k 8 --max-tokens 96 --adapter runs/sft-reasoning/adapter --parts greedy samples --out OUT
+    ... strategies --parts beam --questions OUT/samples.json --prm DIR --beam-label prm-beam-NAME --out OUT
+    ... table --out OUT --verifiers orm=runs/orm prm=runs/prm ormop=DIR prmop=DIR --pairs A:B ...
 
-Every question is the chat prompt `prompt_text` (the family's own: "Think step by step, one
-equation per line, then give the answer."); a reply's answer is `extract_answer` (the last
-"answer is N", else the last number after `</think>`, else the last number). `strategies` samples k replies per question
-once (temperature 0.7), scores each with both verifiers, and writes one `ember reason --out`
-style file per strategy under --out; the curves (exact maj@k and best-of-k over all
-k-subsets of the samples, weighted best-of-k over 200 random subsets) come from
-`ember.prompting.curves.run_curve`, as in `ember reason curve --runs OUT/*.json`.
-The engine runs with batch_invariant=False (about twice as fast on CPU; greedy replies may
-then depend on which requests share a batch).
+Every question is the chat prompt `prompt_text`; a reply's answer is `extract_answer` (the
+last "answer is N", else the last number after `</think>`, else the last number).
+`strategies` writes the greedy CoT run, k replies per question (temperature 0.7) and the beam
+run; `table` scores every sampled reply with every `--peft head` verifier (their heads read
+the frozen body's states, computed once: bench/verifiers.py), builds sc / bon / wbon per
+verifier (a PRM's reply score: the lowest or the product of its step scores; no equation
+line: 0) and writes OUT/final/*.json, OUT/curves.png and OUT/table.json. Curves (maj@k,
+best-of-k exact over all k-subsets, weighted over 200 random subsets) and their 95%
+intervals (bootstrap over questions; Wilson for one reply) come from
+`ember.prompting.curves.run_curve`, as in `ember reason curve --runs OUT/final/*.json`.
 
-Measured 2026-12-06, one thread of the 2-core CPU under load 15-25; the calibration table is
-in ember/data/reasoning_tasks.py. Strategies at difficulty 3 (n = 40, seed 12345), k = 4
-samples at temperature 0.7 cut at 80 tokens, the verifiers `ember reward --preset orm|prm`
-trained on the earlier task scale (runs/orm, runs/prm of 19:5x: held-out solution accuracy
-0.53 and 0.38); prm-beam: 4 candidates per step, beam 2, 3 steps of at most 24 tokens:
+Measured 2026-12-07 00:00 UTC, one thread of the 2-core CPU under load 13-18. Policy: the SFT
+reasoning adapter merged into fp32 SmolLM2 (exact; Engine batch 32, batch_invariant=False).
+Difficulty 3 as defined at c49bff5 (one event, +, -, x2, x3, start 3-20, operand 2-12; the
+levels were re-spaced since: this is today's level 4's kind, another seeded draw), n = 64
+(seed 12345), k = 8 replies of at most 96 tokens; 473 of the 512 replies write one equation,
+39 two. Verifiers: runs/orm, runs/prm (trained on corrupted reference solutions) and the
+on-policy heads runs/verifiers-onpolicy/{orm,prm} (bench/verifiers.py --onpolicy: 476 of
+the policy's own replies, levels 3-5). prm-beam: 4 candidates per line, beam 2, <= 6 lines of
+<= 24 tokens, the PRM reading the equation lines so far (lowest step score).
 
-    strategies --n 40 --k 4 --max-tokens 80 --orm runs/orm --prm runs/prm (--parts samples / beam);
-    table; ember reason curve --runs runs/reason/strategies/final/*.json
+    accuracy [95% CI]   k=1 (26 tok)  k=2 (52)  k=4 (103)  k=8 (206 tok)        AUROC on the replies
+    greedy CoT          0.688 [0.57, 0.79] (25 tok)
+    sc (maj@k)          0.553         0.553     0.640      0.664 [0.55, 0.77]
+    bon, ORM            0.553         0.557     0.503      0.453 [0.33, 0.58]   0.518
+    bon, PRM min / prod 0.553         0.550     0.487      0.422 / 0.438        0.528 / 0.541
+    wbon, ORM           0.552         0.557     0.611      0.656 [0.53, 0.77]
+    wbon, PRM min       0.552         0.537     0.596      0.625 [0.50, 0.73]
+    bon, ORM on-policy  0.553         0.594     0.566      0.516 [0.39, 0.62]   0.557
+    bon, PRM on-policy  0.553         0.627     0.648      0.641 [0.52, 0.75]   0.739 (prod: same)
+    wbon, ORM on-pol.   0.552         0.593     0.651      0.656 [0.53, 0.77]
+    wbon, PRM on-pol.   0.552         0.628     0.672      0.688 [0.58, 0.80]
+    prm-beam, PRM       0.562 [0.44, 0.68] (58 tok), n = 64
 
-    strategy        k=1 (77 tok)  k=2 (153 tok)  k=4 (306 tok)   n
-    greedy CoT      0.150 (73 tok), 95% CI [0.071, 0.291]           40
-    sc (maj@k)      0.144         0.144          0.181           40
-    bon, ORM        0.144         0.175          0.250           40
-    bon, PRM        0.144         0.175          0.250           40
-    wbon, ORM       0.150         0.156          0.165           40
-    wbon, PRM       0.150         0.156          0.165           40
-    prm-beam        0.125 (130 tok), 95% CI [0.055, 0.261]           40
-(maj@k and bon@k exact over all k-subsets, ties split evenly for maj and to the earlier
-sample for bon; wbon@k over 200 random subsets. The run's own pick at k = 4 is 0.250 for
-every sampled strategy, 95% CI [0.142, 0.402].)
+Paired differences at k = 8 (each run's own pick over all 8 replies; bootstrap over the 64
+questions): sc - greedy -0.031 [-0.109, +0.047]; bon PRM - bon ORM -0.031 [-0.109, +0.047]
+(corrupted-trained), +0.125 [+0.047, +0.219] (on-policy); wbon - bon: ORM +0.203 [+0.109,
++0.312], PRM +0.203 [+0.109, +0.312], on-policy ORM +0.141 [+0.031, +0.266], on-policy PRM
++0.047 [-0.047, +0.141]; on-policy PRM - corrupted PRM (bon) +0.219 [+0.078, +0.359].
 
-What holds: none of the three claims is shown at this n. Self-consistency against greedy
-CoT: 0.181 at 4x the tokens against 0.150, +0.03, far inside the intervals; PRM beam search
-(which does use the PRM: it scores raw lines) 0.125 at 1.8x the tokens. PRM against ORM
-and weighted against plain best-of-k are not tested at all: both verifiers read only lines
-that start with an equation (`split_steps`), and 158 of the 160 sampled replies have none,
-so they score 0; best-of-k then keeps the earliest sample (its 0.250 at k = 4 is the first
-sample's accuracy, not a verifier's choice) and weighted best-of-k, every weight 0, keeps
-the earliest parseable answer.
-The ORM/PRM comparison needs replies in the trained format (the SFT reasoning adapter) or
-a verifier that reads free-form steps.
+What holds here. Self-consistency beats greedy CoT: no. A reply sampled at 0.7 is right
+0.553 against greedy's 0.688; voting 8 of them recovers 0.664, 8x the tokens for -0.03.
+PRM beats ORM: not with the verifiers trained on corrupted reference solutions, which rank
+the policy's own replies at chance (AUROC 0.52-0.54), so best-of-8 with either falls below
+one sample (0.42-0.45); with on-policy verifiers, yes: +0.125 [+0.05, +0.22] at k = 8, AUROC
+0.74 against 0.56. At this level nearly every reply is one equation, so min and product
+agree and the PRM's edge is where it reads (the equation's end) and what it is taught (one
+label per equation), not credit over several steps. Weighted best-of-k beats plain: yes for
+every verifier but the on-policy PRM (+0.05, inside its interval): with a weak verifier the
+weights barely differ and weighted best-of-k is majority voting. No strategy beats greedy
+CoT: the best, weighted best-of-8 with the on-policy PRM, ties it (0.688) at 8x the tokens.
 """
 
 from __future__ import annotations
@@ -143,6 +154,16 @@ def _chunks(problems, prompts, size: int):
         yield s, problems[s:s + size], prompts[s:s + size]
 
 
+def saved_problems(path: str, n: int):
+    """The first n questions (and golds) of a saved run, with their chat prompts."""
+    from ember.data.reasoning_tasks import prompt_text
+    from ember.prompting.prompts import Problem
+
+    items = json.loads(Path(path).read_text())["items"][:n]
+    return ([Problem(it["question"], it["gold"]) for it in items],
+            [[{"role": "user", "content": prompt_text({"question": it["question"]})}] for it in items])
+
+
 def strategies(args) -> dict:
     """Greedy CoT, k samples per question and PRM beam search on --n problems at
     --difficulty, --save-every questions at a time; the files are rewritten after each chunk
@@ -153,6 +174,8 @@ def strategies(args) -> dict:
 
     gen = sft_generator(args.batch, args.adapter) if args.adapter else setup(args.batch)[0]
     problems, prompts = problems_at(args.difficulty, args.n)
+    if args.questions:  # the very questions of a saved run (the levels may have changed since)
+        problems, prompts = saved_problems(args.questions, args.n)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t, runs = time.time(), {}
@@ -320,6 +343,7 @@ def main() -> None:
     ap.add_argument("--step-tokens", type=int, default=24, help="prm-beam: tokens per step at most")
     ap.add_argument("--parts", nargs="+", default=["greedy", "samples", "beam"], choices=["greedy", "samples", "beam"])
     ap.add_argument("--adapter", default=None, help="strategies: the policy's LoRA adapter (merged, fp32)")
+    ap.add_argument("--questions", default=None, help="strategies: take the questions of this saved run")
     ap.add_argument("--beam-label", default="prm-beam", help="strategies: the beam run's file name")
     ap.add_argument("--verifiers", nargs="*", default=[], help="table: NAME=DIR verifiers that score the samples")
     ap.add_argument("--pairs", nargs="*", default=[], help="table: A:B runs whose paired accuracy difference to print")
