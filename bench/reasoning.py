@@ -13,7 +13,7 @@ Writes runs/reason/bench/<task>-<strategy>-<shots>.json (every sample), curve-<t
 The model is `ember.load("smollm2", quant=--quant)`; the default "auto" is the native
 kernels on the GGUF's own Q4_1 blocks (int8 activations), "none" the exact fp32 model.
 
-Measured 2026-12-06 23:13-23:50 UTC, n = 50 (the first 50 questions of each task; every row
+Measured 2026-12-06 23:13-23:39 UTC, n = 50 (the first 50 questions of each task; every row
 answers the same ones), quant auto, one thread of the 2-core CPU under load average 10-17
 (other jobs), 64 engine slots, --fast (batch_invariant off), SC at temperature 0.7 (the 8
 samples of a question share one prefill), CoT and SC replies cut at 64 tokens; seconds are
@@ -54,9 +54,9 @@ Which claims hold at n = 50:
   its 0.20 is no better than always answering C (0.24).
 - CoT beats direct answers: not on arithmetic (0.160 both; 2/2 discordant). On commonsense it
   beats zero-shot (+0.18, p 0.004: its replies end in a letter) but not 5-shot (+0.02, p 1.0).
-- SC@8 beats greedy CoT: no, on neither task (-0.06 and -0.02, not significant). Sampling at
-  0.7 costs accuracy per reply (maj@1 0.072 vs greedy 0.160 on arithmetic) and the vote wins
-  little back; pass@8 (0.28, 0.70) shows right answers among the samples that the vote misses.
+- SC@8 beats greedy CoT: not shown on either task (-0.06 and -0.02 here; the reruns below
+  give -0.04 and +0.06, none significant). Sampling at 0.7 costs accuracy per reply (maj@1
+  0.072 vs greedy 0.160 on arithmetic) and the vote wins little back; pass@8 (0.28, 0.70) shows right answers among the samples that the vote misses.
   SC@8 (majority, ties to the answer seen first) and maj@8 (ties split) differ by the tie
   rule: 10 commonsense and 22 arithmetic questions tie at the top.
 
@@ -74,10 +74,32 @@ With --fast the greedy replies are not reproducible run to run: the arithmetic C
 with the same command differed in 19 of 50 replies (0.160, then 0.140), while two runs with
 batch_invariant on (no --fast, side by side) gave identical replies (0.140 both, 99 s each);
 the arithmetic CoT difference between the 64 and 128 token runs is this, not the cut.
-The greedy rows with batch_invariant on are being measured.
+The greedy rows again with batch_invariant on (reproducible), 23:57-00:01 UTC, load 13-17:
+`--runs zero-shot "few-shot (5)" CoT --skip-sensitivity --batch 64` (no --fast):
+
+    arithmetic   zero-shot 0.180 [0.098, 0.308]   few-shot (5) 0.180 [0.098, 0.308]   CoT 0.140 [0.070, 0.262]
+    commonsense  zero-shot 0.040 [0.011, 0.135]   few-shot (5) 0.200 [0.112, 0.330]   CoT 0.200 [0.112, 0.330]
+    paired: arithmetic few-shot vs zero-shot 5/5, CoT vs zero-shot 2/4 (p 0.69); commonsense few-shot
+    vs zero-shot 10/2 (p 0.039), CoT vs zero-shot 8/0 (p 0.008), CoT vs few-shot 10/10
+
+The same verdicts: on arithmetic no prompt beats another (CoT is 0.04 below direct here, 0.00
+with --fast); on commonsense the letter-answering prompts beat zero-shot by 0.16.
+SC@8 with batch_invariant on (`--runs CoT SC@8 --skip-sensitivity --batch 64`, 00:01-00:12
+UTC, load 10-13; CoT replies identical to the run before on both tasks):
+
+    arithmetic   SC@8 0.100 [0.043, 0.214]  3/400 unparseable   maj@k .075 .075 .082 .085 .085 .086 .090 .092  pass@8 .300
+    commonsense  SC@8 0.260 [0.159, 0.396] 87/400 unparseable   maj@k .207 .250 .253 .247 .243 .244 .247 .253  pass@8 .820
+    paired SC@8 vs CoT: arithmetic 2/4 (-0.04, p 0.69), commonsense 8/5 (+0.06, p 0.58)
+
+So on commonsense the sign of SC@8 - CoT changes from run to run (-0.02 with --fast, +0.06
+here, -0.06 at 128 tokens): none of the three differs from zero. On arithmetic SC@8 is below
+greedy CoT in all three (-0.06, -0.04, -0.06), also not significantly.
+The fp32 model (quant none, --fast, earlier the same day) gave 0.160 / 0.180 / 0.160 (arithmetic)
+and 0.040 / 0.200 / 0.200 (commonsense) for zero-shot / few-shot (5) / CoT on these questions.
 
 Prompt sensitivity, 3-shot greedy, the same 50 questions, templates qa / qa-terse /
-instruct x demonstration order as drawn / reshuffled (arithmetic in the run above;
+instruct x demonstration order as drawn / reshuffled, --fast (so not reproducible to the
+last reply; arithmetic in the run above;
 commonsense rerun with `--tasks commonsense --runs --batch 8 --fast` at 23:35, load 16-17,
 after the first run reached 4.2 GB RSS at 64 slots and was stopped):
 
