@@ -144,7 +144,7 @@ def run_plan(engine, plan: Plan) -> Tensor:
         engine._active[r.slot] = 1
     if not rows:
         return torch.empty(0, engine.config.vocab_size, device=engine.device)
-    return rows[0] if len(rows) == 1 else torch.cat(rows)
+    return torch.cat(rows)
 
 
 def _start(engine, r: Request) -> None:
@@ -251,8 +251,7 @@ def decode_rows(engine, reqs: list[Request]) -> Tensor:
         n = max(r.slot for r in reqs) + 1
     logits = engine.decode(engine._tokens[:n], engine._positions[:n], kv_len=kv_len)  # [n, V]
     engine._positions += engine._active  # parked and free slots stay where they are
-    slots = [r.slot for r in reqs]
-    return logits if slots == list(range(len(logits))) else logits[slots]  # [N, V]
+    return logits[[r.slot for r in reqs]]  # [N, V]
 
 
 def drop_prefill(engine, r: Request) -> bool:
