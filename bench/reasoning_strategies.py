@@ -42,12 +42,15 @@ the policy's own replies, levels 3-5). prm-beam: 4 candidates per line, beam 2, 
     wbon, ORM on-pol.   0.552         0.593     0.651      0.656 [0.53, 0.77]
     wbon, PRM on-pol.   0.552         0.628     0.672      0.688 [0.58, 0.80]
     prm-beam, PRM       0.562 [0.44, 0.68] (58 tok), n = 64
+    prm-beam, on-policy 0.625 [0.50, 0.73] (58 tok), n = 64
 
 Paired differences at k = 8 (each run's own pick over all 8 replies; bootstrap over the 64
 questions): sc - greedy -0.031 [-0.109, +0.047]; bon PRM - bon ORM -0.031 [-0.109, +0.047]
 (corrupted-trained), +0.125 [+0.047, +0.219] (on-policy); wbon - bon: ORM +0.203 [+0.109,
 +0.312], PRM +0.203 [+0.109, +0.312], on-policy ORM +0.141 [+0.031, +0.266], on-policy PRM
-+0.047 [-0.047, +0.141]; on-policy PRM - corrupted PRM (bon) +0.219 [+0.078, +0.359].
++0.047 [-0.047, +0.141]; on-policy PRM - corrupted PRM (bon) +0.219 [+0.078, +0.359];
+prm-beam - greedy: on-policy PRM -0.062 [-0.125, -0.016], corrupted PRM -0.125 [-0.203,
+-0.047]; on-policy - corrupted beam +0.062 [-0.016, +0.141].
 
 What holds here. Self-consistency beats greedy CoT: no. A reply sampled at 0.7 is right
 0.553 against greedy's 0.688; voting 8 of them recovers 0.664, 8x the tokens for -0.03.
@@ -59,7 +62,9 @@ agree and the PRM's edge is where it reads (the equation's end) and what it is t
 label per equation), not credit over several steps. Weighted best-of-k beats plain: yes for
 every verifier but the on-policy PRM (+0.05, inside its interval): with a weak verifier the
 weights barely differ and weighted best-of-k is majority voting. No strategy beats greedy
-CoT: the best, weighted best-of-8 with the on-policy PRM, ties it (0.688) at 8x the tokens.
+CoT: the best, weighted best-of-8 with the on-policy PRM, ties it (0.688) at 8x the tokens;
+PRM beam search (2.3x the tokens of one reply) is as good as best-of-2 with the same PRM
+(0.625 against 0.627 at 52 tokens) and below greedy.
 """
 
 from __future__ import annotations

@@ -101,12 +101,13 @@ def plot_curves(curves: list[dict], path: str | Path, title: str = "") -> Path:
     from ember.core.io import atomic_write_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for c in curves:
+    for i, c in enumerate(curves):
         xs = [p["k"] for p in c["points"]]
         ts = [p["tokens"] for p in c["points"]]
         ys = [p["accuracy"] for p in c["points"]]
-        axes[0].plot(xs, ys, "o-", label=c["label"])
-        axes[1].plot(ts, ys, "o-", label=c["label"])
+        style = "o" + ("-", "--", ":")[i // 10 % 3]  # the colour cycle repeats after 10 curves
+        axes[0].plot(xs, ys, style, label=c["label"])
+        axes[1].plot(ts, ys, style, label=c["label"])
     axes[0].set_xscale("log", base=2)
     axes[0].set_xlabel("samples per question")
     axes[1].set_xscale("log")
