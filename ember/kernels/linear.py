@@ -18,11 +18,12 @@ torch.Size([3, 64])
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ember.kernels.build import load_kernels
+from ember.kernels.layout import pair_permute as _pair_permute_np
+from ember.kernels.layout import q4_arrays, q8_arrays, quantize_q4_1, quantize_q8_0
 
 QK = 32
 
@@ -46,8 +47,7 @@ def pair_permute(q: torch.Tensor) -> torch.Tensor:
     >>> pair_permute(torch.arange(64)[None])[0, 16:20].tolist()
     [32, 33, 34, 35]
     """
-    N, K = q.shape
-    return q.reshape(N, K // 64, 2, 2, 16).transpose(2, 3).reshape(N, K)
+    return torch.from_numpy(_pair_permute_np(q.detach().cpu().numpy()))
 
 
 def pair_unpermute(q: torch.Tensor) -> torch.Tensor:
@@ -105,30 +105,10 @@ def q8_matmul_reference(x, qs_permuted, d) -> torch.Tensor:
 # ---- GGUF blocks → tensors ------------------------------------------------------------------
 
 
-def _blocks(raw, N: int, K: int, nbytes: int, kind: str) -> np.ndarray:
-    """Raw block bytes → a (N, K/32, nbytes) uint8 view (no copy)."""
-    buf = raw.reshape(-1) if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 else \
-        np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
-    want = N * (K // QK) * nbytes
-    if K % QK or buf.size != want:
-        raise ValueError(f"{kind} data of {buf.size} bytes for shape ({N}, {K}); expected {want}")
-    return buf.reshape(N, K // QK, nbytes)
-
-
-def _fp16(b: np.ndarray) -> torch.Tensor:
-    """(..., 2) bytes → fp16 (...), one copy."""
-    return torch.from_numpy(np.ascontiguousarray(b).view(np.float16)[..., 0])
-
-
 def q4_parts(raw, shape, kind: str = "Q4_1") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GGUF Q4_1 (fp16 d, fp16 m, 16 bytes) or Q4_0 (fp16 d, 16 bytes; m = -8d, exact in
-    fp16) blocks of a weight (N, K) → qs (N, K/2), d, m (N, K/32)."""
-    N, K = shape
-    nbytes = 20 if kind == "Q4_1" else 18
-    b = _blocks(raw, N, K, nbytes, kind)
-    qs = torch.from_numpy(np.ascontiguousarray(b[..., nbytes - 16 :]).reshape(N, K // 2))
-    d = _fp16(b[..., 0:2])
-    return qs, d, (_fp16(b[..., 2:4]) if kind == "Q4_1" else -8 * d)
+    fp16) blocks of a weight (N, K) → qs (N, K/2), d, m (N, K/32) (layout.q4_arrays as tensors)."""
+    return tuple(torch.from_numpy(a) for a in q4_arrays(raw, shape, kind))
 
 
 class Q4Linear(nn.Module):
@@ -166,15 +146,7 @@ class Q4Linear(nn.Module):
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Q4Linear:
         """Round-to-nearest Q4_1 (ggml's reference: d = (max - min)/15, m = min)."""
-        N, K = weight.shape
-        w = weight.detach().float().reshape(N, K // QK, QK)
-        lo, hi = w.amin(-1), w.amax(-1)
-        d = ((hi - lo) / 15).to(torch.float16)
-        m = lo.to(torch.float16)
-        inv = torch.where(d > 0, 1 / d.float(), torch.zeros_like(lo))
-        q = ((w - m.float()[..., None]) * inv[..., None]).round().clamp_(0, 15).to(torch.uint8)
-        qs = q[..., :16] | (q[..., 16:] << 4)  # (N, K/32, 16)
-        return cls.from_parts(qs.reshape(N, K // 2), d, m)
+        return cls.from_parts(*(torch.from_numpy(a) for a in quantize_q4_1(weight.detach().float().numpy())))
 
     @classmethod
     def cat(cls, mods) -> Q4Linear:
@@ -225,29 +197,16 @@ class Q8Linear(nn.Module):
 
     @classmethod
     def from_q8_0(cls, raw, shape) -> Q8Linear:
-        """From GGUF Q8_0 blocks (fp16 d, 32 int8), codes kept exactly; one copy, straight
-        into the pair-permuted layout."""
-        N, K = shape
-        b = _blocks(raw, N, K, 34, "Q8_0")
-        q = b[..., 2:].reshape(N, K // 64, 2, 2, 16).transpose(0, 1, 3, 2, 4)  # a view
-        mod = cls(K, N)
-        mod.qs = torch.from_numpy(np.ascontiguousarray(q).view(np.int8).reshape(N, K))
-        mod.d = _fp16(b[..., 0:2])
+        """From GGUF Q8_0 blocks (fp16 d, 32 int8), codes kept exactly, in the pair-permuted layout."""
+        qs, d = q8_arrays(raw, shape)
+        mod = cls(shape[1], shape[0])
+        mod.qs, mod.d = torch.from_numpy(qs), torch.from_numpy(d)
         return mod
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Q8Linear:
         """Round-to-nearest Q8_0 (d = max|w|/127 per block of 32)."""
-        N, K = weight.shape
-        q = torch.empty(N, K, dtype=torch.int8)
-        d = torch.empty(N, K // QK, dtype=torch.float16)
-        for i in range(0, N, 4096):  # row chunks: small fp32 temporaries
-            w = weight[i : i + 4096].detach().float().reshape(-1, K // QK, QK)
-            dd = (w.abs().amax(-1) / 127).to(torch.float16)
-            inv = torch.where(dd > 0, 1 / dd.float(), torch.zeros_like(dd, dtype=torch.float32))
-            q[i : i + 4096] = (w * inv[..., None]).round().clamp_(-127, 127).reshape(-1, K).to(torch.int8)
-            d[i : i + 4096] = dd
-        return cls.from_parts(q, d)
+        return cls.from_parts(*(torch.from_numpy(a) for a in quantize_q8_0(weight.detach().float().numpy())))
 
     def dequantize(self) -> torch.Tensor:
         N, K = self.out_features, self.in_features

@@ -200,29 +200,35 @@ def test_smollm2_steps_and_prefill_match_native_transformer():
     assert prefill.argmax() == full.argmax()
 
 
-def test_layout_arrays_equal_the_torch_modules():
+def test_layout_arrays_hold_the_blocks_and_round_to_nearest():
+    """layout.py (which linear.py's modules are built on) against the block format read by hand."""
     from ember.kernels import layout
-    from ember.kernels.linear import Q4Linear, Q8Linear, pair_permute, q4_parts
+    from ember.kernels.linear import pair_unpermute
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(96, 128, generator=g)
     w[3, :32] = 0.0  # an all-zero block: d = 0
-    q4, q8 = Q4Linear.from_float(w), Q8Linear.from_float(w)
-    for ours, theirs in zip(layout.quantize_q4_1(w.numpy()), (q4.qs, q4.d, q4.m)):
-        assert np.array_equal(ours, theirs.numpy())
-    q, d = layout.quantize_q8_0(w.numpy(), rows=40)
-    assert np.array_equal(layout.pair_permute(q), q8.qs.numpy()) and np.array_equal(d, q8.d.numpy())
-    assert np.array_equal(layout.pair_permute(q), pair_permute(torch.from_numpy(q)).numpy())
+    qs, d, m = layout.quantize_q4_1(w.numpy())
+    codes = np.concatenate([qs.reshape(96, 4, 16) & 15, qs.reshape(96, 4, 16) >> 4], -1)  # (N, blocks, 32)
+    back = codes * d.astype(np.float32)[..., None] + m.astype(np.float32)[..., None]
+    assert np.all(np.abs(back.reshape(96, 128) - w.numpy()) <= d.astype(np.float32).repeat(32, 1) * 0.51 + 1e-3)
+    assert np.all(back[3, 0] == 0.0)
+    q, d8 = layout.quantize_q8_0(w.numpy(), rows=40)
+    assert np.all(np.abs(q * d8.astype(np.float32).repeat(32, 1) - w.numpy()) <= d8.astype(np.float32).repeat(32, 1) * 0.51 + 1e-3)
+    assert np.array_equal(pair_unpermute(torch.from_numpy(layout.pair_permute(q))).numpy(), q)
     raw = np.random.default_rng(0).integers(0, 256, (96 * 4, 20), dtype=np.uint8)
     raw[:, :4] = np.array([[0.01, -0.1]], np.float16).view(np.uint8)  # finite d and m
     for kind, size in (("Q4_1", 20), ("Q4_0", 18)):
-        blocks = np.ascontiguousarray(raw[:, :size]).reshape(-1)
-        for ours, theirs in zip(layout.q4_arrays(blocks, (96, 128), kind), q4_parts(blocks, (96, 128), kind)):
-            assert np.array_equal(ours, theirs.numpy())
+        blocks = np.ascontiguousarray(raw[:, :size])
+        qs, d, m = layout.q4_arrays(blocks.reshape(-1), (96, 128), kind)
+        assert np.array_equal(qs, blocks[:, size - 16:].reshape(96, 64))
+        assert np.array_equal(d.reshape(-1), blocks[:, :2].copy().view(np.float16)[:, 0])
+        want_m = blocks[:, 2:4].copy().view(np.float16)[:, 0] if kind == "Q4_1" else -8 * d.reshape(-1)
+        assert np.array_equal(m.reshape(-1), want_m)
     q8_raw = np.random.default_rng(1).integers(0, 256, (96 * 4, 34), dtype=np.uint8)
     q8_raw[:, :2] = np.array([[0.02]], np.float16).view(np.uint8)
-    theirs = Q8Linear.from_q8_0(q8_raw.reshape(-1), (96, 128))
-    ours = layout.q8_arrays(q8_raw.reshape(-1), (96, 128))
-    assert np.array_equal(ours[0], theirs.qs.numpy()) and np.array_equal(ours[1], theirs.d.numpy())
+    qs8, d8 = layout.q8_arrays(q8_raw.reshape(-1), (96, 128))
+    assert np.array_equal(pair_unpermute(torch.from_numpy(qs8)).numpy(), q8_raw[:, 2:].reshape(96, 128).view(np.int8))
+    assert np.array_equal(d8.reshape(-1), q8_raw[:, :2].copy().view(np.float16)[:, 0])
     with pytest.raises(ValueError, match="Q4_1 data of 7680 bytes for shape \\(96, 64\\); expected 3840"):
         layout.q4_arrays(raw.reshape(-1), (96, 64))
