@@ -52,19 +52,34 @@ questions): sc - greedy -0.031 [-0.109, +0.047]; bon PRM - bon ORM -0.031 [-0.10
 prm-beam - greedy: on-policy PRM -0.062 [-0.125, -0.016], corrupted PRM -0.125 [-0.203,
 -0.047]; on-policy - corrupted beam +0.062 [-0.016, +0.141].
 
-What holds here. Self-consistency beats greedy CoT: no. A reply sampled at 0.7 is right
-0.553 against greedy's 0.688; voting 8 of them recovers 0.664, 8x the tokens for -0.03.
-PRM beats ORM: not with the verifiers trained on corrupted reference solutions, which rank
-the policy's own replies at chance (AUROC 0.52-0.54), so best-of-8 with either falls below
-one sample (0.42-0.45); with on-policy verifiers, yes: +0.125 [+0.05, +0.22] at k = 8, AUROC
-0.74 against 0.56. At this level nearly every reply is one equation, so min and product
-agree and the PRM's edge is where it reads (the equation's end) and what it is taught (one
-label per equation), not credit over several steps. Weighted best-of-k beats plain: yes for
-every verifier but the on-policy PRM (+0.05, inside its interval): with a weak verifier the
-weights barely differ and weighted best-of-k is majority voting. No strategy beats greedy
-CoT: the best, weighted best-of-8 with the on-policy PRM, ties it (0.688) at 8x the tokens;
+Replicated on the re-spaced scale (9745864: level 4 is the same kind of problem; this is
+another draw, make_problems(64, 4, 12345), same settings, OUT runs/verifiers-strategies-new4):
+greedy CoT 0.812 [0.70, 0.89]; one sample 0.623; at k = 8: sc 0.719, bon ORM 0.484 / PRM
+0.500, wbon ORM 0.688 / PRM 0.641, on-policy bon ORM 0.719 / PRM 0.703, on-policy wbon ORM
+0.750 / PRM 0.766 [0.66, 0.86]; on-policy prm-beam 0.750 [0.63, 0.84] (56 tok). AUROC on the
+replies: corrupted ORM 0.401, PRM 0.408; on-policy ORM 0.701, PRM 0.788. Paired: sc - greedy
+-0.109 [-0.188, -0.047]; on-policy bon PRM - ORM -0.016 [-0.109, +0.078]; wbon - bon: ORM
++0.203 [+0.094, +0.312], PRM +0.141 [+0.047, +0.250], on-policy ORM +0.031, PRM +0.062 (both
+intervals hold 0); prm-beam - greedy -0.062 [-0.125, -0.016].
+
+What holds here (both draws). Self-consistency beats greedy CoT: no. A reply sampled at 0.7
+is right 0.553 (0.623) against greedy's 0.688 (0.812); voting 8 of them gives 0.664 (0.719),
+8x the tokens for -0.03 (-0.11, interval below 0). PRM beats ORM: not with the verifiers
+trained on corrupted reference solutions, which rank the policy's own replies at chance or
+below (AUROC 0.52-0.54; 0.40-0.41), so best-of-8 with either falls below
+one sample (0.42-0.50); with on-policy verifiers, not shown: +0.125 [+0.05, +0.22] at k = 8
+on the first draw, -0.016 [-0.11, +0.08] on the second, though the PRM ranks the replies
+better on both (AUROC 0.74 / 0.79 against 0.56 / 0.70). Training on the policy's own replies
+is what helps: on-policy against corrupted-trained PRM, bon@8 +0.22 and +0.20 (intervals
+above 0). At this level nearly every reply is one equation, so min and product
+agree, and PRM against ORM compares where a head reads and what it is taught, not credit
+over several steps. Weighted best-of-k beats plain: yes for
+the corrupted-trained verifiers (+0.14 to +0.20), within the intervals for the on-policy
+ones (+0.03 to +0.14): with a weak verifier the weights barely differ and weighted best-of-k
+is majority voting. No strategy beats greedy CoT: the best, weighted best-of-8 with the
+on-policy PRM, ties it (0.688) or falls short (0.766 against 0.812) at 8x the tokens;
 PRM beam search (2.3x the tokens of one reply) is as good as best-of-2 with the same PRM
-(0.625 against 0.627 at 52 tokens) and below greedy.
+(0.625 against 0.627 at 52 tokens) and below greedy by 0.06 [0.02, 0.13] on both draws.
 """
 
 from __future__ import annotations
