@@ -8,38 +8,75 @@ Runs it reads (train them first):
     ember reward --preset orm             # runs/orm (head fitted on the frozen body, --peft head)
     ember reward --preset prm             # runs/prm
 
-Then `.venv/bin/python -P bench/reasoning_model.py --n 10` prints the tables and writes
-runs/reasoning_bench.json (stages may run as parallel processes: `--stages base`, `--stages
-sft`, ...; each merges its rows into the file). Every model answers the same generated
-held-out problems (ember.data.reasoning_tasks levels 1-5, seed 12345), greedily, with the chat
-prompt that asks for a step-by-step solution, max 32 + 16·level new tokens; a reply is right
-when its final answer (the last number after `</think>`, else the last number) is the
-problem's. bench/verifiers.py sweeps what makes the verifiers learn.
+Then `.venv/bin/python -P bench/reasoning_model.py --n 30` prints the tables (accuracy with its
+Wilson 95% interval) and writes runs/reasoning_bench.json (stages may run as parallel
+processes: `--stages base`, `--stages sft`, ...; each merges its rows into `--report`).
+`--grpo_checkpoint runs/.../checkpoints/step_000020` measures a GRPO checkpoint instead of the
+final adapter; `--budget_stages sft grpo` picks the stages whose budget curve is measured
+(`--difficulties` with no level: budget curves only). Every model answers the same generated
+held-out problems (ember.data.reasoning_tasks, seed 12345), greedily, with the chat prompt that
+asks for a step-by-step solution, max 32 + 16·level new tokens; a reply is right when its final
+answer (`extract_answer`) is the problem's. bench/verifiers.py sweeps what makes the verifiers
+learn.
 
-Measured 2026-12-06 21:11-22:30 UTC on the shared 2-core CPU under load 12-27 (n = 10 per
-level, so each figure is ±0.15 or so). SFT: the preset's 16 steps (8 k tokens, val_loss 0.16),
-trained before the levels were calibrated, on 1-4-event problems. GRPO: `--group_size 4
---prompts_per_step 2 --max_new_tokens 56 --optim.lr 3e-4` on two-event problems (level 4's
-distribution) from the SFT adapter; the run was killed by the out-of-memory killer at step 17
-(steps took 130-315 s), so the policy measured is its step-10 checkpoint. Its training groups'
-accuracy (sampled, T = 1): steps 1-6 0.08, 7-12 0.04, 12-17 0.13; half the groups had no
-reward spread (zero_std 0.5-0.58), so half the rollouts taught nothing.
+Measured 2026-12-06 23:13 - 2026-12-07 00:34 UTC, fp32 SmolLM2-135M (`ember.load("smollm2")`,
+one thread each, the shared 2-core CPU under load 6-19), n = 30 per level, [Wilson 95%]. The
+levels are those of ember/data/reasoning_tasks.py at commit c49bff5 (1-3: one event, operators
++ / +- / +-x2x3; 4, 5: two and three events), re-spaced since (f102130): every stage was
+measured on the c49bff5 definition, by putting a copy of ember/ at 6206698 (whose
+reasoning_tasks.py is c49bff5's) first on PYTHONPATH:
 
-    stage  L1    L2    L3    L4    L5
-    base   0.10  0.10  0.10  0.10  0.20   (the base model answers in numbered lists and runs out of tokens)
-    sft    0.70  0.70  0.80  0.10  0.10
-    grpo   0.30  0.00  0.10  0.20  0.00   (step-10 checkpoint)
+    PYTHONPATH=<ember at 6206698> python -P bench/reasoning_model.py --n 30 --stages base sft
+    ... --stages grpo --grpo_checkpoint runs/grpo-mix/step10     (and step20, one level a process)
+    ... --difficulties --stages sft --budget_stages sft --budget_n 30
 
-What GRPO bought, honestly: nothing measurable. After 10 steps on two-event problems the
-policy writes two or three equations whatever the problem (a one-event level-3 problem gets an
-invented second step: '17 - 3 = 15\n15 + 3 = 19'), so level 3 falls 0.80 → 0.10 while level 4
-moves 0.10 → 0.20, within the noise of n = 10. Eighty sampled answers, half of them in groups
-with no reward spread, are far too little signal; the earlier 2-step run (0.375 → 0.125 on
-its own 8 problems) said the same.
+SFT: the preset's adapter (runs/sft-reasoning/adapter, 16 steps). GRPO: from it, `ember grpo
+--preset reasoning --difficulty [2,3,4] --dynamic_sampling 1 --max_new_tokens 56 --optim.lr
+1e-4 --train.steps 40 --n_eval 0 --train.eval_every 0` (c49bff5's levels 2-4 in turn: one +/-
+event, one event of + - x2 x3, two events; beta 0; group 4 × 2 prompts). Steps took 130-270 s,
+so the run was stopped after step 20 (00:18 UTC) to leave the evaluation time before the
+deadline: the 40 steps asked for were not reached. Its sampled groups (T = 1): accuracy 0.39
+(steps 1-10), 0.40 (11-20); 31 of the 60 groups drawn had no reward spread, dynamic sampling
+redrew them once and the batches kept 11 of 40 without spread (0.28, against ~0.5 before).
 
-    budget forcing (sft, level 3, n = 8): B=0: 0.25, B=8: 0.62, B=24: 0.88, B=64: 0.88
-    (mean thought 0 / 8 / 12 / 12 tokens; forced 1.0 / 1.0 / 0 / 0); B=64 with one "Wait":
-    0.25 (thought 22.5 tokens: the extension talks it out of right answers).
+    stage            L1                 L2                 L3                 L4                 L5
+    base             0.27 [0.14,0.44]   0.10 [0.03,0.26]   0.13 [0.05,0.30]   0.03 [0.01,0.17]   0.10 [0.03,0.26]
+    sft              0.70 [0.52,0.83]   0.70 [0.52,0.83]   0.70 [0.52,0.83]   0.27 [0.14,0.44]   0.07 [0.02,0.21]
+    grpo, step 10    0.73 [0.56,0.86]   0.63 [0.46,0.78]   0.57 [0.39,0.73]   0.07 [0.02,0.21]   0.03 [0.01,0.17]
+    grpo, step 20    0.93 [0.79,0.98]   0.87 [0.70,0.95]   0.67 [0.49,0.81]   0.07 [0.02,0.21]   0.03 [0.01,0.17]
+
+SFT is what lifts the model: levels 1-3 from 0.10-0.27 to 0.70 (intervals apart), level 4 from
+0.03 to 0.27; level 5 (three events) stays at chance for both. What GRPO bought,
+plainly: after 20 steps (half the run asked for) levels 1 and 2 rose 0.70 → 0.93 and 0.70 →
+0.87, level 3 stayed (0.70 → 0.67), level 4 (two events, one of the levels trained on) fell
+0.27 → 0.07 and level 5 stayed at chance. No change clears the intervals (level 1's come
+closest: [0.52,0.83] against [0.79,0.98]); pooled over levels 1-3 it is 0.70 [0.60,0.78] →
+0.82 [0.73,0.89], overlapping too. The step-10 checkpoint was nowhere better than SFT. The
+level-4 loss has a visible cause: the policy now closes its thought after the first equation
+of a two-event problem ('12 + 4 = 16 </think> The answer is 16.'), the shape of the two
+one-event levels that made two thirds of its prompts (the earlier single-level run on
+two-event problems did the reverse: two equations for everything). So: a likely but not
+established gain on one-event problems, a loss on two-event ones, and no sign of longer
+reasoning.
+
+    budget forcing, level 3, n = 30 (thought capped at B tokens; mean thought; share forced):
+    sft             B=0: 0.33 [0.19,0.51]   B=8: 0.43 [0.27,0.61] (8, forced 1.0)
+                    B=24: 0.70 [0.52,0.83] (12.6, forced 0)   B=64: 0.70   B=64 + one "Wait": 0.20 [0.10,0.37] (22.8)
+    grpo, step 20   B=0: 0.13 [0.05,0.30]   B=8: 0.43 [0.27,0.61] (8, forced 1.0)
+                    B=24: 0.67 [0.49,0.81] (12.2, forced 0)   B=64: 0.67   B=64 + one "Wait": 0.67 [0.49,0.81] (15.2)
+
+Both models think ~12 tokens on a one-event problem and stop by themselves, so budgets above
+24 change nothing; cutting the thought to 8 tokens or none costs 0.27-0.53. Forcing one "Wait"
+after the SFT model's thought talks it out of right answers (0.70 → 0.20, intervals apart);
+after GRPO it does not (0.67 → 0.67, 3 more tokens): the one robustness GRPO clearly bought.
+
+Memory: the GRPO run measured VmRSS every 15 s (20 steps): peaks 2.33-2.50 GB in every step,
+floor between steps 1.09 → 1.29 GB (heap trimmed each step). The earlier run killed at step 17
+had 2.9 GB (dmesg), on a 24 GB machine that ~20 other processes of 1.3-2.8 GB had filled: the
+largest process goes first. Live tensors stay the same in number across steps (no tensor
+leak); what crept up was the C heap that glibc keeps after freeing each step's differently
+shaped activations (1.86 → 2.27 GB over 6 steps without trimming), which `trim_heap` returns.
+
 
 Verifiers on SmolLM2-135M, held-out: 64 generated solutions, half corrupted (one slipped
 step, the rest carried on consistently). Before (the presets' 12 LoRA steps on 256 rows,
