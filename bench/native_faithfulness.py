@@ -4,7 +4,8 @@ SmolLM2-135M-Instruct from its Q4_1 GGUF, first --chars characters of the sorted
 non-overlapping windows of --ctx tokens, no BOS (as ANCHORS.md: llama.cpp 15.438,
 transformers fp32 15.389). Three paths over the same windows:
   exact    ember --exact: fp32 weights dequantized from the file, PyTorch forward
-  prefill  the default model's whole-window forward (Q4 weights, bf16 dense matmuls)
+  prefill  the default model's whole-window forward (Q4 weights × int8 block activations on
+           the tiled GEMM)
   decode   the default model fed one token at a time through the native decode step
            (Q4 weights × int8 block activations, one native call per token)
 Top-1 agreement: how often a path's argmax equals the exact path's, over every scored token.
