@@ -18,11 +18,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate import _run  # noqa: E402  (a child's peak RSS from wait4, as bench/generate.py measures it)
 
 PROMPT = "The capital of France is"
 LLAMA_BIN = "/tmp/llama.cpp-build/bin"
@@ -68,17 +69,6 @@ def child(t_spawn: float, threads: int | None, tokens: int, prompt_len: int) -> 
     return {"start_to_token_s": first, "decode_tok_s": decode, "prefill_tok_s": prefill,
             "peak_rss_mb_generate": stages["generated"], "peak_rss_mb": stages["prefill"], "rss_stages_mb": stages, "stages_s": seconds,
             "cache_mb": lm.cache_bytes / 2**20, "text": tok.decode(out[:24]), "torch_imported": "torch" in sys.modules}
-
-
-def _run(cmd, env=None) -> tuple[subprocess.CompletedProcess, float]:
-    """Run cmd; (completed process, its own peak RSS in MB, from wait4)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read()), usage.ru_maxrss / 1024
 
 
 def llama_cpp(binary: Path, threads: int, tokens: int, prompt_len: int) -> dict | None:

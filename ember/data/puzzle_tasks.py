@@ -55,6 +55,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from ember.data.reasoning_tasks import problem_list
+
 WORDS = ("cat", "dog", "fish", "bird", "frog", "duck", "goat", "bear", "lion", "wolf", "fox", "owl", "cow", "pig",
          "hen", "bee")
 """The items a list draws from (one short word each)."""
@@ -165,12 +167,7 @@ def make_problems(n: int, difficulty: int, seed: int) -> list[dict]:
     >>> [p["answer"] for p in make_problems(2, 1, seed=1)]
     ['bee, pig, bear', 'bird, frog, bee']
     """
-    if not 1 <= difficulty <= MAX_DIFFICULTY:
-        raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY}, got {difficulty}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    rng = random.Random(f"puzzle-{difficulty}-{seed}")
-    return [make_problem(rng, difficulty) for _ in range(n)]
+    return problem_list(make_problem, "puzzle", n, difficulty, seed, MAX_DIFFICULTY)
 
 
 def parse_step(step: str) -> tuple[str, list[str], list[str]] | None:

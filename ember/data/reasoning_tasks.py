@@ -129,12 +129,18 @@ def make_problems(n: int, difficulty: int, seed: int) -> list[dict]:
     >>> [p["answer"] for p in make_problems(3, 1, seed=1)]
     [10, 5, 12]
     """
-    if not 1 <= difficulty <= MAX_DIFFICULTY:
-        raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY}, got {difficulty}")
+    return problem_list(make_problem, "reasoning", n, difficulty, seed)
+
+
+def problem_list(make_one, family: str, n: int, difficulty: int, seed: int, top: int = MAX_DIFFICULTY) -> list[dict]:
+    """`n` problems from `make_one(rng, difficulty)` with a random stream of (family,
+    difficulty, seed) alone, after checking n and difficulty (1..top)."""
+    if not 1 <= difficulty <= top:
+        raise ValueError(f"difficulty must be in 1..{top}, got {difficulty}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    rng = random.Random(f"reasoning-{difficulty}-{seed}")
-    return [make_problem(rng, difficulty) for _ in range(n)]
+    rng = random.Random(f"{family}-{difficulty}-{seed}")
+    return [make_one(rng, difficulty) for _ in range(n)]
 
 
 def parse_step(step: str) -> tuple[int, str, int, int] | None:
