@@ -303,8 +303,6 @@ def _retriever(db: str | None, tok, ctx: int):
 
 
 def serve(cfg: ServeConfig) -> None:
-    import uvicorn
-
     from ember.infer.engine import Engine
     from ember.infer.server import create_app
 
@@ -321,7 +319,37 @@ def serve(cfg: ServeConfig) -> None:
     also += f", retrieval from {cfg.rag}" if cfg.rag else ""
     print(f"serving {cfg.model} (context {ctx}, batch {cfg.max_batch}{also}) on http://{cfg.host}:{cfg.port}",
           file=sys.stderr)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    _run_server(app, host=cfg.host, port=cfg.port)
+
+
+def _run_server(app, host: str, port: int) -> None:
+    import uvicorn
+
+    _serve_on_main_thread(app, uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")))
+
+
+def _serve_on_main_thread(app, server) -> None:
+    """HTTP on a thread, the engine loop on this (the main) thread: the thread whose OpenMP
+    pool the model load made runs the native steps too (see EngineWorker.run_here)."""
+    import threading
+
+    worker = app.state.ember.worker
+
+    def http_then_stop():
+        try:
+            server.run()
+        finally:  # however the server ends (shutdown, a failed start), the engine loop ends too
+            worker.stop()
+
+    http = threading.Thread(target=http_then_stop, name="ember-http", daemon=True)
+    try:
+        worker.run_here(then=http.start)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        if http.is_alive():
+            http.join(timeout=30)
 
 
 @dataclass

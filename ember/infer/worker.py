@@ -75,13 +75,28 @@ class EngineWorker:
                 self._thread = threading.Thread(target=self._loop, name="ember-engine", daemon=True)
                 self._thread.start()
 
+    def run_here(self, then=None) -> None:
+        """Run the engine loop on the calling thread until `stop()`, instead of on a thread of
+        its own. `ember serve` runs it on the main thread, which loaded the model: libgomp
+        keeps a thread pool per thread that starts parallel work, and once the pools hold more
+        threads than there are cores it cuts its spin-waits short, so the native decode step
+        ran 35-40% slower when called from a second thread (tests/infer/test_worker_here.py)."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                raise RuntimeError("the engine loop is already running")
+            self._stopping = False
+            self._thread = threading.current_thread()
+        if then is not None:  # e.g. start the HTTP server: a stop() from now on is not lost
+            then()
+        self._loop()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Fail what is still running (clients get an error), then end the thread."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
             thread = self._thread
-        if thread is not None:
+        if thread is not None and thread is not threading.current_thread() and thread is not threading.main_thread():
             thread.join(timeout)
 
     def submit(self, job: Job) -> None:

@@ -223,8 +223,6 @@ def test_create_app_refuses_half_or_clashing_names(fake):
 
 
 def test_ember_serve_passes_the_embedding_model_through(tmp_path, monkeypatch, fake):
-    import uvicorn
-
     import ember.cli.infer as cli_infer
     from ember.cli import main
     from ember.model.convert.hf import save_hf
@@ -232,7 +230,7 @@ def test_ember_serve_passes_the_embedding_model_through(tmp_path, monkeypatch, f
     save_hf(make_model(), tmp_path)
     make_tokenizer().save(tmp_path)
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    monkeypatch.setattr(cli_infer, "_run_server", lambda app, **kw: seen.update(app=app))
     monkeypatch.setattr(cli_infer, "_load_embedder", lambda name: seen.update(loaded=name) or fake)
     assert main(["serve", "--model", str(tmp_path), "--embedding-model", "minilm"]) == 0
     emb = seen["app"].state.ember.embeddings

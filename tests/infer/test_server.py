@@ -436,8 +436,7 @@ def test_real_smollm2_answers_a_chat(smollm2_tokenizer):  # the fixture skips wi
 
 
 def test_ember_serve_builds_the_app_from_the_cli(tmp_path, monkeypatch, tiny):
-    import uvicorn
-
+    import ember.cli.infer as cli_infer
     from ember.cli import main
     from ember.model.convert.hf import save_hf
 
@@ -445,7 +444,7 @@ def test_ember_serve_builds_the_app_from_the_cli(tmp_path, monkeypatch, tiny):
     save_hf(model, tmp_path)
     tok.save(tmp_path)
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(cli_infer, "_run_server", lambda app, **kw: seen.update(app=app, **kw))
     assert main(["serve", "--model", str(tmp_path), "--port", "8123", "--max-batch", "2", "--ctx", "128"]) == 0
     state = seen["app"].state.ember
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
